@@ -1,0 +1,104 @@
+# dropstock: `make run` to try it, `make test` to check it. Every target installs what it is missing and
+# is quiet when there is nothing to do. Run as root (CI does); PostgreSQL itself runs as `postgres`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PG_BIN      := /usr/lib/postgresql/15/bin
+PG_CONFIG   := $(PG_BIN)/pg_config
+PGRX        := 0.18.0
+ROOT        := $(CURDIR)
+PG_DIR      := $(ROOT)/target/pg
+PG_DATA     := $(PG_DIR)/data
+PG_LOG      := $(PG_DIR)/postgresql.log
+DB_PORT     ?= 5544
+DATABASE_URL ?= postgresql://postgres@127.0.0.1:$(DB_PORT)/postgres
+AS_PG       := sudo -u postgres
+PSQL        := $(PG_BIN)/psql "$(DATABASE_URL)" -v ON_ERROR_STOP=1 -X -q
+APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config
+export DATABASE_URL
+
+.PHONY: help setup db db-stop install run test check pg-test integration-test bench-sql clean-db
+
+help:
+	@echo "make run        start a local PostgreSQL with dropstock and sample data"
+	@echo "make test       formatting, lints, in-database tests and concurrency tests"
+	@echo "make bench-sql  pgbench: dropstock vs the replaced system's pattern vs the commit ceiling"
+	@echo "make db / db-stop   start / stop the local cluster ($(DATABASE_URL))"
+
+# ---- setup: Debian packages, cargo-pgrx at the pinned version, pgrx pointed at PostgreSQL 15 -------------
+setup: target/.setup-$(PGRX)
+
+target/.setup-$(PGRX):
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "setup: installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@if ! cargo pgrx --version 2>/dev/null | grep -q '$(PGRX)'; then \
+	  echo "setup: installing cargo-pgrx $(PGRX) (takes several minutes)"; \
+	  cargo install cargo-pgrx --version $(PGRX) --locked --quiet; fi
+	@grep -qs '^pg15' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml || cargo pgrx init --pg15 $(PG_CONFIG) >/dev/null
+	@mkdir -p target && touch $@
+
+# ---- the local cluster -------------------------------------------------------------------------------------
+# Installing replaces the .so a running cluster has mapped, which crashes it: stop first, start after.
+# The stamp makes `make db` skip the build, the install and the restart when nothing changed.
+EXTENSION_SOURCES := extension/Cargo.toml extension/dropstock.control $(wildcard extension/src/*.rs sql/*.sql)
+
+install: target/.installed
+
+target/.installed: $(EXTENSION_SOURCES) | setup
+	@$(MAKE) --no-print-directory db-stop
+	@echo "install: building and installing the extension"
+	@cd extension && cargo pgrx install --sudo --pg-config $(PG_CONFIG) >/dev/null
+	@touch $@
+
+db: install
+	@if [ ! -s $(PG_DATA)/PG_VERSION ]; then \
+	  echo "db: creating a cluster in $(PG_DATA)"; \
+	  mkdir -p $(PG_DIR) && chown postgres: $(PG_DIR); \
+	  $(AS_PG) $(PG_BIN)/initdb -D $(PG_DATA) -U postgres --auth=trust -E UTF8 >/dev/null; \
+	  cp sql/postgresql.conf $(PG_DATA)/dropstock.conf && chown postgres: $(PG_DATA)/dropstock.conf; \
+	  echo "include 'dropstock.conf'" >> $(PG_DATA)/postgresql.conf; \
+	  echo "port = $(DB_PORT)" >> $(PG_DATA)/postgresql.conf; \
+	  echo "unix_socket_directories = '$(PG_DIR)'" >> $(PG_DATA)/postgresql.conf; \
+	fi
+	@$(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) status >/dev/null || \
+	  $(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) -l $(PG_LOG) -w -t 60 start >/dev/null
+	@$(PSQL) -c "CREATE EXTENSION IF NOT EXISTS dropstock" -c "ALTER EXTENSION dropstock UPDATE" 2>&1 \
+	  | grep -v 'already' || true
+	@echo "db: dropstock is running at $(DATABASE_URL)"
+
+db-stop:
+	@if [ -s $(PG_DATA)/postmaster.pid ]; then \
+	  $(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) -m fast -w stop >/dev/null && echo "db: stopped"; fi
+
+clean-db: db-stop
+	rm -rf $(PG_DIR)
+
+# ---- the two commands ----------------------------------------------------------------------------------------
+run: db
+	@$(PSQL) -f sql/sample.sql
+	@echo "run: sample drops and buyers loaded. Try:"
+	@echo "  $(PG_BIN)/psql $(DATABASE_URL)"
+	@echo "  SELECT name, available_stock, total_stock FROM dropstock.active_drops();"
+
+test: setup check pg-test integration-test
+
+check: setup
+	@cargo fmt --all --check
+	@cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+# In-database tests. They run in a scratch cluster of cargo-pgrx's own, and install the extension into the
+# system PostgreSQL, so the local cluster is stopped first (see install).
+pg-test: setup db-stop
+	@rm -f target/.installed
+	@mkdir -p target/pgrx-test && chown postgres: target/pgrx-test
+	@cd extension && cargo pgrx test pg15 --runas postgres --pgdata $(ROOT)/target/pgrx-test/data
+
+# Concurrency tests: real connections against the local cluster.
+integration-test: db
+	@cargo test -p dropstock-tests --quiet -- --test-threads=1
+
+bench-sql: db
+	@sql/bench/bench-sql.sh

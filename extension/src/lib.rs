@@ -1,0 +1,32 @@
+//! dropstock: limited-edition product drops inside PostgreSQL.
+//!
+//! The SQL API (holds, purchases, expiry, drops and buyers) lives in `sql/*.sql`, one file per concept,
+//! loaded by the module of the same name below, whose `#[pg_test]`s sit beside it. The API is plpgsql
+//! on purpose: each refusal carries its own SQLSTATE (class `DS`), which a client can only see when no
+//! Rust frame sits between the `RAISE` and the client (pgrx maps unknown codes to XX000), and plpgsql
+//! caches the plans of the hot path the same way a Rust SPI caller would.
+
+::pgrx::pg_module_magic!(name, version);
+
+mod cancel;
+mod drops;
+mod expiry;
+mod purchase;
+mod reserve;
+mod schema;
+mod stock;
+mod users;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod testing;
+
+/// Required by `cargo pgrx test`: one-off setup and the test cluster's postgresql.conf settings.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

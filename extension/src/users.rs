@@ -1,0 +1,45 @@
+//! Buyers (sql/users.sql): `create_user`.
+
+pgrx::extension_sql_file!("../../sql/users.sql", name = "users", requires = ["schema"]);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::testing::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn create_user_trims_the_name_and_returns_the_row() {
+        let name = text("SELECT username FROM dropstock.create_user('  ada  ')");
+        assert_eq!(name, "ada");
+    }
+
+    #[pg_test]
+    fn create_user_refuses_a_taken_name() {
+        buyer("grace");
+        assert_refused(
+            "SELECT dropstock.create_user('grace')",
+            "DS040",
+            "already taken",
+        );
+    }
+
+    #[pg_test]
+    fn create_user_refuses_empty_null_and_overlong_names() {
+        assert_refused(
+            "SELECT dropstock.create_user('   ')",
+            "22023",
+            "must not be empty",
+        );
+        assert_refused(
+            "SELECT dropstock.create_user(NULL)",
+            "22023",
+            "must not be empty",
+        );
+        assert_refused(
+            &format!("SELECT dropstock.create_user('{}')", "x".repeat(65)),
+            "22023",
+            "at most 64",
+        );
+    }
+}

@@ -1,0 +1,32 @@
+-- cancel_reservation: the buyer gives a live hold back; its unit is free again at once.
+-- Cancelling a hold that is already cancelled or expired changes nothing and returns it as it is.
+-- Refusals: DS003 unknown reservation, DS031 another buyer's hold, DS033 already purchased;
+-- 22023 for a missing argument.
+CREATE FUNCTION cancel_reservation(reservation_id uuid, user_id uuid)
+RETURNS reservations
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    hold dropstock.reservations;
+BEGIN
+    IF cancel_reservation.reservation_id IS NULL OR cancel_reservation.user_id IS NULL THEN
+        RAISE EXCEPTION 'reservation id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO hold FROM dropstock.reservations r WHERE r.id = cancel_reservation.reservation_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'reservation % does not exist', cancel_reservation.reservation_id USING ERRCODE = 'DS003';
+    END IF;
+    IF hold.user_id <> cancel_reservation.user_id THEN
+        RAISE EXCEPTION 'reservation % belongs to another buyer', hold.id USING ERRCODE = 'DS031';
+    END IF;
+    IF hold.status = 'purchased' THEN
+        RAISE EXCEPTION 'reservation % is already purchased', hold.id USING ERRCODE = 'DS033';
+    ELSIF hold.status <> 'reserved' THEN
+        RETURN hold;
+    END IF;
+
+    UPDATE dropstock.reservations r SET status = 'cancelled' WHERE r.id = hold.id RETURNING r.* INTO hold;
+    PERFORM dropstock._adjust_stock(hold.drop_id, 1, 0);
+    RETURN hold;
+END
+$$;

@@ -1,0 +1,89 @@
+-- dropstock schema: buyers, drops, striped stock, holds and purchases.
+-- Loaded first by the extension (extension/src/schema.rs); every function file builds on these tables.
+
+CREATE TYPE reservation_status AS ENUM ('reserved', 'purchased', 'expired', 'cancelled');
+
+CREATE TABLE users (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    username   text NOT NULL UNIQUE CHECK (length(btrim(username)) BETWEEN 1 AND 64),
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE drops (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    name           text NOT NULL CHECK (length(btrim(name)) BETWEEN 1 AND 200),
+    price          numeric(12, 2) NOT NULL CHECK (price >= 0),
+    total_stock    integer NOT NULL CHECK (total_stock > 0),
+    starts_at      timestamptz NOT NULL,
+    ends_at        timestamptz CHECK (ends_at > starts_at),
+    hold_seconds   integer NOT NULL DEFAULT 60 CHECK (hold_seconds >= 1),
+    per_user_limit integer NOT NULL DEFAULT 1 CHECK (per_user_limit >= 1),
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- A drop's stock is striped over up to 64 slot rows. A reserver claims any slot it can lock without
+-- waiting (FOR UPDATE SKIP LOCKED), so concurrent buyers of one drop commit side by side instead of
+-- queueing behind one row lock. `sold` is striped the same way so purchases stay off a hot row too.
+-- Exact counts are a sum over at most 64 rows:
+--     available = sum(available), sold = sum(sold), held = total_stock - available - sold.
+CREATE TABLE stock_slots (
+    drop_id   uuid NOT NULL REFERENCES drops (id) ON DELETE CASCADE,
+    slot      smallint NOT NULL,
+    available integer NOT NULL CHECK (available >= 0),
+    sold      integer NOT NULL DEFAULT 0 CHECK (sold >= 0),
+    PRIMARY KEY (drop_id, slot)
+) WITH (fillfactor = 50); -- room for HOT updates: slot rows are rewritten on every claim
+
+-- Holds and purchases carry drop_id and user_id without foreign keys on purpose: a foreign-key check
+-- share-locks the referenced row, and thousands of holds inserted at once against one hot drop row would
+-- pile up multixact locks on it. The API functions check that the drop and the buyer exist instead.
+CREATE TABLE reservations (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    drop_id    uuid NOT NULL,
+    user_id    uuid NOT NULL,
+    status     reservation_status NOT NULL DEFAULT 'reserved',
+    expires_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+-- At most one live hold per buyer and drop: a retry finds it instead of taking a second unit.
+CREATE UNIQUE INDEX reservations_one_live_hold ON reservations (drop_id, user_id) WHERE status = 'reserved';
+-- The expiry sweep and the inline reclaim of past-due holds read only live holds, oldest first.
+CREATE INDEX reservations_due ON reservations (expires_at) WHERE status = 'reserved';
+CREATE INDEX reservations_due_by_drop ON reservations (drop_id, expires_at) WHERE status = 'reserved';
+
+CREATE TABLE purchases (
+    id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    reservation_id uuid NOT NULL UNIQUE REFERENCES reservations (id) ON DELETE CASCADE,
+    drop_id        uuid NOT NULL,
+    user_id        uuid NOT NULL,
+    price          numeric(12, 2) NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now()
+);
+-- The activity feed: the most recent buyers of a drop.
+CREATE INDEX purchases_feed ON purchases (drop_id, created_at DESC);
+-- The per-user limit counts a buyer's purchases of a drop.
+CREATE INDEX purchases_by_buyer ON purchases (user_id, drop_id);
+
+-- What `active_drops` and `drop_status` answer: a drop, its exact stock and its three latest buyers.
+CREATE TYPE recent_purchase AS (
+    id         uuid,
+    user_id    uuid,
+    username   text,
+    created_at timestamptz
+);
+
+CREATE TYPE drop_summary AS (
+    id              uuid,
+    name            text,
+    price           numeric(12, 2),
+    total_stock     integer,
+    available_stock integer,
+    held_stock      integer,
+    sold_stock      integer,
+    starts_at       timestamptz,
+    ends_at         timestamptz,
+    hold_seconds    integer,
+    per_user_limit  integer,
+    created_at      timestamptz,
+    recent_purchases recent_purchase[]
+);

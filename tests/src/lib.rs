@@ -1,0 +1,1 @@
+//! Shared helpers live in the test files; this crate exists for its integration tests.
