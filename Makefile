@@ -50,8 +50,9 @@ install: target/.installed
 target/.installed: $(EXTENSION_SOURCES) | setup
 	@$(MAKE) --no-print-directory db-stop
 	@echo "install: building and installing the extension"
-	@cd extension && cargo pgrx install --sudo --pg-config $(PG_CONFIG) >/dev/null
-	@touch $@
+	@cd extension && cargo pgrx install --sudo --pg-config $(PG_CONFIG) > $(ROOT)/target/install.log 2>&1 \
+	  || { cat $(ROOT)/target/install.log; exit 1; }
+	@touch $@ target/.extension-changed
 
 db: install
 	@if [ ! -s $(PG_DATA)/PG_VERSION ]; then \
@@ -65,8 +66,12 @@ db: install
 	fi
 	@$(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) status >/dev/null || \
 	  $(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) -l $(PG_LOG) -w -t 60 start >/dev/null
-	@$(PSQL) -c "CREATE EXTENSION IF NOT EXISTS dropstock" -c "ALTER EXTENSION dropstock UPDATE" 2>&1 \
-	  | grep -v 'already' || true
+	@# The version stays 0.x until the schema is frozen, so a rebuilt extension is recreated, not updated.
+	@if [ -e target/.extension-changed ] && $(PSQL) -tAc "SELECT 1 FROM pg_extension WHERE extname = 'dropstock'" | grep -q 1; then \
+	  echo "db: the extension changed; recreating it (drops and holds in this cluster are reset)"; \
+	  $(PSQL) -c "DROP EXTENSION dropstock CASCADE" 2>/dev/null; fi
+	@$(PSQL) -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS dropstock"
+	@rm -f target/.extension-changed
 	@echo "db: dropstock is running at $(DATABASE_URL)"
 
 db-stop:

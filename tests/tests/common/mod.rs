@@ -1,0 +1,135 @@
+//! Shared by the integration tests: connections to the cluster `make db` runs, fresh buyers and drops
+//! with unique names (tests share one database), and the stock invariant read from a real client.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5544/postgres".into())
+}
+
+/// One real connection; its driver runs on its own task.
+pub async fn connect() -> Client {
+    let (client, connection) = tokio_postgres::connect(&database_url(), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach {} (run `make db`): {e}", database_url()));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// `n` connections opened at once.
+pub async fn connect_many(n: usize) -> Vec<Client> {
+    futures_util::future::join_all((0..n).map(|_| connect())).await
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
+
+pub async fn new_buyer(db: &Client) -> Uuid {
+    db.query_one(
+        "SELECT id FROM dropstock.create_user($1)",
+        &[&unique("buyer")],
+    )
+    .await
+    .expect("create_user")
+    .get(0)
+}
+
+pub async fn new_buyers(db: &Client, n: usize) -> Vec<Uuid> {
+    let prefix = unique("crowd");
+    db.query(
+        "INSERT INTO dropstock.users (username) SELECT $1 || '-' || i FROM generate_series(1, $2) i RETURNING id",
+        &[&prefix, &(n as i32)],
+    )
+    .await
+    .expect("insert buyers")
+    .iter()
+    .map(|row| row.get(0))
+    .collect()
+}
+
+/// An open drop (started a minute ago).
+pub async fn new_drop(db: &Client, stock: i32, hold_seconds: i32) -> Uuid {
+    db.query_one(
+        "SELECT id FROM dropstock.create_drop($1, 10, $2, now() - interval '1 minute', $3)",
+        &[&unique("drop"), &stock, &hold_seconds],
+    )
+    .await
+    .expect("create_drop")
+    .get(0)
+}
+
+/// (available, held, sold) as the API reports them.
+pub async fn stock(db: &Client, drop: Uuid) -> (i32, i32, i32) {
+    let row = db
+        .query_one(
+            "SELECT available_stock, held_stock, sold_stock FROM dropstock.drop_status($1)",
+            &[&drop],
+        )
+        .await
+        .expect("drop_status");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// available + live holds + purchases = total, nothing negative, and the striped counters agree with
+/// the rows they stand for.
+pub async fn assert_invariant(db: &Client, drop: Uuid) {
+    let row = db
+        .query_one(
+            "SELECT s.total_stock, s.available_stock, s.held_stock, s.sold_stock,
+                    (SELECT count(*)::int FROM dropstock.reservations r WHERE r.drop_id = s.id AND r.status = 'reserved'),
+                    (SELECT count(*)::int FROM dropstock.purchases p WHERE p.drop_id = s.id),
+                    (SELECT count(*)::int FROM dropstock.stock_slots t WHERE t.drop_id = s.id AND (t.available < 0 OR t.sold < 0))
+               FROM dropstock.drop_status($1) s",
+            &[&drop],
+        )
+        .await
+        .expect("invariant query");
+    let (total, available, held, sold): (i32, i32, i32, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (live_holds, purchases, negative_slots): (i32, i32, i32) =
+        (row.get(4), row.get(5), row.get(6));
+    assert_eq!(
+        available + live_holds + purchases,
+        total,
+        "available + holds + purchases = total"
+    );
+    assert_eq!(
+        (held, sold),
+        (live_holds, purchases),
+        "striped counters match the rows"
+    );
+    assert!(available >= 0 && negative_slots == 0, "no negative stock");
+}
+
+/// The SQLSTATE of a failed call, e.g. "DS020".
+pub fn sqlstate(error: &tokio_postgres::Error) -> String {
+    error
+        .code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {error}"))
+}
+
+/// Polls `condition` until it holds or `limit` passes; returns whether it held.
+pub async fn wait_until<F, Fut>(limit: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,292 @@
+//! Concurrency storms against the real cluster: many connections at once, outcomes counted exactly.
+//! Run by `make test` (after `make db`); DATABASE_URL picks the cluster.
+
+mod common;
+
+use common::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// 200 buyers on 200 connections race for 50 units: exactly 50 holds, 150 sold-out answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_buyers_race_for_fifty_units() {
+    let setup = connect().await;
+    let drop = new_drop(&setup, 50, 60).await;
+    let buyers = new_buyers(&setup, 200).await;
+    let connections = connect_many(200).await;
+    let start = Arc::new(tokio::sync::Barrier::new(200));
+
+    let racers = connections.into_iter().zip(buyers).map(|(db, buyer)| {
+        let start = start.clone();
+        tokio::spawn(async move {
+            start.wait().await;
+            db.query_one(
+                "SELECT id FROM dropstock.reserve_item($1, $2)",
+                &[&drop, &buyer],
+            )
+            .await
+            .map(|row| row.get::<_, Uuid>(0))
+            .map_err(|e| sqlstate(&e))
+        })
+    });
+    let outcomes: Vec<_> = futures_util::future::join_all(racers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    let holds: HashSet<Uuid> = outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied())
+        .collect();
+    let refusals: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert_eq!(
+        holds.len(),
+        50,
+        "exactly the stock is held, each hold distinct"
+    );
+    assert_eq!(refusals.len(), 150);
+    assert!(
+        refusals.iter().all(|code| *code == "DS020"),
+        "every refusal is sold out: {refusals:?}"
+    );
+    assert_eq!(stock(&setup, drop).await, (0, 50, 0));
+    assert_invariant(&setup, drop).await;
+}
+
+/// One buyer's 50 concurrent retries (a flaky client, a double click) yield one hold and one unit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_of_one_buyer_yield_one_hold() {
+    let setup = connect().await;
+    let drop = new_drop(&setup, 10, 60).await;
+    let buyer = new_buyer(&setup).await;
+    let connections = connect_many(50).await;
+    let start = Arc::new(tokio::sync::Barrier::new(50));
+
+    let retries = connections.into_iter().map(|db| {
+        let start = start.clone();
+        tokio::spawn(async move {
+            start.wait().await;
+            db.query_one(
+                "SELECT id FROM dropstock.reserve_item($1, $2)",
+                &[&drop, &buyer],
+            )
+            .await
+            .map(|row| row.get::<_, Uuid>(0))
+            .map_err(|e| sqlstate(&e))
+        })
+    });
+    let answers: Vec<_> = futures_util::future::join_all(retries)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let holds: HashSet<Uuid> = answers
+        .iter()
+        .map(|a| *a.as_ref().expect("every retry succeeds"))
+        .collect();
+    assert_eq!(holds.len(), 1, "every retry got the same hold");
+    assert_eq!(stock(&setup, drop).await, (9, 1, 0));
+    assert_invariant(&setup, drop).await;
+}
+
+/// One buyer's 30 concurrent purchases of one hold make one sale, and every caller sees that sale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_purchases_of_one_hold_make_one_sale() {
+    let setup = connect().await;
+    let drop = new_drop(&setup, 5, 60).await;
+    let buyer = new_buyer(&setup).await;
+    let hold: Uuid = setup
+        .query_one(
+            "SELECT id FROM dropstock.reserve_item($1, $2)",
+            &[&drop, &buyer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let connections = connect_many(30).await;
+    let attempts = connections.into_iter().map(|db| {
+        tokio::spawn(async move {
+            db.query_one(
+                "SELECT id FROM dropstock.purchase($1, $2)",
+                &[&hold, &buyer],
+            )
+            .await
+            .map(|row| row.get::<_, Uuid>(0))
+            .expect("every retry succeeds")
+        })
+    });
+    let sales: HashSet<Uuid> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(sales.len(), 1);
+    assert_eq!(stock(&setup, drop).await, (4, 0, 1));
+    assert_invariant(&setup, drop).await;
+}
+
+/// 300 one-second holds, raced at their expiry by their owners' purchases and by concurrent sweeps:
+/// each hold ends in exactly one state, and each unit is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn purchases_race_the_sweep_at_the_expiry_boundary() {
+    const HOLDS: usize = 300;
+    let setup = connect().await;
+    let drop = new_drop(&setup, HOLDS as i32, 1).await;
+    let buyers = new_buyers(&setup, HOLDS).await;
+    let pool = Arc::new(connect_many(40).await);
+
+    let mut holds = Vec::new();
+    for chunk in buyers.chunks(40) {
+        let calls = chunk.iter().zip(pool.iter()).map(|(buyer, db)| async move {
+            db.query_one(
+                "SELECT id FROM dropstock.reserve_item($1, $2)",
+                &[&drop, buyer],
+            )
+            .await
+        });
+        for (row, buyer) in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .zip(chunk)
+        {
+            let row = row.expect("reserve");
+            holds.push((row.get::<_, Uuid>(0), *buyer));
+        }
+    }
+    // Each owner tries to buy within 60 ms either side of their own hold's expiry (by the database
+    // clock), while four sweepers keep ending due holds.
+    let remaining: Vec<f64> = setup
+        .query(
+            "SELECT extract(epoch FROM expires_at - clock_timestamp())::float8 FROM dropstock.reservations
+              WHERE drop_id = $1 ORDER BY id",
+            &[&drop],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut ids: Vec<(Uuid, Uuid)> = holds.clone();
+    ids.sort();
+    let t0 = tokio::time::Instant::now();
+    let schedule: Vec<(Uuid, Uuid, tokio::time::Instant)> = ids
+        .iter()
+        .zip(&remaining)
+        .enumerate()
+        .map(|(i, ((hold, buyer), left))| {
+            let offset = ((i % 13) as f64 - 6.0) * 0.01;
+            (
+                *hold,
+                *buyer,
+                t0 + Duration::from_secs_f64((left + offset).max(0.0)),
+            )
+        })
+        .collect();
+
+    let sweepers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let db = connect().await;
+                let stop = tokio::time::Instant::now() + Duration::from_millis(1500);
+                while tokio::time::Instant::now() < stop {
+                    db.query_one("SELECT dropstock.expire_reservations(50)", &[])
+                        .await
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        })
+        .collect();
+    let buyers_tasks = (0..pool.len()).map(|lane| {
+        let pool = pool.clone();
+        let mut mine: Vec<(Uuid, Uuid, tokio::time::Instant)> = schedule
+            .iter()
+            .skip(lane)
+            .step_by(pool.len())
+            .copied()
+            .collect();
+        mine.sort_by_key(|(_, _, at)| *at);
+        tokio::spawn(async move {
+            let db = &pool[lane];
+            let mut outcomes = Vec::new();
+            for (hold, buyer, at) in mine {
+                tokio::time::sleep_until(at).await;
+                let outcome = db
+                    .query_one(
+                        "SELECT id FROM dropstock.purchase($1, $2)",
+                        &[&hold, &buyer],
+                    )
+                    .await;
+                outcomes.push((hold, outcome.map(|_| ()).map_err(|e| sqlstate(&e))));
+            }
+            outcomes
+        })
+    });
+    let outcomes: Vec<(Uuid, Result<(), String>)> = futures_util::future::join_all(buyers_tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    for sweeper in sweepers {
+        sweeper.await.unwrap();
+    }
+
+    let sold: HashSet<Uuid> = outcomes
+        .iter()
+        .filter(|(_, o)| o.is_ok())
+        .map(|(h, _)| *h)
+        .collect();
+    let refused: Vec<&String> = outcomes
+        .iter()
+        .filter_map(|(_, o)| o.as_ref().err())
+        .collect();
+    assert!(
+        refused.iter().all(|code| *code == "DS030"),
+        "refusals are 'hold expired': {refused:?}"
+    );
+    assert_eq!(sold.len() + refused.len(), HOLDS);
+    assert!(
+        !sold.is_empty() && !refused.is_empty(),
+        "the race straddled the boundary: {} sold",
+        sold.len()
+    );
+
+    // Whatever the sweepers did not reach yet, one more sweep ends; then every hold is decided.
+    setup
+        .query_one("SELECT dropstock.expire_reservations(100000)", &[])
+        .await
+        .unwrap();
+    let states = setup
+        .query(
+            "SELECT r.id, r.status::text, p.id IS NOT NULL FROM dropstock.reservations r
+               LEFT JOIN dropstock.purchases p ON p.reservation_id = r.id WHERE r.drop_id = $1",
+            &[&drop],
+        )
+        .await
+        .unwrap();
+    for row in &states {
+        let (hold, status, has_sale): (Uuid, String, bool) = (row.get(0), row.get(1), row.get(2));
+        let told_sold = sold.contains(&hold);
+        assert_eq!(
+            status == "purchased",
+            told_sold,
+            "hold {hold} is {status}; buyer told sold: {told_sold}"
+        );
+        assert_eq!(
+            has_sale, told_sold,
+            "hold {hold}: a sale row exists exactly when the buyer was told so"
+        );
+        assert!(
+            status == "purchased" || status == "expired",
+            "hold {hold} ended as {status}"
+        );
+    }
+    assert_eq!(
+        stock(&setup, drop).await,
+        ((HOLDS - sold.len()) as i32, 0, sold.len() as i32)
+    );
+    assert_invariant(&setup, drop).await;
+}
