@@ -1,6 +1,108 @@
 //! dropstock-http: the HTTP adapter in front of the dropstock extension (REST, WebSocket feed, live page).
+//!
+//! The adapter holds no state that matters: any number of copies can run side by side, each with its own
+//! pool and its own LISTEN connection.
 
-fn main() {
-    eprintln!("dropstock-http: not built yet; use the SQL API (see README.md)");
-    std::process::exit(2);
+mod app;
+mod auth;
+mod config;
+mod cors;
+mod db;
+mod error;
+mod fanout;
+mod input;
+mod listen;
+mod metrics;
+mod model;
+mod openapi;
+mod page;
+mod respond;
+mod routes;
+mod server;
+mod ws;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+use crate::auth::Access;
+use crate::config::Config;
+use crate::cors::Cors;
+use crate::db::StartupError;
+use crate::fanout::Feed;
+use crate::metrics::Metrics;
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: in a log file or CI output they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("dropstock-http: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dropstock-http: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), StartupError> {
+    let database = db::parse_url(&config.database_url)?;
+    let pool = db::pool(&database, usize::from(config.pool_size))?;
+    db::check(&pool, &database).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+    let access = Access::new(config.admin_token(), config.jwt_secret());
+    let app = Arc::new(App {
+        pool,
+        access,
+        cors: Cors::new(&config.cors_origins),
+        feed: Feed::new(),
+        metrics: Metrics::new(),
+        shutdown: CancellationToken::new(),
+        sockets: TaskTracker::new(),
+    });
+    let listen_task = tokio::spawn(listen::run(
+        database.clone(),
+        app.clone(),
+        app.shutdown.clone(),
+    ));
+
+    let address = listener.local_addr().unwrap_or(config.listen);
+    tracing::info!(
+        database = %db::describe(&database),
+        admin = app.access.admin_enabled(),
+        jwt = app.access.jwt_mode(),
+        "dropstock-http listening on http://{address} (live feed at ws://{address}/ws)"
+    );
+    server::serve(listener, app.clone(), config.drain()).await;
+    let _ = listen_task.await;
+    app.pool.close();
+    Ok(())
 }

@@ -1,0 +1,23 @@
+//! What every request handler and WebSocket client shares.
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Access;
+use crate::cors::Cors;
+use crate::fanout::Feed;
+use crate::metrics::Metrics;
+
+pub struct App {
+    pub pool: Pool,
+    pub access: Access,
+    pub cors: Cors,
+    pub feed: Feed,
+    pub metrics: Metrics,
+    /// Cancelled on SIGTERM: WebSocket clients close with 1001 and the LISTEN task stops.
+    pub shutdown: CancellationToken,
+    /// WebSocket client tasks. Once upgraded they are no longer hyper connections, so the graceful
+    /// shutdown of the HTTP server does not wait for them; this does.
+    pub sockets: TaskTracker,
+}

@@ -1,0 +1,159 @@
+//! Who may do what. Two independent switches:
+//! - the admin token guards creating drops (and creating buyers in JWT mode);
+//! - JWT mode makes buyers prove who they are with an HS256 token whose `sub` is their user id, so nobody
+//!   can reserve, buy or cancel as someone else. Without it the body's `userId` is trusted, as the
+//!   replaced API did, and the adapter must sit behind something that authenticates buyers.
+
+use http::{header, HeaderMap};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+pub struct Access {
+    admin_token: Option<String>,
+    buyer_tokens: Option<BuyerTokens>,
+}
+
+struct BuyerTokens {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+#[derive(Deserialize)]
+struct BuyerClaims {
+    sub: String,
+}
+
+impl Access {
+    pub fn new(admin_token: Option<&str>, jwt_secret: Option<&str>) -> Self {
+        let buyer_tokens = jwt_secret.map(|secret| {
+            // HS256 only: accepting whatever `alg` the token names is how JWT checks get bypassed.
+            let mut validation = Validation::new(Algorithm::HS256);
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            BuyerTokens {
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                validation,
+            }
+        });
+        Access {
+            admin_token: admin_token.map(str::to_owned),
+            buyer_tokens,
+        }
+    }
+
+    pub fn jwt_mode(&self) -> bool {
+        self.buyer_tokens.is_some()
+    }
+
+    pub fn admin_enabled(&self) -> bool {
+        self.admin_token.is_some()
+    }
+
+    /// Admin-only endpoints: the request must carry `Authorization: Bearer <DROPSTOCK_ADMIN_TOKEN>`.
+    pub fn require_admin(&self, headers: &HeaderMap, action: &str) -> Result<(), ApiError> {
+        let Some(expected) = &self.admin_token else {
+            return Err(ApiError::new(
+                http::StatusCode::FORBIDDEN,
+                "admin_disabled",
+                format!(
+                    "{action} over HTTP is disabled: start dropstock-http with DROPSTOCK_ADMIN_TOKEN set \
+                     and send it as 'Authorization: Bearer <token>'"
+                ),
+            ));
+        };
+        match bearer(headers) {
+            None => Err(ApiError::unauthorized(format!(
+                "{action} needs the admin token as 'Authorization: Bearer <token>'"
+            ))),
+            Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(ApiError::unauthorized("the admin token is not valid")),
+        }
+    }
+
+    /// Who the request says it acts for, checked before its body is read. In JWT mode a valid buyer token
+    /// is required; otherwise nothing is known yet and the body's `userId` will decide.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Buyer, ApiError> {
+        let Some(tokens) = &self.buyer_tokens else {
+            return Ok(Buyer(None));
+        };
+        let token = bearer(headers).ok_or_else(|| {
+            ApiError::unauthorized("a buyer token is required: send 'Authorization: Bearer <jwt>' (HS256, sub = user id)")
+        })?;
+        let claims = jsonwebtoken::decode::<BuyerClaims>(token, &tokens.key, &tokens.validation)
+            .map_err(|error| {
+                ApiError::unauthorized(match error.kind() {
+                    ErrorKind::ExpiredSignature => "the buyer token has expired",
+                    ErrorKind::InvalidSignature => "the buyer token's signature is not valid",
+                    ErrorKind::InvalidAlgorithm => "the buyer token must be signed with HS256",
+                    ErrorKind::MissingRequiredClaim(_) => {
+                        "the buyer token must carry sub and exp claims"
+                    }
+                    ErrorKind::ImmatureSignature => "the buyer token is not valid yet",
+                    _ => "the buyer token is not a valid JWT",
+                })
+            })?
+            .claims;
+        let user = Uuid::try_parse(&claims.sub).map_err(|_| {
+            ApiError::unauthorized("the buyer token's sub must be a user id (UUID)")
+        })?;
+        Ok(Buyer(Some(user)))
+    }
+}
+
+/// The buyer a token proved, if JWT mode is on.
+pub struct Buyer(Option<Uuid>);
+
+impl Buyer {
+    /// The buyer the request acts for. In JWT mode that is the token's `sub`, and a `userId` in the body
+    /// must name the same buyer (it may be left out); otherwise it is the body's `userId`.
+    pub fn resolve(self, body_user: Option<Uuid>) -> Result<Uuid, ApiError> {
+        match (self.0, body_user) {
+            (None, Some(user)) => Ok(user),
+            (None, None) => Err(ApiError::bad_request("userId is required")),
+            (Some(token_user), Some(user)) if user != token_user => Err(ApiError::forbidden(
+                "userId does not match the buyer the token was issued to",
+            )),
+            (Some(token_user), _) => Ok(token_user),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// Compares without stopping at the first differing byte, so response timing does not reveal how much of
+/// a guessed admin token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bearer_tokens() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(header::AUTHORIZATION, "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&headers), None);
+    }
+
+    #[test]
+    fn compares_tokens_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,93 @@
+//! Command-line flags and environment: everything the adapter needs to know before it starts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// The HTTP and WebSocket front of the dropstock PostgreSQL extension.
+///
+/// Every flag can also be given by the environment variable shown beside it; secrets are best passed
+/// that way, since command lines are visible to other users of the machine.
+#[derive(Debug, Parser)]
+#[command(name = "dropstock-http", version, about, long_about = None, max_term_width = 100)]
+pub struct Config {
+    /// PostgreSQL URL of the database where `CREATE EXTENSION dropstock` has been run, for example
+    /// postgresql://postgres@127.0.0.1:5544/postgres
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Address and port to serve HTTP and the WebSocket feed on.
+    #[arg(
+        long,
+        env = "DROPSTOCK_LISTEN",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// Most database connections the adapter opens for requests (the LISTEN connection comes on top).
+    #[arg(long, env = "DROPSTOCK_POOL_SIZE", value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub pool_size: u16,
+
+    /// Bearer token that `POST /api/drops` requires. Without it, creating drops over HTTP is refused
+    /// (drops can still be created in SQL with dropstock.create_drop).
+    #[arg(
+        long,
+        env = "DROPSTOCK_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// HS256 secret for buyer tokens. When set, reserve, purchase and cancel need
+    /// `Authorization: Bearer <jwt>` whose `sub` is the buyer's user id, and `POST /api/users` needs the
+    /// admin token. When unset, the `userId` in the request body is trusted.
+    #[arg(
+        long,
+        env = "DROPSTOCK_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+
+    /// Comma-separated origins that browsers may call the REST API from (for example
+    /// https://shop.example), or `*` for any. Empty: no cross-origin access.
+    #[arg(
+        long,
+        env = "DROPSTOCK_CORS_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// On SIGTERM, how long in-flight requests get to finish before the adapter exits anyway.
+    #[arg(
+        long,
+        env = "DROPSTOCK_DRAIN_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    pub drain_seconds: u64,
+}
+
+impl Config {
+    /// A secret set to the empty string (`DROPSTOCK_ADMIN_TOKEN=`) counts as not set: an empty bearer token
+    /// must never unlock anything.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token
+            .as_deref()
+            .filter(|token| !token.is_empty())
+    }
+
+    pub fn jwt_secret(&self) -> Option<&str> {
+        self.jwt_secret
+            .as_deref()
+            .filter(|secret| !secret.is_empty())
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+}

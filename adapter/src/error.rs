@@ -1,0 +1,197 @@
+//! One error type for every request, turned into the `{success: false, message, code}` envelope in one place,
+//! and the table that maps the extension's SQLSTATEs to HTTP statuses.
+
+use std::borrow::Cow;
+
+use deadpool_postgres::PoolError;
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+use crate::db::DbError;
+use crate::respond::{self, Body};
+
+/// What a request failed with. `message` is shown to the client, so it is always written for people and
+/// never carries internals; `code` is stable for programs to match on (the SQLSTATE when the database
+/// refused the request).
+#[derive(Debug, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: Cow<'static, str>,
+    pub message: String,
+    /// For 405: the methods the route does take.
+    allow: Option<&'static str>,
+    /// For 401: ask for a bearer token.
+    challenge: bool,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            allow: None,
+            challenge: false,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError {
+            challenge: true,
+            ..Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn method_not_allowed(method: &http::Method, path: &str, allow: &'static str) -> Self {
+        ApiError {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{path} does not take {method}; it takes {allow}"),
+            )
+        }
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {} KiB", limit / 1024),
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// A fault of ours, not the client's. The detail goes to the log only: a 500 must not leak
+    /// table names, queries or connection strings.
+    pub fn internal(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; it has been logged",
+        )
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        #[derive(Serialize)]
+        struct Failure<'a> {
+            success: bool,
+            message: &'a str,
+            code: &'a str,
+        }
+        let mut response = respond::json(
+            self.status,
+            &Failure {
+                success: false,
+                message: &self.message,
+                code: &self.code,
+            },
+        );
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The HTTP status for each refusal the extension can raise. Choices where the issue left two options:
+/// - DS010 not started → 409: the request is fine but the drop is not in a state to take it yet. 425 is
+///   about replayed TLS early data, and clients and proxies treat it as "retry the same bytes".
+/// - DS011 ended, DS030 hold expired, DS032 hold cancelled → 410: what was asked for is gone for good;
+///   the client must start over (reserve again), not retry.
+/// - DS021 limit reached → 409: 429 tells clients and proxies to back off and retry, and a retry can
+///   never succeed here.
+pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
+    let status = match sqlstate {
+        "DS001" | "DS002" | "DS003" => StatusCode::NOT_FOUND,
+        "DS010" => StatusCode::CONFLICT,
+        "DS011" => StatusCode::GONE,
+        "DS020" | "DS021" => StatusCode::CONFLICT,
+        "DS030" | "DS032" => StatusCode::GONE,
+        "DS031" => StatusCode::FORBIDDEN,
+        "DS033" | "DS040" => StatusCode::CONFLICT,
+        // invalid_parameter_value: the extension's own argument checks.
+        "22023" => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => return None,
+    };
+    Some(status)
+}
+
+/// SQLSTATEs that mean "the database cannot serve right now", not "the request is wrong":
+/// connection exceptions (08), operator intervention such as a shutdown (57P), too many connections.
+fn is_unavailable_sqlstate(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || sqlstate.starts_with("57P") || sqlstate == "53300"
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Pool(PoolError::Backend(error)) => match error.as_db_error() {
+                Some(_) => from_postgres(error),
+                // Opening a new connection failed before the server said anything.
+                None => {
+                    tracing::warn!(%error, "cannot connect to the database");
+                    ApiError::unavailable("the database is unavailable; try again shortly")
+                }
+            },
+            DbError::Pool(PoolError::Timeout(kind)) => {
+                tracing::warn!(?kind, "timed out waiting for a database connection");
+                ApiError::unavailable("the database is busy or unavailable; try again shortly")
+            }
+            DbError::Pool(PoolError::Closed) => {
+                ApiError::unavailable("the adapter is shutting down")
+            }
+            DbError::Pool(other) => ApiError::internal(&other),
+            DbError::Postgres(error) => from_postgres(error),
+        }
+    }
+}
+
+fn from_postgres(error: tokio_postgres::Error) -> ApiError {
+    if let Some(db) = error.as_db_error() {
+        let sqlstate = db.code().code();
+        if let Some(status) = status_for_sqlstate(sqlstate) {
+            return ApiError::new(status, sqlstate.to_owned(), db.message());
+        }
+        if is_unavailable_sqlstate(sqlstate) {
+            tracing::warn!(sqlstate, message = db.message(), "database unavailable");
+            return ApiError::unavailable("the database is unavailable; try again shortly");
+        }
+        return ApiError::internal(&format_args!("SQLSTATE {sqlstate}: {}", db.message()));
+    }
+    if error.is_closed()
+        || std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>())
+    {
+        tracing::warn!(%error, "database connection lost");
+        return ApiError::unavailable("the database is unavailable; try again shortly");
+    }
+    ApiError::internal(&error)
+}

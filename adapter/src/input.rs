@@ -1,0 +1,152 @@
+//! Reading request fields out of a JSON object, with a 400 that names the field whenever one is missing
+//! or of the wrong type. Values that are well-formed but out of range (a negative price) are left to the
+//! extension, which refuses them with SQLSTATE 22023 and a message of its own.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// The request body of a POST, field by field.
+pub struct Fields(pub Map<String, Value>);
+
+impl Fields {
+    /// A present, non-null field. `null` counts as missing, as it did in the replaced API.
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|value| !value.is_null())
+    }
+
+    fn missing(name: &str) -> ApiError {
+        ApiError::bad_request(format!("{name} is required"))
+    }
+
+    pub fn uuid(&self, name: &str) -> Result<Uuid, ApiError> {
+        self.optional_uuid(name)?.ok_or_else(|| Self::missing(name))
+    }
+
+    pub fn optional_uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => parse_uuid(name, text).map(Some),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{name} must be a UUID string"
+            ))),
+        }
+    }
+
+    pub fn string(&self, name: &str) -> Result<String, ApiError> {
+        match self.get(name) {
+            None => Err(Self::missing(name)),
+            Some(Value::String(text)) => Ok(text.clone()),
+            Some(_) => Err(ApiError::bad_request(format!("{name} must be a string"))),
+        }
+    }
+
+    /// A JSON number, returned in its shortest decimal spelling for SQL `numeric`.
+    pub fn decimal(&self, name: &str) -> Result<String, ApiError> {
+        match self.get(name) {
+            None => Err(Self::missing(name)),
+            Some(Value::Number(number)) => Ok(number.to_string()),
+            Some(_) => Err(ApiError::bad_request(format!("{name} must be a number"))),
+        }
+    }
+
+    pub fn integer(&self, name: &str) -> Result<i32, ApiError> {
+        self.optional_integer(name)?
+            .ok_or_else(|| Self::missing(name))
+    }
+
+    pub fn optional_integer(&self, name: &str) -> Result<Option<i32>, ApiError> {
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
+        let whole = value.as_i64().or_else(|| {
+            // 5.0 is a whole number too, as JavaScript clients may send it.
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
+        });
+        match whole.map(i32::try_from) {
+            Some(Ok(number)) => Ok(Some(number)),
+            Some(Err(_)) => Err(ApiError::bad_request(format!(
+                "{name} is out of range (at most {})",
+                i32::MAX
+            ))),
+            None => Err(ApiError::bad_request(format!(
+                "{name} must be a whole number"
+            ))),
+        }
+    }
+
+    pub fn optional_timestamp(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => parse_timestamp(text).map(Some).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be an RFC 3339 timestamp (2026-11-27T21:30:00Z) or \"DD-MM-YYYY, hh:mm A\" \
+                     (27-11-2026, 09:30 PM, UTC)"
+                ))
+            }),
+            Some(_) => Err(ApiError::bad_request(format!("{name} must be a string"))),
+        }
+    }
+}
+
+pub fn parse_uuid(name: &str, text: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(text.trim())
+        .map_err(|_| ApiError::bad_request(format!("{name} must be a UUID, got {text:?}")))
+}
+
+/// RFC 3339, or the replaced API's `"DD-MM-YYYY, hh:mm A"`, which carries no zone and is read as UTC.
+pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.with_timezone(&Utc));
+    }
+    NaiveDateTime::parse_from_str(text, "%d-%m-%Y, %I:%M %p")
+        .ok()
+        .map(|naive| naive.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_start_time_spellings() {
+        let rfc = parse_timestamp("2026-11-27T21:30:00+01:00").unwrap();
+        assert_eq!(rfc.to_rfc3339(), "2026-11-27T20:30:00+00:00");
+        let legacy = parse_timestamp("27-11-2026, 09:30 PM").unwrap();
+        assert_eq!(legacy.to_rfc3339(), "2026-11-27T21:30:00+00:00");
+        let morning = parse_timestamp("01-02-2027, 12:05 am").unwrap();
+        assert_eq!(morning.to_rfc3339(), "2027-02-01T00:05:00+00:00");
+        assert!(parse_timestamp("tomorrow").is_none());
+        assert!(parse_timestamp("31-02-2026, 09:30 PM").is_none());
+    }
+
+    #[test]
+    fn names_the_field_that_is_wrong() {
+        let body: Map<String, Value> =
+            serde_json::from_str(r#"{"userId": 5, "totalStock": 1.5, "dropId": "nope"}"#).unwrap();
+        let fields = Fields(body);
+        assert_eq!(
+            fields.uuid("userId").unwrap_err().message,
+            "userId must be a UUID string"
+        );
+        assert_eq!(
+            fields.integer("totalStock").unwrap_err().message,
+            "totalStock must be a whole number"
+        );
+        assert!(fields
+            .uuid("dropId")
+            .unwrap_err()
+            .message
+            .starts_with("dropId must be a UUID"));
+        assert_eq!(
+            fields.string("name").unwrap_err().message,
+            "name is required"
+        );
+    }
+}

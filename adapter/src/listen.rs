@@ -1,0 +1,179 @@
+//! The one LISTEN connection: notifications from the background worker go into the fan-out.
+//!
+//! The connection is dedicated (a pooled connection would stop delivering as soon as it went back to the
+//! pool) and its `Connection` half is polled with `poll_message` by a task of its own, because a
+//! LISTEN connection that nobody polls delivers nothing. When it is lost, the adapter reconnects with
+//! capped, jittered backoff and, once listening again, tells every client to `resync`: whatever changed
+//! in between was never heard.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::fanout::{FeedEvent, Notice};
+
+/// The worker's channel.
+const CHANNEL: &str = "dropstock";
+/// Names the LISTEN backend in `pg_stat_activity`, so operators (and tests) can find it.
+pub const APPLICATION_NAME: &str = "dropstock-http-listen";
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+/// A connection whose server vanished without a FIN would otherwise look idle forever.
+const HEALTH_EVERY: Duration = Duration::from_secs(15);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a LISTEN session ended: whether it had got as far as listening, and why it stopped.
+struct Lost {
+    was_listening: bool,
+    reason: String,
+}
+
+impl Lost {
+    fn before(reason: impl ToString) -> Self {
+        Lost {
+            was_listening: false,
+            reason: reason.to_string(),
+        }
+    }
+
+    fn after(reason: impl ToString) -> Self {
+        Lost {
+            was_listening: true,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Runs until shutdown, keeping a LISTEN connection up.
+pub async fn run(mut config: tokio_postgres::Config, app: Arc<App>, shutdown: CancellationToken) {
+    config.application_name(APPLICATION_NAME);
+    let mut failures: u32 = 0;
+    let mut listened_before = false;
+    loop {
+        let lost = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            lost = listen(&config, &app, listened_before) => lost,
+        };
+        app.feed.set_listening(false);
+        if lost.was_listening {
+            listened_before = true;
+            failures = 0;
+            tracing::warn!(reason = %lost.reason, "LISTEN connection lost; reconnecting");
+        } else {
+            failures = failures.saturating_add(1);
+            tracing::warn!(reason = %lost.reason, attempt = failures, "cannot LISTEN; retrying");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff(failures)) => {}
+        }
+    }
+}
+
+/// Exponential from 100 ms, capped at 10 s, with jitter so that many adapters cut off by the same
+/// database restart do not all reconnect in the same instant.
+fn backoff(failures: u32) -> Duration {
+    let ceiling = BACKOFF_FIRST
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// One session: connect, LISTEN, relay until the connection fails, and say why it ended.
+async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Lost {
+    let (client, mut connection) = match config.connect(NoTls).await {
+        Ok(pair) => pair,
+        Err(error) => return Lost::before(error),
+    };
+    let (sender, mut notifications) = mpsc::channel::<Notification>(256);
+    let pump = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    if sender.send(notification).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(AsyncMessage::Notice(notice)) => {
+                    tracing::debug!(%notice, "notice on the LISTEN connection")
+                }
+                Ok(_) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    });
+
+    if let Err(error) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        return Lost::before(error);
+    }
+    app.feed.set_listening(true);
+    if resync {
+        app.metrics.listen_reconnects.inc();
+        app.feed.publish(FeedEvent::Resync);
+        tracing::info!("LISTEN re-established; clients told to resync");
+    } else {
+        tracing::info!(channel = CHANNEL, "listening for stock changes");
+    }
+
+    let mut health = tokio::time::interval(HEALTH_EVERY);
+    health.tick().await;
+    loop {
+        tokio::select! {
+            notification = notifications.recv() => match notification {
+                Some(notification) => relay(app, notification.payload()),
+                None => {
+                    let reason = match pump.await {
+                        Ok(Err(error)) => error.to_string(),
+                        Ok(Ok(())) => "the server closed the connection".to_owned(),
+                        Err(error) => error.to_string(),
+                    };
+                    return Lost::after(reason);
+                }
+            },
+            _ = health.tick() => {
+                match tokio::time::timeout(HEALTH_TIMEOUT, client.batch_execute("SELECT 1")).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return Lost::after(error),
+                    Err(_) => return Lost::after("no answer to a health check"),
+                }
+            }
+        }
+    }
+}
+
+fn relay(app: &App, payload: &str) {
+    match serde_json::from_str::<Notice>(payload) {
+        Ok(notice) => {
+            app.metrics.notifications.inc();
+            app.feed.publish(FeedEvent::from_notice(&notice));
+        }
+        Err(error) => {
+            app.metrics.bad_notifications.inc();
+            tracing::warn!(%error, payload = %payload.chars().take(200).collect::<String>(), "unreadable notification");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        for failures in 0..40 {
+            let delay = backoff(failures);
+            assert!(delay <= BACKOFF_CAP, "{delay:?} after {failures} failures");
+            assert!(delay >= BACKOFF_FIRST / 2);
+        }
+        assert!(backoff(0) <= BACKOFF_FIRST);
+        assert!(backoff(20) >= BACKOFF_CAP / 2);
+    }
+}

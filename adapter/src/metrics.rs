@@ -1,0 +1,147 @@
+//! Prometheus metrics for `GET /metrics`: requests by route and status, request latency, connected
+//! WebSocket clients and what the feed relayed.
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Routes are labelled by their pattern (`/api/drops/{id}`), never the raw path, so a client sending random
+/// paths cannot grow the label set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    pub ws_clients: Gauge,
+    pub notifications: Counter,
+    pub bad_notifications: Counter,
+    pub resyncs: Counter,
+    pub slow_clients_dropped: Counter,
+    pub listen_reconnects: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms to about 4 s: a reservation takes about a millisecond, a pool wait may take seconds.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("dropstock_http");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests answered, by method, route and status",
+            requests.clone(),
+        );
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer an HTTP request, by route",
+            latency.clone(),
+        );
+        let ws_clients = Gauge::default();
+        registry.register(
+            "websocket_clients",
+            "WebSocket clients connected now",
+            ws_clients.clone(),
+        );
+        let notifications = Counter::default();
+        registry.register(
+            "notifications_relayed",
+            "Stock notifications received on LISTEN dropstock and relayed to clients",
+            notifications.clone(),
+        );
+        let bad_notifications = Counter::default();
+        registry.register(
+            "notifications_rejected",
+            "Notifications on LISTEN dropstock whose payload could not be read",
+            bad_notifications.clone(),
+        );
+        let resyncs = Counter::default();
+        registry.register(
+            "resyncs_sent",
+            "resync messages sent to WebSocket clients (LISTEN reconnected, or the client fell behind)",
+            resyncs.clone(),
+        );
+        let slow_clients_dropped = Counter::default();
+        registry.register(
+            "websocket_clients_dropped",
+            "WebSocket clients disconnected because their socket did not drain",
+            slow_clients_dropped.clone(),
+        );
+        let listen_reconnects = Counter::default();
+        registry.register(
+            "listen_reconnects",
+            "Times the LISTEN connection was re-established after being lost",
+            listen_reconnects.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            ws_clients,
+            notifications,
+            bad_notifications,
+            resyncs,
+            slow_clients_dropped,
+            listen_reconnects,
+        }
+    }
+
+    pub fn observe(
+        &self,
+        method: &Method,
+        route: &'static str,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let method = match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::OPTIONS => "OPTIONS",
+            Method::HEAD => "HEAD",
+            Method::PUT => "PUT",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            _ => "OTHER",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                method,
+                route,
+                status: status.as_u16(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&RouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition, which Prometheus scrapes.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,179 @@
+//! The JSON shapes the API answers with (camelCase, as the replaced API named them) and the extension's
+//! own SQL types they are read from.
+
+use std::error::Error;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use fallible_iterator::FallibleIterator;
+use postgres_types::{FromSql, Kind, ToSql, Type};
+use serde::{Serialize, Serializer};
+use uuid::Uuid;
+
+/// `dropstock.reservation_status`, read by name so a renamed or reordered label fails loudly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromSql, ToSql, Serialize)]
+#[postgres(name = "reservation_status")]
+#[serde(rename_all = "lowercase")]
+pub enum HoldStatus {
+    #[postgres(name = "reserved")]
+    Reserved,
+    #[postgres(name = "purchased")]
+    Purchased,
+    #[postgres(name = "expired")]
+    Expired,
+    #[postgres(name = "cancelled")]
+    Cancelled,
+}
+
+/// `dropstock.recent_purchase`: one entry of a drop's activity feed.
+#[derive(Debug, Clone, FromSql)]
+#[postgres(name = "recent_purchase")]
+pub struct RecentPurchase {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub username: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `dropstock.recent_purchase[]`, walked element by element. The view builds it with `ARRAY(…)` over a
+/// join, so it holds no NULLs today; skipping them rather than failing keeps one odd row from turning a
+/// whole drop list into an error.
+#[derive(Debug, Clone, Default)]
+pub struct RecentPurchases(pub Vec<RecentPurchase>);
+
+impl<'a> FromSql<'a> for RecentPurchases {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        let Kind::Array(member) = ty.kind() else {
+            return Err(format!("expected an array of recent_purchase, got {ty}").into());
+        };
+        let array = postgres_protocol::types::array_from_sql(raw)?;
+        let purchases = array
+            .values()
+            .filter_map(Ok)
+            .map(|element| RecentPurchase::from_sql(member, element))
+            .collect()?;
+        Ok(RecentPurchases(purchases))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(ty.kind(), Kind::Array(member) if <RecentPurchase as FromSql>::accepts(member))
+    }
+}
+
+/// Timestamps go out as JavaScript's `Date.prototype.toISOString()` writes them
+/// (`2026-11-27T21:30:00.000Z`), which clients of the replaced API parse already.
+pub fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+pub fn optional_timestamp<S: Serializer>(
+    at: &Option<DateTime<Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => timestamp(at, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// A drop as listed by `GET /api/drops`: exact stock and the three most recent buyers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropView {
+    pub id: Uuid,
+    pub name: String,
+    pub price: f64,
+    pub total_stock: i32,
+    pub available_stock: i32,
+    pub held_stock: i32,
+    pub sold_stock: i32,
+    #[serde(serialize_with = "timestamp")]
+    pub starts_at: DateTime<Utc>,
+    #[serde(serialize_with = "optional_timestamp")]
+    pub ends_at: Option<DateTime<Utc>>,
+    pub hold_seconds: i32,
+    pub per_user_limit: i32,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    pub purchases: Vec<PurchaseView>,
+}
+
+/// One entry of a drop's `purchases` list.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurchaseView {
+    pub id: Uuid,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    pub user: UserRef,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UserRef {
+    pub id: Uuid,
+    pub username: String,
+}
+
+impl From<RecentPurchase> for PurchaseView {
+    fn from(purchase: RecentPurchase) -> Self {
+        PurchaseView {
+            id: purchase.id,
+            created_at: purchase.created_at,
+            user: UserRef {
+                id: purchase.user_id,
+                username: purchase.username,
+            },
+        }
+    }
+}
+
+/// A hold, as `POST /api/reservations` and the cancel endpoint answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HoldView {
+    pub id: Uuid,
+    pub drop_id: Uuid,
+    pub user_id: Uuid,
+    pub status: HoldStatus,
+    #[serde(serialize_with = "timestamp")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// A sale, as `POST /api/purchases` answers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SaleView {
+    pub id: Uuid,
+    pub reservation_id: Uuid,
+    pub drop_id: Uuid,
+    pub user_id: Uuid,
+    pub price: f64,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// A buyer, as `POST /api/users` answers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub id: Uuid,
+    pub username: String,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+}
+
+/// What `POST /api/drops` hands to `dropstock.create_drop`. Optional fields left out fall back to the
+/// extension's own defaults, so those live in one place.
+#[derive(Debug, Clone)]
+pub struct NewDrop {
+    pub name: String,
+    /// The price as the client wrote it (a JSON number), passed to SQL as text so `numeric` gets the exact
+    /// decimal rather than a binary float's nearest value.
+    pub price: String,
+    pub total_stock: i32,
+    pub starts_at: Option<DateTime<Utc>>,
+    pub ends_at: Option<DateTime<Utc>>,
+    pub hold_seconds: Option<i32>,
+    pub per_user_limit: Option<i32>,
+}

@@ -1,0 +1,206 @@
+//! `GET /openapi.json`: an OpenAPI 3 description of the REST API, written out by hand next to the router
+//! it describes. The adapter's tests check that every route here answers and every route answers here.
+
+use serde_json::{json, Value};
+
+fn envelope(data: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": ["success", "data"],
+        "properties": { "success": { "type": "boolean", "enum": [true] }, "data": data }
+    })
+}
+
+fn ok(description: &str, data: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": envelope(data) } } })
+}
+
+fn failure(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Failure" } } }
+    })
+}
+
+fn schema(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn body(required: &[&str], properties: Value) -> Value {
+    json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object", "required": required, "properties": properties
+        } } }
+    })
+}
+
+fn id_parameter(description: &str) -> Value {
+    json!({ "name": "id", "in": "path", "required": true, "description": description,
+            "schema": { "type": "string", "format": "uuid" } })
+}
+
+pub fn document() -> Value {
+    let uuid = json!({ "type": "string", "format": "uuid" });
+    let time = json!({ "type": "string", "format": "date-time" });
+    let user_id = json!({ "type": "string", "format": "uuid",
+        "description": "The buyer. In JWT mode it may be left out (the token's sub is used) and must match it when given." });
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "dropstock HTTP API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Limited-edition product drops: list drops, reserve a unit for a short hold, buy it. \
+                Every answer is {success, data} or {success: false, message, code}; code is the extension's \
+                SQLSTATE when the database refused the request."
+        },
+        "components": {
+            "securitySchemes": {
+                "adminToken": { "type": "http", "scheme": "bearer",
+                    "description": "DROPSTOCK_ADMIN_TOKEN" },
+                "buyerToken": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                    "description": "HS256 with DROPSTOCK_JWT_SECRET; sub is the user id. Required only in JWT mode." }
+            },
+            "schemas": {
+                "Failure": { "type": "object", "required": ["success", "message", "code"], "properties": {
+                    "success": { "type": "boolean", "enum": [false] },
+                    "message": { "type": "string" },
+                    "code": { "type": "string", "example": "DS020" } } },
+                "Purchase": { "type": "object", "properties": {
+                    "id": uuid, "createdAt": time,
+                    "user": { "type": "object", "properties": { "id": uuid, "username": { "type": "string" } } } } },
+                "Drop": { "type": "object", "properties": {
+                    "id": uuid, "name": { "type": "string" }, "price": { "type": "number" },
+                    "totalStock": { "type": "integer" }, "availableStock": { "type": "integer" },
+                    "heldStock": { "type": "integer" }, "soldStock": { "type": "integer" },
+                    "startsAt": time, "endsAt": { "type": "string", "format": "date-time", "nullable": true },
+                    "holdSeconds": { "type": "integer" }, "perUserLimit": { "type": "integer" },
+                    "createdAt": time,
+                    "purchases": { "type": "array", "maxItems": 3, "items": schema("Purchase"),
+                        "description": "The three most recent purchases, newest first." } } },
+                "Reservation": { "type": "object", "properties": {
+                    "id": uuid, "dropId": uuid, "userId": uuid,
+                    "status": { "type": "string", "enum": ["reserved", "purchased", "expired", "cancelled"] },
+                    "expiresAt": time, "createdAt": time } },
+                "Sale": { "type": "object", "properties": {
+                    "id": uuid, "reservationId": uuid, "dropId": uuid, "userId": uuid,
+                    "price": { "type": "number" }, "createdAt": time } },
+                "User": { "type": "object", "properties": {
+                    "id": uuid, "username": { "type": "string" }, "createdAt": time } }
+            }
+        },
+        "paths": {
+            "/api/drops": {
+                "get": {
+                    "summary": "Drops that have not ended, soonest first, with exact stock and the latest buyers",
+                    "responses": { "200": ok("the drops", json!({ "type": "array", "items": schema("Drop") })),
+                                   "503": failure("database unavailable") }
+                },
+                "post": {
+                    "summary": "Create a drop (admin token)",
+                    "security": [{ "adminToken": [] }],
+                    "requestBody": body(&["name", "price", "totalStock"], json!({
+                        "name": { "type": "string" }, "price": { "type": "number" },
+                        "totalStock": { "type": "integer", "minimum": 1 },
+                        "startsAt": { "type": "string", "description":
+                            "RFC 3339, or \"DD-MM-YYYY, hh:mm A\" read as UTC; default now" },
+                        "endsAt": { "type": "string", "description": "RFC 3339 or \"DD-MM-YYYY, hh:mm A\"; default none" },
+                        "holdSeconds": { "type": "integer", "default": 60 },
+                        "perUserLimit": { "type": "integer", "default": 1 } })),
+                    "responses": { "201": ok("the new drop", schema("Drop")),
+                                   "400": failure("malformed body"), "401": failure("missing or wrong admin token"),
+                                   "403": failure("creating drops over HTTP is disabled (no admin token configured)"),
+                                   "413": failure("body over 64 KiB"), "422": failure("invalid value (22023)") }
+                }
+            },
+            "/api/drops/{id}": {
+                "get": {
+                    "summary": "One drop, ended or not",
+                    "parameters": [id_parameter("drop id")],
+                    "responses": { "200": ok("the drop", schema("Drop")),
+                                   "400": failure("id is not a UUID"), "404": failure("unknown drop (DS001)") }
+                }
+            },
+            "/api/reservations": {
+                "post": {
+                    "summary": "Hold one unit for the drop's hold time; the same buyer's retry returns the same hold",
+                    "security": [{}, { "buyerToken": [] }],
+                    "requestBody": body(&["dropId"], json!({ "dropId": uuid, "userId": user_id })),
+                    "responses": {
+                        "201": ok("a new hold", schema("Reservation")),
+                        "200": ok("the buyer's existing live hold", schema("Reservation")),
+                        "400": failure("malformed body"), "401": failure("JWT mode: missing or invalid buyer token"),
+                        "403": failure("JWT mode: userId is not the token's buyer"),
+                        "404": failure("unknown drop (DS001) or user (DS002)"),
+                        "409": failure("sold out (DS020), limit reached (DS021), not started (DS010)"),
+                        "410": failure("drop ended (DS011)") }
+                }
+            },
+            "/api/reservations/{id}/cancel": {
+                "post": {
+                    "summary": "Give a live hold back; its unit is available again at once",
+                    "security": [{}, { "buyerToken": [] }],
+                    "parameters": [id_parameter("reservation id")],
+                    "requestBody": body(&[], json!({ "userId": user_id })),
+                    "responses": {
+                        "200": ok("the hold, now cancelled (or as it was if it had already ended)", schema("Reservation")),
+                        "403": failure("not the buyer's hold (DS031)"), "404": failure("unknown reservation (DS003)"),
+                        "409": failure("already purchased (DS033)") }
+                }
+            },
+            "/api/purchases": {
+                "post": {
+                    "summary": "Buy the unit a live hold keeps; a retry returns the same sale",
+                    "security": [{}, { "buyerToken": [] }],
+                    "requestBody": body(&["reservationId"], json!({ "reservationId": uuid, "userId": user_id })),
+                    "responses": {
+                        "200": { "description": "the sale; message is \"Purchased successfully\"",
+                                 "content": { "application/json": { "schema": {
+                                     "type": "object", "properties": {
+                                         "success": { "type": "boolean" }, "message": { "type": "string" },
+                                         "data": schema("Sale") } } } } },
+                        "403": failure("not the buyer's hold (DS031)"), "404": failure("unknown reservation (DS003)"),
+                        "410": failure("hold expired (DS030) or cancelled (DS032)") }
+                }
+            },
+            "/api/users": {
+                "post": {
+                    "summary": "Register a buyer (admin token in JWT mode)",
+                    "requestBody": body(&["username"], json!({ "username": { "type": "string", "maxLength": 64 } })),
+                    "responses": { "201": ok("the buyer", schema("User")),
+                                   "409": failure("username taken (DS040)"), "422": failure("empty or too long (22023)") }
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Database reachable and extension installed",
+                    "responses": { "200": ok("healthy", json!({ "type": "object", "properties": {
+                                        "status": { "type": "string" }, "database": { "type": "string" },
+                                        "listening": { "type": "boolean" } } })),
+                                   "503": failure("database unreachable or extension missing") }
+                }
+            },
+            "/metrics": {
+                "get": { "summary": "Prometheus metrics (OpenMetrics text)",
+                         "responses": { "200": { "description": "metrics",
+                             "content": { "application/openmetrics-text": { "schema": { "type": "string" } } } } } }
+            },
+            "/openapi.json": {
+                "get": { "summary": "This document", "responses": { "200": { "description": "OpenAPI 3 document" } } }
+            },
+            "/ws": {
+                "get": {
+                    "summary": "WebSocket live feed: snapshot, then stock, purchase and resync messages",
+                    "parameters": [{ "name": "drop", "in": "query", "required": false,
+                                     "description": "only this drop's messages", "schema": { "type": "string", "format": "uuid" } }],
+                    "responses": { "101": { "description": "switching to the WebSocket protocol" },
+                                   "400": failure("not a WebSocket handshake, or drop is not a UUID"),
+                                   "404": failure("unknown drop (DS001)") }
+                }
+            },
+            "/": {
+                "get": { "summary": "The drop page (HTML)", "responses": { "200": { "description": "HTML page" } } }
+            }
+        }
+    })
+}

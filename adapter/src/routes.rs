@@ -1,0 +1,304 @@
+//! The router: one `match` on (route, method), one handler per endpoint, errors turned into responses in
+//! one place (`handle`). Handlers validate input, call one SQL function and shape its answer; every
+//! decision about stock, holds and buyers is the extension's.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use crate::app::App;
+use crate::db;
+use crate::error::ApiError;
+use crate::input::{parse_uuid, Fields};
+use crate::model::NewDrop;
+use crate::respond::{self, Body};
+use crate::{openapi, page, ws};
+
+/// Every path the adapter answers. Path parameters borrow from the request path.
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    Page,
+    PageAsset(&'a str),
+    Health,
+    Metrics,
+    OpenApi,
+    Feed,
+    Drops,
+    Drop(&'a str),
+    Reservations,
+    CancelHold(&'a str),
+    Purchases,
+    Users,
+}
+
+impl<'a> Route<'a> {
+    fn recognise(path: &'a str) -> Option<Self> {
+        let segments: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        let route = match segments.as_slice() {
+            [""] => Route::Page,
+            ["page", asset] if !asset.is_empty() => Route::PageAsset(asset),
+            ["healthz"] => Route::Health,
+            ["metrics"] => Route::Metrics,
+            ["openapi.json"] => Route::OpenApi,
+            ["ws"] => Route::Feed,
+            ["api", "drops"] => Route::Drops,
+            ["api", "drops", id] if !id.is_empty() => Route::Drop(id),
+            ["api", "reservations"] => Route::Reservations,
+            ["api", "reservations", id, "cancel"] if !id.is_empty() => Route::CancelHold(id),
+            ["api", "purchases"] => Route::Purchases,
+            ["api", "users"] => Route::Users,
+            _ => return None,
+        };
+        Some(route)
+    }
+
+    /// The route's pattern, for metrics labels and logs.
+    fn pattern(self) -> &'static str {
+        match self {
+            Route::Page => "/",
+            Route::PageAsset(_) => "/page/{asset}",
+            Route::Health => "/healthz",
+            Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::Feed => "/ws",
+            Route::Drops => "/api/drops",
+            Route::Drop(_) => "/api/drops/{id}",
+            Route::Reservations => "/api/reservations",
+            Route::CancelHold(_) => "/api/reservations/{id}/cancel",
+            Route::Purchases => "/api/purchases",
+            Route::Users => "/api/users",
+        }
+    }
+
+    /// The methods the route takes, for `Allow` on 405 and `OPTIONS`.
+    fn allow(self) -> &'static str {
+        match self {
+            Route::Drops => "GET, POST, OPTIONS",
+            Route::Reservations | Route::CancelHold(_) | Route::Purchases | Route::Users => {
+                "POST, OPTIONS"
+            }
+            _ => "GET, OPTIONS",
+        }
+    }
+}
+
+/// The service function: answers every request, never fails (errors become responses here), and records
+/// the metrics and the CORS headers for all of them.
+pub async fn handle(
+    request: Request<Incoming>,
+    app: Arc<App>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    let path = request.uri().path().to_owned();
+    let (pattern, outcome) = match Route::recognise(&path) {
+        Some(route) => (route.pattern(), dispatch(route, &path, request, &app).await),
+        None => (
+            "unmatched",
+            Err(ApiError::not_found(format!("no such endpoint: {path}"))),
+        ),
+    };
+    let mut response = outcome.unwrap_or_else(|error| {
+        if error.status.is_server_error() {
+            tracing::warn!(%method, %path, status = %error.status, message = %error.message, "request failed");
+        } else {
+            tracing::debug!(%method, %path, status = %error.status, message = %error.message, "request refused");
+        }
+        error.into_response()
+    });
+    app.cors.decorate(origin.as_ref(), &mut response);
+    app.metrics
+        .observe(&method, pattern, response.status(), started.elapsed());
+    Ok(response)
+}
+
+async fn dispatch(
+    route: Route<'_>,
+    path: &str,
+    request: Request<Incoming>,
+    app: &Arc<App>,
+) -> Result<Response<Body>, ApiError> {
+    let method = request.method().clone();
+    if method == Method::OPTIONS {
+        return app.cors.preflight(request.headers(), route.allow());
+    }
+    match (route, method) {
+        (Route::Page, Method::GET) => Ok(page::index()),
+        (Route::PageAsset(name), Method::GET) => page::asset(name),
+        (Route::Health, Method::GET) => health(app).await,
+        (Route::Metrics, Method::GET) => Ok(respond::with_type(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            app.metrics.render(),
+        )),
+        (Route::OpenApi, Method::GET) => Ok(respond::json(StatusCode::OK, &openapi::document())),
+        (Route::Feed, Method::GET) => ws::upgrade(request, app.clone()).await,
+        (Route::Drops, Method::GET) => list_drops(app).await,
+        (Route::Drops, Method::POST) => create_drop(request, app).await,
+        (Route::Drop(id), Method::GET) => show_drop(id, app).await,
+        (Route::Reservations, Method::POST) => reserve(request, app).await,
+        (Route::CancelHold(id), Method::POST) => cancel(id, request, app).await,
+        (Route::Purchases, Method::POST) => purchase(request, app).await,
+        (Route::Users, Method::POST) => create_user(request, app).await,
+        (route, method) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
+    }
+}
+
+async fn body(request: Request<Incoming>) -> Result<Fields, ApiError> {
+    let (parts, body) = request.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok());
+    let object = respond::read_json_object(body, declared).await?;
+    Ok(Fields(object))
+}
+
+async fn health(app: &App) -> Result<Response<Body>, ApiError> {
+    #[derive(Serialize)]
+    struct Health {
+        status: &'static str,
+        database: &'static str,
+        listening: bool,
+    }
+    let client = db::connection(&app.pool).await?;
+    if !db::extension_installed(&client).await? {
+        return Err(ApiError::unavailable(
+            "the dropstock extension is not installed in the database",
+        ));
+    }
+    Ok(respond::success(
+        StatusCode::OK,
+        Health {
+            status: "ok",
+            database: "ok",
+            // Requests are served without LISTEN; only the live feed waits for it.
+            listening: app.feed.is_listening(),
+        },
+    ))
+}
+
+async fn list_drops(app: &App) -> Result<Response<Body>, ApiError> {
+    let client = db::connection(&app.pool).await?;
+    Ok(respond::success(
+        StatusCode::OK,
+        db::active_drops(&client).await?,
+    ))
+}
+
+async fn show_drop(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
+    let drop_id = parse_uuid("drop id", id)?;
+    let client = db::connection(&app.pool).await?;
+    Ok(respond::success(
+        StatusCode::OK,
+        db::drop_status(&client, drop_id).await?,
+    ))
+}
+
+async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+    app.access
+        .require_admin(request.headers(), "creating drops")?;
+    let fields = body(request).await?;
+    let drop = NewDrop {
+        name: fields.string("name")?,
+        price: fields.decimal("price")?,
+        total_stock: fields.integer("totalStock")?,
+        starts_at: fields.optional_timestamp("startsAt")?,
+        ends_at: fields.optional_timestamp("endsAt")?,
+        hold_seconds: fields.optional_integer("holdSeconds")?,
+        per_user_limit: fields.optional_integer("perUserLimit")?,
+    };
+    let client = db::connection(&app.pool).await?;
+    Ok(respond::success(
+        StatusCode::CREATED,
+        db::create_drop(&client, &drop).await?,
+    ))
+}
+
+async fn create_user(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+    // With buyer tokens, the host application issues them and so decides who the buyers are.
+    if app.access.jwt_mode() {
+        app.access
+            .require_admin(request.headers(), "creating buyers (in JWT mode)")?;
+    }
+    let fields = body(request).await?;
+    let username = fields.string("username")?;
+    let client = db::connection(&app.pool).await?;
+    Ok(respond::success(
+        StatusCode::CREATED,
+        db::create_user(&client, &username).await?,
+    ))
+}
+
+async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+    let buyer = app.access.authenticate(request.headers())?;
+    let fields = body(request).await?;
+    let drop_id = fields.uuid("dropId")?;
+    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
+    let client = db::connection(&app.pool).await?;
+    let (hold, fresh) = db::reserve(&client, drop_id, user_id).await?;
+    // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
+    let status = if fresh {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(respond::success(status, hold))
+}
+
+async fn purchase(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+    let buyer = app.access.authenticate(request.headers())?;
+    let fields = body(request).await?;
+    let hold_id = fields.uuid("reservationId")?;
+    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
+    let client = db::connection(&app.pool).await?;
+    let sale = db::purchase(&client, hold_id, user_id).await?;
+    Ok(respond::success_with_message(
+        StatusCode::OK,
+        "Purchased successfully",
+        sale,
+    ))
+}
+
+async fn cancel(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<Response<Body>, ApiError> {
+    let hold_id = parse_uuid("reservation id", id)?;
+    let buyer = app.access.authenticate(request.headers())?;
+    let fields = body(request).await?;
+    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
+    let client = db::connection(&app.pool).await?;
+    Ok(respond::success(
+        StatusCode::OK,
+        db::cancel(&client, hold_id, user_id).await?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_routes_and_their_parameters() {
+        assert!(matches!(Route::recognise("/"), Some(Route::Page)));
+        assert!(matches!(
+            Route::recognise("/api/drops/abc"),
+            Some(Route::Drop("abc"))
+        ));
+        assert!(matches!(
+            Route::recognise("/api/reservations/abc/cancel"),
+            Some(Route::CancelHold("abc"))
+        ));
+        assert!(Route::recognise("/api/drops/").is_none());
+        assert!(Route::recognise("/api/drops/a/b").is_none());
+        assert!(Route::recognise("/nope").is_none());
+    }
+}

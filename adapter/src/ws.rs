@@ -1,0 +1,266 @@
+//! `GET /ws`: the live feed. A snapshot on connect, then `stock`, `purchase` and `resync` messages from
+//! the fan-out, one task per client.
+//!
+//! A client never slows anyone else: it reads the shared broadcast at its own pace; if it falls too far
+//! behind it gets `resync`, and if its socket stops draining (a write stalls for `WRITE_TIMEOUT`, or the
+//! unsent bytes pass `MAX_UNSENT`) it is disconnected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use uuid::Uuid;
+
+use crate::app::App;
+use crate::db;
+use crate::error::ApiError;
+use crate::fanout::{self, FeedEvent, RESYNC_FRAME};
+use crate::input::parse_uuid;
+use crate::respond::{self, Body};
+
+/// How often the server pings; browsers answer pings by themselves.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// A client heard nothing from (not even a pong) for this long is gone.
+const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// A write that cannot reach the client's socket for this long means the client is not reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes waiting for a stalled socket, per client, before it is dropped: room for a large snapshot.
+const MAX_UNSENT: usize = 2 * 1024 * 1024;
+/// The feed is one-way; what a client may send is pongs and small control messages.
+const MAX_INCOMING: usize = 64 * 1024;
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|part| part.trim().eq_ignore_ascii_case(token))
+}
+
+/// The `drop` query parameter, if any: the client wants one drop's feed only.
+fn drop_filter(query: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        if let Some(("drop", value)) = pair.split_once('=') {
+            return parse_uuid("drop", value).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+/// Checks the handshake, reads the snapshot while still able to answer with a plain HTTP error (404 for an
+/// unknown drop, 503 when the database is down), then switches protocols.
+pub async fn upgrade(
+    mut request: Request<Incoming>,
+    app: Arc<App>,
+) -> Result<Response<Body>, ApiError> {
+    let headers = request.headers();
+    if !has_token(headers, header::CONNECTION, "upgrade")
+        || !has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(ApiError::bad_request(
+            "/ws is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(ApiError::bad_request("Sec-WebSocket-Version must be 13"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(ApiError::bad_request("Sec-WebSocket-Key is required"));
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let filter = drop_filter(request.uri().query())?;
+
+    // Subscribe first: a change that lands while the snapshot is read is then delivered, not lost.
+    let events = app.feed.subscribe();
+    let drops = {
+        let client = db::connection(&app.pool).await?;
+        match filter {
+            Some(drop_id) => vec![db::drop_status(&client, drop_id).await?],
+            None => db::active_drops(&client).await?,
+        }
+    };
+    let snapshot = fanout::snapshot_frame(&drops);
+
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let client_app = app.clone();
+    app.sockets.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let config = WebSocketConfig::default()
+                    .max_write_buffer_size(MAX_UNSENT)
+                    .max_message_size(Some(MAX_INCOMING))
+                    .max_frame_size(Some(MAX_INCOMING));
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                serve(socket, snapshot, events, filter, &client_app).await;
+            }
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
+        }
+    });
+
+    let mut response = respond::empty(StatusCode::SWITCHING_PROTOCOLS);
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).map_err(|error| ApiError::internal(&error))?,
+    );
+    Ok(response)
+}
+
+/// Counts a connected client for as long as it lives, however its task ends.
+struct Connected<'a>(&'a App);
+
+impl<'a> Connected<'a> {
+    fn new(app: &'a App) -> Self {
+        app.metrics.ws_clients.inc();
+        Connected(app)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.ws_clients.dec();
+    }
+}
+
+#[derive(Debug)]
+enum SendFailed {
+    Stalled,
+    Closed,
+}
+
+async fn send(
+    socket: &mut Socket,
+    messages: impl IntoIterator<Item = Message>,
+) -> Result<(), SendFailed> {
+    let write = async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    match timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => Ok(()),
+        // Unsent bytes past MAX_UNSENT is a stall too.
+        Ok(Err(tokio_tungstenite::tungstenite::Error::WriteBufferFull(_))) | Err(_) => {
+            Err(SendFailed::Stalled)
+        }
+        Ok(Err(_)) => Err(SendFailed::Closed),
+    }
+}
+
+fn resync(app: &App) -> Vec<Message> {
+    app.metrics.resyncs.inc();
+    vec![Message::Text(Utf8Bytes::from_static(RESYNC_FRAME))]
+}
+
+async fn serve(
+    mut socket: Socket,
+    snapshot: Utf8Bytes,
+    mut events: broadcast::Receiver<Arc<FeedEvent>>,
+    filter: Option<Uuid>,
+    app: &App,
+) {
+    let _connected = Connected::new(app);
+    if send(&mut socket, [Message::Text(snapshot)]).await.is_err() {
+        return;
+    }
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut last_heard = Instant::now();
+    loop {
+        let outgoing = tokio::select! {
+            _ = app.shutdown.cancelled() => {
+                let goodbye = CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() };
+                let _ = timeout(CLOSE_TIMEOUT, socket.close(Some(goodbye))).await;
+                return;
+            }
+            incoming = socket.next() => match incoming {
+                // tungstenite answers pings and close frames itself; the feed has no client commands.
+                Some(Ok(_)) => {
+                    last_heard = Instant::now();
+                    continue;
+                }
+                Some(Err(_)) | None => return,
+            },
+            event = events.recv() => match event {
+                Ok(event) => match &*event {
+                    FeedEvent::Drop { drop_id, frames } if filter.is_none_or(|wanted| wanted == *drop_id) => {
+                        frames.iter().cloned().map(Message::Text).collect()
+                    }
+                    FeedEvent::Drop { .. } => continue,
+                    FeedEvent::Resync => resync(app),
+                },
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "WebSocket client fell behind; sending resync");
+                    resync(app)
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    tracing::debug!("WebSocket client silent too long; dropping it");
+                    return;
+                }
+                vec![Message::Ping(Bytes::new())]
+            }
+        };
+        match send(&mut socket, outgoing).await {
+            Ok(()) => {}
+            Err(SendFailed::Stalled) => {
+                app.metrics.slow_clients_dropped.inc();
+                tracing::debug!("WebSocket client not draining its socket; dropping it");
+                return;
+            }
+            Err(SendFailed::Closed) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_drop_filter() {
+        assert_eq!(drop_filter(None).unwrap(), None);
+        assert_eq!(drop_filter(Some("x=1")).unwrap(), None);
+        let id = Uuid::new_v4();
+        assert_eq!(
+            drop_filter(Some(&format!("x=1&drop={id}"))).unwrap(),
+            Some(id)
+        );
+        assert_eq!(
+            drop_filter(Some("drop=42")).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}
