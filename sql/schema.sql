@@ -48,8 +48,8 @@ CREATE TABLE reservations (
 -- At most one live hold per buyer and drop: a retry finds it instead of taking a second unit.
 CREATE UNIQUE INDEX reservations_one_live_hold ON reservations (drop_id, user_id) WHERE status = 'reserved';
 -- The expiry sweep and the inline reclaim of past-due holds read only live holds, oldest first.
+-- (No per-drop variant: the sweep keeps few holds due, and every index costs each hold an insert.)
 CREATE INDEX reservations_due ON reservations (expires_at) WHERE status = 'reserved';
-CREATE INDEX reservations_due_by_drop ON reservations (drop_id, expires_at) WHERE status = 'reserved';
 
 CREATE TABLE purchases (
     id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),

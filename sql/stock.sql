@@ -20,6 +20,7 @@ BEGIN
        SET available = s.available + available_delta, sold = s.sold + sold_delta
      WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
                                    WHERE f.drop_id = _adjust_stock.drop_id
+                                   ORDER BY f.slot >= pg_backend_pid() % 64 DESC, f.slot
                                    LIMIT 1 FOR UPDATE SKIP LOCKED);
     IF NOT FOUND THEN
         UPDATE dropstock.stock_slots s
@@ -40,13 +41,25 @@ CREATE FUNCTION _claim_unit(drop_id uuid)
 RETURNS boolean
 LANGUAGE plpgsql
 AS $$
+DECLARE
+    home constant smallint := pg_backend_pid() % 64;
 BEGIN
     FOR attempt IN 1..5000 LOOP
+        -- Each backend starts at its own home slot, so concurrent buyers rarely even look at a slot
+        -- another one holds; then it tries the slots below home.
         UPDATE dropstock.stock_slots s
            SET available = s.available - 1
          WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                       WHERE f.drop_id = _claim_unit.drop_id AND f.available > 0
-                                       LIMIT 1 FOR UPDATE SKIP LOCKED);
+                                       WHERE f.drop_id = _claim_unit.drop_id AND f.slot >= home AND f.available > 0
+                                       ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
+        IF FOUND THEN
+            RETURN true;
+        END IF;
+        UPDATE dropstock.stock_slots s
+           SET available = s.available - 1
+         WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
+                                       WHERE f.drop_id = _claim_unit.drop_id AND f.slot < home AND f.available > 0
+                                       ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
         IF FOUND THEN
             RETURN true;
         END IF;

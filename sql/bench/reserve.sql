@@ -1,0 +1,3 @@
+-- dropstock's reservation: one call, a fresh buyer each time.
+\set n :n + 1
+SELECT id FROM dropstock.reserve_item(:drop, md5('bench-' || (:client_id * 100000 + :n))::uuid);
