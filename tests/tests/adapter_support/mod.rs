@@ -1,0 +1,479 @@
+//! Shared by the adapter's end-to-end tests: the real `dropstock-http` binary started on a free loopback
+//! port against the cluster `make db` runs, an HTTP and a WebSocket client, and fixtures with unique names
+//! (tests share one database with everything else).
+//!
+//! The binary is `DROPSTOCK_HTTP_BIN`, by default `target/debug/dropstock-http` of this workspace: build it
+//! first with `cargo build -p dropstock-http`.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5544/postgres".into())
+}
+
+pub fn binary() -> PathBuf {
+    std::env::var_os("DROPSTOCK_HTTP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dropstock-http")
+        })
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
+
+/// A port nothing listens on right now. The adapter binds it a moment later; on a test machine nothing
+/// else races for loopback ports.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One real database connection for setup and for NOTIFY; its driver runs on its own task.
+pub async fn db() -> Client {
+    let (client, connection) = tokio_postgres::connect(&database_url(), NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach {} (run `make db`): {e}", database_url()));
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// A running adapter process, killed when dropped.
+pub struct Adapter {
+    child: Child,
+    pub port: u16,
+    pub base: String,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+/// How an adapter is started: extra environment on top of DATABASE_URL and the port.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub env: Vec<(String, String)>,
+    pub database_url: Option<String>,
+}
+
+impl Options {
+    pub fn admin() -> Self {
+        Options::default().with("DROPSTOCK_ADMIN_TOKEN", ADMIN_TOKEN)
+    }
+
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+}
+
+impl Adapter {
+    /// An adapter with the admin token set, as most tests want one.
+    pub async fn start() -> Adapter {
+        Adapter::start_with(Options::admin()).await
+    }
+
+    pub async fn start_with(options: Options) -> Adapter {
+        let binary = binary();
+        assert!(
+            binary.exists(),
+            "{} does not exist: run `cargo build -p dropstock-http` (or set DROPSTOCK_HTTP_BIN)",
+            binary.display()
+        );
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("dropstock-http-test-{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(&binary);
+        command
+            .env_remove("DROPSTOCK_ADMIN_TOKEN")
+            .env_remove("DROPSTOCK_JWT_SECRET")
+            .env_remove("DROPSTOCK_CORS_ORIGINS")
+            .env(
+                "DATABASE_URL",
+                options.database_url.unwrap_or_else(database_url),
+            )
+            .env("DROPSTOCK_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DROPSTOCK_POOL_SIZE", "8")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let adapter = Adapter {
+            child,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        adapter.wait_healthy().await;
+        adapter
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Polls `/healthz` until it answers 200, the process exits, or 20 s pass.
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(response) = self.http.get(format!("{}/healthz", self.base)).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "adapter not healthy within 20 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until the adapter's LISTEN connection is up, so a NOTIFY sent now is relayed.
+    pub async fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.get("/healthz").await;
+            if status == 200 && body["data"]["listening"] == true {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "adapter not listening within 20 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        read(self.http.get(self.url(path)).send().await.unwrap()).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        read(
+            self.http
+                .post(self.url(path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn post_as(&self, path: &str, bearer: &str, body: Value) -> (u16, Value) {
+        let request = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(bearer)
+            .json(&body);
+        read(request.send().await.unwrap()).await
+    }
+
+    /// POST /api/drops with the admin token.
+    pub async fn create_drop(&self, body: Value) -> Value {
+        let (status, answer) = self.post_as("/api/drops", ADMIN_TOKEN, body).await;
+        assert_eq!(status, 201, "create drop: {answer}");
+        answer["data"].clone()
+    }
+
+    /// An open drop with `stock` units and a unique name; its id.
+    pub async fn open_drop(&self, stock: i32) -> String {
+        let drop = self
+            .create_drop(
+                json!({"name": unique("adapter drop"), "price": 25.5, "totalStock": stock}),
+            )
+            .await;
+        id(&drop)
+    }
+
+    /// POST /api/users (open in the default mode); the buyer's id.
+    pub async fn new_buyer(&self) -> String {
+        let (status, answer) = self
+            .post("/api/users", json!({"username": unique("buyer")}))
+            .await;
+        assert_eq!(status, 201, "create user: {answer}");
+        id(&answer["data"])
+    }
+
+    pub async fn reserve(&self, drop: &str, buyer: &str) -> (u16, Value) {
+        self.post(
+            "/api/reservations",
+            json!({"dropId": drop, "userId": buyer}),
+        )
+        .await
+    }
+
+    pub async fn ws(&self, query: &str) -> Feed {
+        let url = format!("ws://127.0.0.1:{}/ws{query}", self.port);
+        let (socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        Feed { socket }
+    }
+
+    /// Sends SIGTERM, as a process manager stopping the adapter would.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "adapter still running after {within:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Adapter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+pub async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// The `id` of an answer, checked to be a UUID. Ids stay strings in the tests: they go into JSON bodies
+/// and paths and are compared with JSON values.
+pub fn id(value: &Value) -> String {
+    match value["id"].as_str() {
+        Some(id) if Uuid::parse_str(id).is_ok() => id.to_owned(),
+        _ => panic!("no id in {value}"),
+    }
+}
+
+/// An id nothing has.
+pub fn new_id() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// Asserts a failure envelope: status, `code`, and a message containing `fragment`.
+#[track_caller]
+pub fn assert_refused(answer: &(u16, Value), status: u16, code: &str, fragment: &str) {
+    let (got, body) = answer;
+    assert_eq!(*got, status, "status of {body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    let message = body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message in {body}"));
+    assert!(
+        message.contains(fragment),
+        "message {message:?} should mention {fragment:?}"
+    );
+}
+
+/// One WebSocket client of `/ws`.
+pub struct Feed {
+    pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Feed {
+    /// The next JSON text message within `within`; None on timeout. Pings are answered by the library.
+    pub async fn next_message(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
+            match frame {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(text.as_str()).unwrap())
+                }
+                Some(Ok(Message::Close(frame))) => panic!("server closed the feed: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("feed failed: {e}"),
+                None => panic!("feed ended"),
+            }
+        }
+    }
+
+    /// The first message within `within` that `wanted` accepts, skipping others (other tests' drops share
+    /// the feed); panics naming `what` if none comes.
+    pub async fn expect(
+        &mut self,
+        within: Duration,
+        what: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_message(left).await {
+                Some(message) if wanted(&message) => return message,
+                Some(message) => skipped.push(message),
+                None => panic!("no {what} within {within:?}; got instead: {skipped:?}"),
+            }
+        }
+    }
+
+    /// The snapshot every client gets first.
+    pub async fn snapshot(&mut self) -> Value {
+        let message = self
+            .next_message(Duration::from_secs(5))
+            .await
+            .expect("a snapshot on connect");
+        assert_eq!(message["type"], "snapshot", "first message: {message}");
+        message
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+    }
+}
+
+/// What the background worker publishes, for tests that stand in for it.
+pub async fn notify(db: &Client, payload: &Value) {
+    db.execute("SELECT pg_notify('dropstock', $1)", &[&payload.to_string()])
+        .await
+        .unwrap();
+}
+
+/// A TCP relay between the adapter and the database that the test can cut and restore, to show what
+/// clients see while the database is unreachable without stopping the shared cluster.
+pub struct Relay {
+    pub port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start() -> Relay {
+        let target: SocketAddr = {
+            let url = database_url();
+            let config: tokio_postgres::Config = url.parse().unwrap();
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            format!("127.0.0.1:{port}").parse().unwrap()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let (open, links) = (open.clone(), links.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the adapter sees the connection refused by a closed socket
+                    }
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link.abort_handle());
+                }
+            })
+        };
+        Relay {
+            port,
+            open,
+            links,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let mut config: tokio_postgres::Config = database_url().parse().unwrap();
+        config.port(self.port);
+        let user = config.get_user().unwrap_or("postgres").to_owned();
+        let database = config.get_dbname().unwrap_or("postgres").to_owned();
+        format!("postgresql://{user}@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Severs every open link and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// Sends a text message on a raw feed socket (for tests of what the server ignores).
+pub async fn say(feed: &mut Feed, text: &str) {
+    feed.socket.send(Message::Text(text.into())).await.unwrap();
+}
