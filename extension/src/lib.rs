@@ -4,18 +4,34 @@
 //! loaded by the module of the same name below, whose `#[pg_test]`s sit beside it. The API is plpgsql
 //! on purpose: each refusal carries its own SQLSTATE (class `DS`), which a client can only see when no
 //! Rust frame sits between the `RAISE` and the client (pgrx maps unknown codes to XX000), and plpgsql
-//! caches the plans of the hot path the same way a Rust SPI caller would.
+//! caches the plans of the hot path the same way a Rust SPI caller would. Rust runs what SQL cannot:
+//! the settings and the background worker (`worker`).
 
 ::pgrx::pg_module_magic!(name, version);
 
 mod cancel;
 mod drops;
 mod expiry;
+mod feed;
 mod purchase;
 mod reserve;
 mod schema;
+mod settings;
 mod stock;
 mod users;
+mod worker;
+
+use pgrx::prelude::*;
+
+/// Library load: define the settings; when preloaded, also register the background worker.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::register();
+    // SAFETY: a plain read of a flag PostgreSQL sets while it loads shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
+}
 
 #[cfg(any(test, feature = "pg_test"))]
 mod testing;
@@ -27,6 +43,10 @@ pub mod pg_test {
 
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        // The worker runs during the tests as it does in production, in the test database.
+        vec![
+            "shared_preload_libraries = 'dropstock'",
+            "dropstock.database = 'pgrx_tests'",
+        ]
     }
 }

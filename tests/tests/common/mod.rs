@@ -133,3 +133,52 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A connection that LISTENs on the worker's channel; its notifications arrive as parsed JSON.
+pub struct Listener {
+    pub client: Client,
+    pub notifications: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+}
+
+pub async fn listen() -> Listener {
+    use futures_util::StreamExt;
+    let (client, mut connection) = tokio_postgres::connect(&database_url(), NoTls)
+        .await
+        .expect("connect");
+    let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+    // A LISTEN connection delivers nothing unless its messages are polled.
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let payload = serde_json::from_str(n.payload()).expect("payloads are JSON");
+                if sender.send(payload).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute("LISTEN dropstock")
+        .await
+        .expect("LISTEN");
+    Listener {
+        client,
+        notifications,
+    }
+}
+
+impl Listener {
+    /// The next notification about `drop`, if one comes within `limit`.
+    pub async fn next_for(&mut self, drop: Uuid, limit: Duration) -> Option<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let note = tokio::time::timeout_at(deadline, self.notifications.recv())
+                .await
+                .ok()??;
+            if note["dropId"] == drop.to_string() {
+                return Some(note);
+            }
+        }
+    }
+}

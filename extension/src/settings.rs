@@ -1,0 +1,43 @@
+//! Configuration (GUCs), registered whenever the library loads so `SHOW` and `SET` know them.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// The database the background worker serves (`dropstock.database`); fixed at server start.
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Milliseconds between the worker's ticks (`dropstock.tick_ms`); reloaded on SIGHUP.
+pub static TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// Holds one expiry batch ends in one transaction (`dropstock.sweep_batch`); reloaded on SIGHUP.
+pub static SWEEP_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1000);
+
+pub fn register() {
+    GucRegistry::define_string_guc(
+        c"dropstock.database",
+        c"Database the dropstock background worker serves.",
+        c"CREATE EXTENSION dropstock is refused in any other database while the library is preloaded.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"dropstock.tick_ms",
+        c"Milliseconds between ticks of the dropstock background worker.",
+        c"Each tick expires due holds and publishes stock changes with NOTIFY.",
+        &TICK_MS,
+        10,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"dropstock.sweep_batch",
+        c"Holds the dropstock background worker expires per transaction.",
+        c"The worker repeats batches until no hold is due; smaller batches hold row locks for less time.",
+        &SWEEP_BATCH,
+        1,
+        100_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}

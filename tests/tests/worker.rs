@@ -1,0 +1,237 @@
+//! The background worker against the real cluster (`make db` preloads the library): holds come back
+//! on time without anyone sweeping, changes are published once per tick with a real LISTEN, and the
+//! worker survives being killed.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Holds of one second come back by themselves, within half a second of running out (tick: 100 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_holds_come_back_without_anyone_sweeping() {
+    let db = connect().await;
+    let drop = new_drop(&db, 3, 1).await;
+    for buyer in new_buyers(&db, 3).await {
+        db.execute("SELECT dropstock.reserve_item($1, $2)", &[&drop, &buyer])
+            .await
+            .unwrap();
+    }
+    assert_eq!(stock(&db, drop).await.0, 0);
+
+    // Poll the database clock until all three units are back, and note how late that was.
+    let back = wait_until(Duration::from_secs(10), || async {
+        stock(&db, drop).await.0 == 3
+    })
+    .await;
+    assert!(back, "the worker returned the stock of due holds");
+    let late: f64 = db
+        .query_one(
+            "SELECT extract(epoch FROM clock_timestamp() - max(expires_at))::float8
+               FROM dropstock.reservations WHERE drop_id = $1",
+            &[&drop],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        late < 0.5,
+        "stock was back {late:.3}s after the last hold ran out"
+    );
+    let expired: i64 = db
+        .query_one(
+            "SELECT count(*) FROM dropstock.reservations WHERE drop_id = $1 AND status = 'expired'",
+            &[&drop],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(expired, 3);
+    assert_invariant(&db, drop).await;
+}
+
+/// 500 holds taken as fast as 50 connections can: a handful of notifications, not 500, and the last
+/// one carries the stock the table holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_holds_is_published_as_a_few_notifications() {
+    let setup = connect().await;
+    let drop = new_drop(&setup, 1000, 60).await;
+    let mut listener = listen().await;
+    // The new drop is announced first; start counting after that.
+    listener
+        .next_for(drop, Duration::from_secs(5))
+        .await
+        .expect("the new drop is announced");
+
+    let buyers = new_buyers(&setup, 500).await;
+    let lanes = connect_many(50).await;
+    let calls = lanes.iter().enumerate().map(|(lane, db)| {
+        let mine: Vec<Uuid> = buyers.iter().skip(lane).step_by(50).copied().collect();
+        async move {
+            for buyer in mine {
+                db.execute("SELECT dropstock.reserve_item($1, $2)", &[&drop, &buyer])
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    futures_util::future::join_all(calls).await;
+
+    let mut notes = Vec::new();
+    let mut last_seq = 1;
+    while let Some(note) = listener.next_for(drop, Duration::from_millis(800)).await {
+        let seq = note["seq"].as_i64().unwrap();
+        assert!(seq > last_seq, "seq rises: {seq} after {last_seq}");
+        last_seq = seq;
+        notes.push(note);
+        if notes.last().unwrap()["availableStock"] == 500 {
+            break;
+        }
+    }
+    assert!(!notes.is_empty(), "the holds were published");
+    assert!(
+        notes.len() <= 50,
+        "500 holds gave {} notifications",
+        notes.len()
+    );
+    let last = notes.last().unwrap();
+    assert_eq!(
+        last["availableStock"].as_i64(),
+        Some(stock(&setup, drop).await.0 as i64)
+    );
+    assert_eq!(last["totalStock"], 1000);
+}
+
+/// A sale shows up in the next notification, with the buyer's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purchase_is_published_with_the_buyers_name() {
+    let db = connect().await;
+    let drop = new_drop(&db, 5, 60).await;
+    let mut listener = listen().await;
+    listener
+        .next_for(drop, Duration::from_secs(5))
+        .await
+        .expect("the new drop is announced");
+
+    let name = unique("buyer");
+    let buyer: Uuid = db
+        .query_one("SELECT id FROM dropstock.create_user($1)", &[&name])
+        .await
+        .unwrap()
+        .get(0);
+    let hold: Uuid = db
+        .query_one(
+            "SELECT id FROM dropstock.reserve_item($1, $2)",
+            &[&drop, &buyer],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.execute("SELECT dropstock.purchase($1, $2)", &[&hold, &buyer])
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let note = listener
+            .next_for(drop, left)
+            .await
+            .expect("a notification with the purchase");
+        if let Some(sale) = note["purchases"].as_array().and_then(|p| p.first()) {
+            assert_eq!(sale["user"]["username"], name.as_str());
+            assert_eq!(sale["user"]["id"], buyer.to_string());
+            assert_eq!(note["availableStock"], 4);
+            assert!(note.to_string().len() < 8000);
+            break;
+        }
+    }
+}
+
+/// Killed with pg_terminate_backend, the worker is back within seconds and returns due holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_comes_back_after_it_is_killed() {
+    let db = connect().await;
+    let worker_pid = || async {
+        db.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'dropstock worker'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get::<_, i32>(0))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            worker_pid().await.is_some()
+        })
+        .await
+    );
+    let old = worker_pid().await.unwrap();
+    db.execute("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .unwrap();
+    let replaced = wait_until(Duration::from_secs(10), || async {
+        matches!(worker_pid().await, Some(pid) if pid != old)
+    })
+    .await;
+    assert!(replaced, "a new worker replaced pid {old}");
+
+    let drop = new_drop(&db, 1, 1).await;
+    let buyer = new_buyer(&db).await;
+    db.execute("SELECT dropstock.reserve_item($1, $2)", &[&drop, &buyer])
+        .await
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            stock(&db, drop).await.0 == 1
+        })
+        .await
+    );
+}
+
+/// While preloaded, the extension belongs to dropstock.database only: elsewhere CREATE EXTENSION is
+/// refused with a message, a DETAIL and a HINT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_the_extension_in_another_database_is_refused() {
+    let db = connect().await;
+    let other = format!("dropstock_elsewhere_{}", Uuid::new_v4().simple());
+    db.batch_execute(&format!("CREATE DATABASE {other}"))
+        .await
+        .unwrap();
+    let url = database_url()
+        .rsplit_once('/')
+        .map(|(base, _)| format!("{base}/{other}"))
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(connection);
+    let refused = client
+        .batch_execute("CREATE EXTENSION dropstock")
+        .await
+        .unwrap_err();
+    drop(client);
+    let _ = driver.await;
+    db.batch_execute(&format!("DROP DATABASE {other}"))
+        .await
+        .unwrap();
+
+    let report = refused.as_db_error().expect("a database error");
+    assert_eq!(report.code().code(), "55000");
+    assert_eq!(
+        report.message(),
+        "dropstock can only be created in database \"postgres\""
+    );
+    assert!(
+        report.detail().unwrap().contains("dropstock.database"),
+        "{:?}",
+        report.detail()
+    );
+    assert!(
+        report.hint().unwrap().contains("set dropstock.database"),
+        "{:?}",
+        report.hint()
+    );
+}
