@@ -257,6 +257,22 @@ impl Adapter {
         Feed { socket }
     }
 
+    /// A client whose receive buffer is tiny, so that once it stops reading the server's writes to it
+    /// stall after a few megabytes rather than after everything the kernel would otherwise buffer.
+    pub async fn ws_with_small_buffer(&self, query: &str) -> Feed {
+        let url = format!("ws://127.0.0.1:{}/ws{query}", self.port);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket
+            .connect(([127, 0, 0, 1], self.port).into())
+            .await
+            .unwrap();
+        let (socket, _) = tokio_tungstenite::client_async(&url, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        Feed { socket }
+    }
+
     /// Sends SIGTERM, as a process manager stopping the adapter would.
     pub fn terminate(&self) {
         let status = Command::new("kill")
