@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -35,8 +36,10 @@ pub struct Notice {
 #[serde(rename_all = "camelCase")]
 pub struct NoticePurchase {
     pub id: Uuid,
-    /// Passed through as the worker wrote it (RFC 3339).
-    pub created_at: String,
+    /// The worker writes PostgreSQL's JSON timestamp (`2026-11-27T21:30:00.123456+00:00`); clients get the
+    /// same spelling as from the REST API.
+    #[serde(serialize_with = "crate::model::timestamp")]
+    pub created_at: DateTime<Utc>,
     pub user: NoticeBuyer,
 }
 
@@ -78,7 +81,8 @@ struct StockMessage {
 struct PurchaseMessage<'a> {
     drop_id: Uuid,
     id: Uuid,
-    created_at: &'a str,
+    #[serde(serialize_with = "crate::model::timestamp")]
+    created_at: DateTime<Utc>,
     user: &'a NoticeBuyer,
     seq: u64,
 }
@@ -107,7 +111,7 @@ impl FeedEvent {
             frames.push(to_frame(&PurchaseMessage {
                 drop_id: notice.drop_id,
                 id: sale.id,
-                created_at: &sale.created_at,
+                created_at: sale.created_at,
                 user: &sale.user,
                 seq: notice.seq,
             }));
@@ -162,7 +166,7 @@ mod tests {
         let notice: Notice = serde_json::from_str(
             r#"{"dropId":"6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11","availableStock":12,"totalStock":100,"seq":57,
                 "purchases":[
-                  {"id":"00000000-0000-0000-0000-000000000002","createdAt":"2026-11-27T21:30:01.000Z",
+                  {"id":"00000000-0000-0000-0000-000000000002","createdAt":"2026-11-27T21:30:01.5+00:00",
                    "user":{"id":"00000000-0000-0000-0000-0000000000b2","username":"grace"}},
                   {"id":"00000000-0000-0000-0000-000000000001","createdAt":"2026-11-27T21:30:00.000Z",
                    "user":{"id":"00000000-0000-0000-0000-0000000000b1","username":"ada"}}]}"#,
@@ -183,6 +187,7 @@ mod tests {
         assert_eq!(messages[1]["type"], "purchase");
         assert_eq!(messages[1]["user"]["username"], "ada");
         assert_eq!(messages[2]["user"]["username"], "grace");
+        assert_eq!(messages[2]["createdAt"], "2026-11-27T21:30:01.500Z");
         assert_eq!(
             messages[2]["dropId"],
             "6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11"

@@ -174,7 +174,7 @@ async fn notifications_reach_every_client_of_the_drop() {
     assert_eq!(next["availableStock"], 7);
 }
 
-/// Needs the background worker: nothing in the adapter or the test publishes this change.
+/// Needs the background worker: nothing in the adapter or the test publishes these changes.
 #[tokio::test]
 async fn a_reservation_reaches_two_screens_within_a_second() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -199,6 +199,22 @@ async fn a_reservation_reaches_two_screens_within_a_second() {
     assert!(reserved.elapsed() < Duration::from_secs(1));
     assert_eq!(one["totalStock"], 20);
     assert_eq!(one["seq"], two["seq"]);
+
+    // The sale shows up in both feeds with the buyer's name.
+    let (_, hold) = adapter.reserve(&drop, &buyer).await;
+    let sale = json!({"userId": buyer, "reservationId": id(&hold["data"])});
+    assert_eq!(adapter.post("/api/purchases", sale).await.0, 200);
+    let (_, buyer_row) = adapter.get(&format!("/api/drops/{drop}")).await;
+    let username = buyer_row["data"]["purchases"][0]["user"]["username"].clone();
+    let bought =
+        |message: &Value| message["type"] == "purchase" && message["user"]["username"] == username;
+    let (one, two) = tokio::join!(
+        first.expect(Duration::from_secs(1), "the purchase", bought),
+        second.expect(Duration::from_secs(1), "the purchase", bought)
+    );
+    assert_eq!(one["dropId"], drop.as_str());
+    assert_eq!(one["seq"], two["seq"]);
+    assert!(one["seq"].as_u64() > Some(0));
 }
 
 #[tokio::test]
