@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tokio_util::sync::CancellationToken;
 
@@ -123,8 +123,28 @@ async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Los
         tracing::info!(channel = CHANNEL, "listening for stock changes");
     }
 
-    let mut health = tokio::time::interval(HEALTH_EVERY);
-    health.tick().await;
+    // The health probe runs beside the relay loop, not inside it: while a probe waits for its answer the
+    // loop keeps draining notifications, so the pump never blocks on a full channel with the answer
+    // stuck behind it.
+    let (lost_sender, mut probe_failed) = oneshot::channel::<String>();
+    let _probe =
+        AbortOnDrop(tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEALTH_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let reason =
+                    match tokio::time::timeout(HEALTH_TIMEOUT, client.batch_execute("SELECT 1"))
+                        .await
+                    {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(error)) => error.to_string(),
+                        Err(_) => "no answer to a health check".to_owned(),
+                    };
+                let _ = lost_sender.send(reason);
+                return;
+            }
+        }));
     loop {
         tokio::select! {
             notification = notifications.recv() => match notification {
@@ -138,14 +158,21 @@ async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Los
                     return Lost::after(reason);
                 }
             },
-            _ = health.tick() => {
-                match tokio::time::timeout(HEALTH_TIMEOUT, client.batch_execute("SELECT 1")).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => return Lost::after(error),
-                    Err(_) => return Lost::after("no answer to a health check"),
-                }
+            reason = &mut probe_failed => {
+                return Lost::after(reason.unwrap_or_else(|_| "the health probe stopped".to_owned()));
             }
         }
+    }
+}
+
+/// Stops a helper task when the session that started it ends, however it ends (including shutdown,
+/// which drops the session mid-await). Dropping the probe drops the last `Client`, which closes the
+/// connection and so ends the pump too.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
