@@ -13,16 +13,18 @@ PG_DIR      := $(ROOT)/target/pg
 PG_DATA     := $(PG_DIR)/data
 PG_LOG      := $(PG_DIR)/postgresql.log
 DB_PORT     ?= 5544
+HTTP_LISTEN ?= 127.0.0.1:8080
+ADAPTER     := $(ROOT)/target/debug/dropstock-http
 DATABASE_URL ?= postgresql://postgres@127.0.0.1:$(DB_PORT)/postgres
 AS_PG       := sudo -u postgres
 PSQL        := $(PG_BIN)/psql "$(DATABASE_URL)" -v ON_ERROR_STOP=1 -X -q
 APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config
 export DATABASE_URL
 
-.PHONY: help setup db db-stop install run test check pg-test integration-test bench-sql clean-db
+.PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test bench-sql clean-db
 
 help:
-	@echo "make run        start a local PostgreSQL with dropstock and sample data"
+	@echo "make run        start a local PostgreSQL with dropstock, sample data and the HTTP adapter"
 	@echo "make test       formatting, lints, in-database tests and concurrency tests"
 	@echo "make bench-sql  pgbench: dropstock vs the replaced system's pattern vs the commit ceiling"
 	@echo "make db / db-stop   start / stop the local cluster ($(DATABASE_URL))"
@@ -40,6 +42,14 @@ target/.setup-$(PGRX):
 	@grep -qs '^pg15' $${PGRX_HOME:-$$HOME/.pgrx}/config.toml || cargo pgrx init --pg15 $(PG_CONFIG) >/dev/null
 	@mkdir -p target && touch $@
 
+# PostgreSQL runs as `postgres`, which must be able to reach target/ (a clone under a private home
+# directory is not reachable): grant it passage (x, not r) through the parent directories if needed.
+pg-access:
+	@mkdir -p target
+	@if ! $(AS_PG) test -x $(ROOT)/target; then \
+	  echo "setup: letting the postgres user pass through the directories above $(ROOT)/target"; \
+	  d=$(ROOT)/target; while [ "$$d" != / ]; do chmod o+x "$$d"; d=$$(dirname "$$d"); done; fi
+
 # ---- the local cluster -------------------------------------------------------------------------------------
 # Installing replaces the .so a running cluster has mapped, which crashes it: stop first, start after.
 # The stamp makes `make db` skip the build, the install and the restart when nothing changed.
@@ -54,7 +64,7 @@ target/.installed: $(EXTENSION_SOURCES) | setup
 	  || { cat $(ROOT)/target/install.log; exit 1; }
 	@touch $@ target/.extension-changed
 
-db: install
+db: install pg-access
 	@if [ ! -s $(PG_DATA)/PG_VERSION ]; then \
 	  echo "db: creating a cluster in $(PG_DATA)"; \
 	  mkdir -p $(PG_DIR) && chown postgres: $(PG_DIR); \
@@ -82,11 +92,18 @@ clean-db: db-stop
 	rm -rf $(PG_DIR)
 
 # ---- the two commands ----------------------------------------------------------------------------------------
-run: db
+adapter:
+	@cargo build -p dropstock-http --quiet
+
+# The adapter runs in the foreground (Ctrl-C stops it; the database keeps running until `make db-stop`).
+# A local admin token is made once and kept in target/admin-token.
+run: db adapter
 	@$(PSQL) -f sql/sample.sql
-	@echo "run: sample drops and buyers loaded. Try:"
-	@echo "  $(PG_BIN)/psql $(DATABASE_URL)"
-	@echo "  SELECT name, available_stock, total_stock FROM dropstock.active_drops();"
+	@[ -s target/admin-token ] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > target/admin-token
+	@echo "run: database  $(DATABASE_URL)  (psql: $(PG_BIN)/psql $(DATABASE_URL))"
+	@echo "run: open      http://$(HTTP_LISTEN)/"
+	@echo "run: admin token for creating drops: $$(cat target/admin-token)"
+	@DROPSTOCK_ADMIN_TOKEN=$$(cat target/admin-token) DROPSTOCK_LISTEN=$(HTTP_LISTEN) exec $(ADAPTER)
 
 test: setup check pg-test integration-test
 
@@ -96,14 +113,16 @@ check: setup
 
 # In-database tests. They run in a scratch cluster of cargo-pgrx's own, and install the extension into the
 # system PostgreSQL, so the local cluster is stopped first (see install).
-pg-test: setup db-stop
+pg-test: setup db-stop pg-access
 	@rm -f target/.installed
 	@mkdir -p target/pgrx-test && chown postgres: target/pgrx-test
 	@cd extension && cargo pgrx test pg15 --runas postgres --pgdata $(ROOT)/target/pgrx-test/data
 
-# Concurrency tests: real connections against the local cluster.
-integration-test: db
-	@cargo test -p dropstock-tests --quiet -- --test-threads=1
+# Concurrency, worker and adapter tests: real connections against the local cluster, and the adapter
+# binary run as a child process (DROPSTOCK_HTTP_BIN).
+integration-test: db adapter
+	@cargo test -p dropstock-http --quiet
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) cargo test -p dropstock-tests --quiet -- --test-threads=1
 
 bench-sql: db
 	@sql/bench/bench-sql.sh
