@@ -9,11 +9,18 @@ use crate::respond::{self, Body};
 const INDEX: &str = include_str!("index.html");
 
 /// Assets the page loads, by file name under `/page/`.
-const ASSETS: &[(&str, &str, &str)] = &[(
-    "style.css",
-    "text/css; charset=utf-8",
-    include_str!("style.css"),
-)];
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("style.css"),
+    ),
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("app.js"),
+    ),
+];
 
 pub fn index() -> Response<Body> {
     respond::with_type(StatusCode::OK, "text/html; charset=utf-8", INDEX)

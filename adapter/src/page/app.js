@@ -1,0 +1,652 @@
+// The live drop page. Plain JavaScript with no build step: the adapter serves this file as it is.
+//
+// Data comes from the REST API (`/api/...`) and stays current through the `/ws` feed. Every decision about
+// stock and holds is the server's; this page only shows what it was told and says each outcome in words.
+'use strict';
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+// `/?drop=<id>` shows one drop only, with a feed filtered to it: a link that can be shared for one drop.
+const onlyDrop = new URLSearchParams(location.search).get('drop');
+
+const state = {
+  drops: new Map(), // drop id → the drop as the API spells it, plus `seq` of the last stock message
+  cards: new Map(), // drop id → its <li>
+  holds: new Map(), // drop id → { id, expiresAt (ms, server clock), status }
+  outcomes: new Map(), // drop id → { text, tone }, kept across re-renders
+  buyer: null, // { id, username }
+};
+
+// ---- the server's clock --------------------------------------------------------------------------------
+// Hold expiry and drop openings are decided by the database clock, and this device's clock may be off by
+// seconds or minutes. The offset (server minus local) is kept as an interval that every response narrows:
+// a Date header (whole seconds) says the server's time was in [Date, Date + 1 s) somewhere between sending
+// and receiving; a fresh hold's createdAt (milliseconds) pins it to within one round trip.
+const clock = { low: -Infinity, high: Infinity };
+
+function narrowOffset(low, high) {
+  const next = { low: Math.max(clock.low, low), high: Math.min(clock.high, high) };
+  // Disagreeing evidence means a clock jumped (or the database and the adapter disagree): trust the newest.
+  Object.assign(clock, next.low <= next.high ? next : { low, high });
+}
+
+function offsetMs() {
+  if (clock.low === -Infinity) return 0;
+  return (clock.low + clock.high) / 2;
+}
+
+const serverNow = () => Date.now() + offsetMs();
+
+// ---- talking to the API ----------------------------------------------------------------------------------
+// Resolves to { ok, status, data, message, code, sentAt, receivedAt }; never throws, so every caller has
+// one outcome to put into words.
+async function api(method, path, body, token) {
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const sentAt = Date.now();
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: 'no-store',
+    });
+  } catch {
+    return { ok: false, code: 'network', message: 'The server cannot be reached. Check your connection and try again.' };
+  }
+  const receivedAt = Date.now();
+  const date = Date.parse(response.headers.get('Date') || '');
+  if (!Number.isNaN(date)) narrowOffset(date - receivedAt, date + 1000 - sentAt);
+  let json = null;
+  try {
+    json = await response.json();
+  } catch {
+    // Not JSON (a proxy's error page): fall through to the status.
+  }
+  if (response.ok && json && json.success) {
+    return { ok: true, status: response.status, data: json.data, message: json.message, sentAt, receivedAt };
+  }
+  return {
+    ok: false,
+    status: response.status,
+    code: (json && json.code) || `http_${response.status}`,
+    message: (json && json.message) || `The server answered ${response.status}.`,
+  };
+}
+
+// Each refusal in words a buyer understands. The server's own message names ids; these name what happened
+// and what to do next. Codes not listed here (invalid input, mostly) fall back to the server's message.
+function describeRefusal(result, drop) {
+  switch (result.code) {
+    case 'DS001': return 'This drop no longer exists.';
+    case 'DS002': return 'The server does not know your buyer name any more. Enter it again.';
+    case 'DS003': return 'That hold no longer exists. Reserve again.';
+    case 'DS010': return drop ? `Not started yet: it opens in ${duration(Date.parse(drop.startsAt) - serverNow())}.` : 'Not started yet.';
+    case 'DS011': return 'This drop has ended.';
+    case 'DS020': return 'Sold out: every unit is held or sold. Held units come back if they are not bought in time.';
+    case 'DS021': return 'Limit reached: you already have as many of this drop as one buyer may.';
+    case 'DS030': return 'Your hold expired before you purchased, so the unit went back on sale. Reserve again if any are left.';
+    case 'DS031': return 'That hold belongs to another buyer.';
+    case 'DS032': return 'That hold was cancelled. Reserve again if any are left.';
+    case 'DS033': return 'Already purchased: there is no hold left to cancel.';
+    case 'DS040': return 'That name is taken by another buyer. Pick a different one.';
+    case '55P03':
+    case '40001': return 'The drop is very busy right now. Try again.';
+    case 'unavailable': return 'The server cannot reach its database right now. Try again shortly.';
+    default: return result.message;
+  }
+}
+
+// ---- formatting --------------------------------------------------------------------------------------------
+const priceFormat = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+
+// "1 d 2 h", "2 h 05 m", "4 m 09 s", "9 s": precise enough to plan by, short enough to read at a glance.
+function duration(ms) {
+  const total = Math.max(0, Math.ceil(ms / 1000));
+  const d = Math.floor(total / 86400);
+  const h = Math.floor((total % 86400) / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = total % 60;
+  const two = (n) => String(n).padStart(2, '0');
+  if (d > 0) return `${d} d ${h} h`;
+  if (h > 0) return `${h} h ${two(m)} m`;
+  if (m > 0) return `${m} m ${two(s)} s`;
+  return `${s} s`;
+}
+
+// The hold countdown as a clock face, "0:42": it moves every second and is read at a glance.
+function countdown(ms) {
+  const total = Math.max(0, Math.ceil(ms / 1000));
+  return `${Math.floor(total / 60)}:${String(total % 60).padStart(2, '0')}`;
+}
+
+// ---- the buyer ---------------------------------------------------------------------------------------------
+// The chosen buyer and every buyer this device registered are remembered, so a reload or a switch back
+// needs no server round trip. There is no password: without buyer tokens the API trusts the userId it is
+// sent, and a name is only known here if this device registered it.
+const STORE_BUYER = 'dropstock.buyer';
+const STORE_KNOWN = 'dropstock.knownBuyers';
+
+function readStore(key, fallback) {
+  try {
+    return JSON.parse(localStorage.getItem(key)) ?? fallback;
+  } catch {
+    return fallback; // storage disabled or corrupted: start afresh rather than break the page
+  }
+}
+
+function writeStore(key, value) {
+  try {
+    localStorage.setItem(key, JSON.stringify(value));
+  } catch {
+    // Private mode or a full quota: the buyer is remembered for this visit only.
+  }
+}
+
+function knownBuyers() {
+  const known = readStore(STORE_KNOWN, []);
+  return Array.isArray(known) ? known.filter((b) => b && b.id && b.username) : [];
+}
+
+function setBuyer(buyer) {
+  state.buyer = buyer;
+  if (buyer) {
+    writeStore(STORE_BUYER, buyer);
+    const others = knownBuyers().filter((b) => b.id !== buyer.id);
+    writeStore(STORE_KNOWN, [buyer, ...others].slice(0, 20));
+  } else {
+    try { localStorage.removeItem(STORE_BUYER); } catch { /* see writeStore */ }
+  }
+  // Holds belong to the buyer who made them.
+  state.holds.clear();
+  state.outcomes.clear();
+  renderBuyer();
+  for (const id of state.drops.keys()) renderDrop(id);
+}
+
+function renderBuyer() {
+  const form = $('#buyer-form');
+  const current = $('#buyer-current');
+  form.hidden = Boolean(state.buyer);
+  current.hidden = !state.buyer;
+  $('#buyer-name').textContent = state.buyer ? state.buyer.username : '';
+  const list = $('#known-buyers');
+  list.replaceChildren(...knownBuyers().map((b) => Object.assign(document.createElement('option'), { value: b.username })));
+}
+
+async function chooseBuyer(event) {
+  event.preventDefault();
+  const input = $('#username');
+  const username = input.value.trim();
+  const outcome = $('#buyer-outcome');
+  if (!username) return;
+  const known = knownBuyers().find((b) => b.username === username);
+  if (known) {
+    setBuyer(known);
+    outcome.textContent = '';
+    $('#buyer-switch').focus();
+    return;
+  }
+  const button = $('#buyer-form button');
+  button.disabled = true;
+  const result = await api('POST', '/api/users', { username });
+  button.disabled = false;
+  if (!result.ok) {
+    outcome.textContent = describeRefusal(result);
+    input.focus();
+    return;
+  }
+  setBuyer({ id: result.data.id, username: result.data.username });
+  outcome.textContent = '';
+  $('#buyer-switch').focus();
+}
+
+function switchBuyer() {
+  setBuyer(null);
+  $('#buyer-outcome').textContent = 'Pick a name to buy with.';
+  $('#username').value = '';
+  $('#username').focus();
+}
+
+// ---- drops: state ------------------------------------------------------------------------------------------
+function replaceDrops(drops) {
+  const seen = new Set();
+  for (const drop of drops) {
+    seen.add(drop.id);
+    const previous = state.drops.get(drop.id);
+    state.drops.set(drop.id, { ...drop, seq: previous ? previous.seq : undefined });
+  }
+  for (const id of [...state.drops.keys()]) {
+    if (!seen.has(id)) {
+      state.drops.delete(id);
+      state.holds.delete(id);
+      state.outcomes.delete(id);
+    }
+  }
+  renderList();
+}
+
+let reloading = null;
+let reloadAgain = false;
+
+// Reloads the drops over REST. Calls while one is under way coalesce into one more reload after it, so a
+// burst of resyncs costs two requests, not one per message.
+async function reload() {
+  if (reloading) {
+    reloadAgain = true;
+    return reloading;
+  }
+  reloading = (async () => {
+    do {
+      reloadAgain = false;
+      const result = await api('GET', onlyDrop ? `/api/drops/${encodeURIComponent(onlyDrop)}` : '/api/drops');
+      if (result.ok) {
+        replaceDrops(onlyDrop ? [result.data] : result.data);
+        $('#drops-outcome').textContent = '';
+      } else {
+        $('#drops-outcome').textContent = `Could not load the drops: ${describeRefusal(result)}`;
+      }
+    } while (reloadAgain);
+    reloading = null;
+  })();
+  return reloading;
+}
+
+function addPurchase(drop, purchase) {
+  if (drop.purchases.some((p) => p.id === purchase.id)) return; // the feed and our own answer both bring it
+  drop.purchases = [purchase, ...drop.purchases]
+    .sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt))
+    .slice(0, 3);
+}
+
+function onFeedMessage(message) {
+  switch (message.type) {
+    case 'snapshot':
+      replaceDrops(message.drops);
+      break;
+    case 'stock': {
+      const drop = state.drops.get(message.dropId);
+      if (!drop) {
+        // A drop this page has not seen (created since it loaded): fetch the list with it.
+        if (!onlyDrop) reload();
+        return;
+      }
+      // seq rises per drop; an older or repeated message must not move the stock backwards.
+      if (drop.seq !== undefined && message.seq <= drop.seq) return;
+      drop.seq = message.seq;
+      drop.availableStock = message.availableStock;
+      if (message.totalStock !== undefined) drop.totalStock = message.totalStock;
+      renderDrop(drop.id);
+      break;
+    }
+    case 'purchase': {
+      const drop = state.drops.get(message.dropId);
+      if (!drop) return; // the stock message before it already asked for a reload
+      addPurchase(drop, { id: message.id, createdAt: message.createdAt, user: message.user });
+      renderDrop(drop.id);
+      break;
+    }
+    case 'resync':
+      reload();
+      break;
+    default:
+      // Newer servers may send more kinds of message; ignoring them keeps this page working.
+      break;
+  }
+}
+
+// ---- drops: rendering --------------------------------------------------------------------------------------
+function phase(drop, now) {
+  if (drop.endsAt && Date.parse(drop.endsAt) <= now) return 'ended';
+  if (Date.parse(drop.startsAt) > now) return 'upcoming';
+  if (drop.availableStock <= 0) return 'soldout';
+  return 'open';
+}
+
+function liveHold(dropId) {
+  const hold = state.holds.get(dropId);
+  return hold && hold.status === 'reserved' ? hold : null;
+}
+
+function renderList() {
+  const list = $('#drops');
+  for (const [id, card] of state.cards) {
+    if (!state.drops.has(id)) {
+      card.remove();
+      state.cards.delete(id);
+    }
+  }
+  // Appending an element that is already in the list moves it: the list ends in the server's order
+  // (opening time) without rebuilding cards, so focus and half-typed state survive.
+  for (const id of state.drops.keys()) {
+    if (!state.cards.has(id)) state.cards.set(id, createCard(id));
+    list.append(state.cards.get(id));
+    renderDrop(id);
+  }
+  $('#drops-empty').hidden = state.drops.size > 0;
+}
+
+function createCard(dropId) {
+  const card = $('#drop-template').content.firstElementChild.cloneNode(true);
+  card.dataset.dropId = dropId;
+  const heading = $('.drop-name', card);
+  heading.id = `drop-${dropId}`;
+  $('article', card).setAttribute('aria-labelledby', heading.id);
+  $('.reserve', card).addEventListener('click', () => reserve(dropId));
+  $('.purchase', card).addEventListener('click', () => purchase(dropId));
+  $('.cancel', card).addEventListener('click', () => cancel(dropId));
+  return card;
+}
+
+function renderDrop(dropId) {
+  const drop = state.drops.get(dropId);
+  const card = state.cards.get(dropId);
+  if (!drop || !card) return;
+  const now = serverNow();
+  const current = phase(drop, now);
+  const hold = liveHold(dropId);
+  card.dataset.state = current;
+  card.dataset.holding = hold ? 'yes' : 'no';
+
+  $('.drop-name', card).textContent = drop.name;
+  $('.drop-price', card).textContent = priceFormat.format(drop.price);
+  $('.available', card).textContent = String(drop.availableStock);
+  $('.total', card).textContent = String(drop.totalStock);
+  const share = drop.totalStock > 0 ? drop.availableStock / drop.totalStock : 0;
+  $('.bar-fill', card).style.width = `${Math.round(share * 100)}%`;
+
+  const badge = $('.badge', card);
+  badge.textContent = {
+    ended: 'Ended',
+    upcoming: `Starts in ${duration(Date.parse(drop.startsAt) - now)}`,
+    soldout: 'Sold out',
+    open: 'On sale now',
+  }[current];
+
+  // A hold that ran out stays on screen at 0:00, so the buyer sees why Purchase went away.
+  const shown = state.holds.get(dropId);
+  const holdLine = $('.hold', card);
+  holdLine.hidden = !shown || !['reserved', 'expired'].includes(shown.status);
+  if (!holdLine.hidden) {
+    holdLine.dataset.status = shown.status;
+    $('.hold-label', card).textContent = hold ? 'Held for you:' : 'Your hold ran out:';
+    $('.hold-left', card).textContent = hold ? countdown(hold.expiresAt - now) : '0:00';
+  }
+
+  const busy = card.dataset.busy === 'yes';
+  const reserveButton = $('.reserve', card);
+  reserveButton.hidden = Boolean(hold);
+  reserveButton.disabled = busy || current !== 'open';
+  $('.purchase', card).hidden = !hold;
+  $('.purchase', card).disabled = busy;
+  $('.cancel', card).hidden = !hold;
+  $('.cancel', card).disabled = busy;
+
+  const outcome = state.outcomes.get(dropId);
+  const outcomeLine = $('.outcome', card);
+  if (outcomeLine.textContent !== (outcome ? outcome.text : '')) outcomeLine.textContent = outcome ? outcome.text : '';
+  outcomeLine.dataset.tone = outcome ? outcome.tone : '';
+
+  const buyers = $('.buyers', card);
+  const names = drop.purchases.map((p) => {
+    const item = document.createElement('li');
+    const who = document.createElement('span');
+    who.className = 'buyer-name';
+    who.textContent = p.user.username;
+    const when = document.createElement('time');
+    when.dateTime = p.createdAt;
+    when.textContent = timeFormat.format(new Date(p.createdAt));
+    item.append(who, ' ', when);
+    if (state.buyer && p.user.id === state.buyer.id) item.classList.add('mine');
+    return item;
+  });
+  if (names.length === 0) {
+    const none = document.createElement('li');
+    none.className = 'none';
+    none.textContent = 'No buyers yet';
+    names.push(none);
+  }
+  buyers.replaceChildren(...names);
+}
+
+// Countdowns (hold, opening) move without any message from the server; once a second is enough, but the
+// tick runs more often so the display changes within a quarter second of the true boundary.
+function tick() {
+  const now = serverNow();
+  for (const [dropId, hold] of state.holds) {
+    if (hold.status === 'reserved' && hold.expiresAt <= now) {
+      hold.status = 'expired';
+      say(dropId, 'Your hold ran out, so the unit went back on sale.', 'bad');
+    }
+  }
+  for (const [dropId, drop] of state.drops) {
+    const card = state.cards.get(dropId);
+    if (liveHold(dropId) || (card && card.dataset.state !== phase(drop, now)) || phase(drop, now) === 'upcoming') {
+      renderDrop(dropId);
+    }
+  }
+}
+
+function say(dropId, text, tone) {
+  state.outcomes.set(dropId, { text, tone });
+  renderDrop(dropId);
+}
+
+// Runs one action on a drop: its buttons stay disabled (and the card says it is busy) until the answer is in,
+// so a double press sends one request. Disabling the pressed button, or hiding it when Reserve gives way
+// to Purchase, drops keyboard focus to the page: it is put back on `focusAfter`, else Reserve, else the card's heading.
+async function act(dropId, focusAfter, work) {
+  const card = state.cards.get(dropId);
+  if (!card || card.dataset.busy === 'yes') return;
+  const hadFocus = card.contains(document.activeElement);
+  card.dataset.busy = 'yes';
+  card.setAttribute('aria-busy', 'true');
+  renderDrop(dropId);
+  try {
+    await work();
+  } finally {
+    card.dataset.busy = 'no';
+    card.removeAttribute('aria-busy');
+    renderDrop(dropId);
+    const lost = !document.activeElement || document.activeElement === document.body;
+    if (hadFocus && (lost || card.contains(document.activeElement))) {
+      const usable = (el) => el && !el.hidden && !el.disabled;
+      const target = [$(focusAfter, card), $('.reserve', card)].find(usable) || $('.drop-name', card);
+      target.focus();
+    }
+  }
+}
+
+function needBuyer(dropId) {
+  if (state.buyer) return false;
+  say(dropId, 'Enter your name first (at the top), then reserve.', 'bad');
+  $('#username').focus();
+  return true;
+}
+
+function forgetBuyerIfUnknown(result) {
+  if (result.code === 'DS002') {
+    // The buyer is gone from the server (a different database): drop it here too.
+    writeStore(STORE_KNOWN, knownBuyers().filter((b) => !state.buyer || b.id !== state.buyer.id));
+    switchBuyer();
+  }
+}
+
+// ---- actions -------------------------------------------------------------------------------------------------
+function reserve(dropId) {
+  if (needBuyer(dropId)) return;
+  return act(dropId, '.purchase', async () => {
+    const result = await api('POST', '/api/reservations', { userId: state.buyer.id, dropId });
+    if (!result.ok) {
+      say(dropId, describeRefusal(result, state.drops.get(dropId)), 'bad');
+      forgetBuyerIfUnknown(result);
+      return;
+    }
+    const hold = result.data;
+    if (result.status === 201) {
+      // A new hold's createdAt is the database's time during this very request: the best clock reading.
+      const createdAt = Date.parse(hold.createdAt);
+      narrowOffset(createdAt - result.receivedAt, createdAt - result.sentAt);
+    }
+    const expiresAt = Date.parse(hold.expiresAt);
+    state.holds.set(dropId, { id: hold.id, expiresAt, status: hold.status });
+    const left = duration(expiresAt - serverNow());
+    say(dropId, result.status === 201
+      ? `Reserved. It is yours for ${left}: purchase before the countdown ends.`
+      : `You already hold one; ${left} left to purchase it.`, 'good');
+  });
+}
+
+function purchase(dropId) {
+  const hold = liveHold(dropId);
+  if (!hold || needBuyer(dropId)) return;
+  return act(dropId, '.reserve', async () => {
+    const result = await api('POST', '/api/purchases', { userId: state.buyer.id, reservationId: hold.id });
+    if (!result.ok) {
+      if (result.code === 'DS030') hold.status = 'expired';
+      if (result.code === 'DS032' || result.code === 'DS003') hold.status = 'cancelled';
+      say(dropId, describeRefusal(result, state.drops.get(dropId)), 'bad');
+      forgetBuyerIfUnknown(result);
+      return;
+    }
+    hold.status = 'purchased';
+    const drop = state.drops.get(dropId);
+    // Show the sale at once; the feed brings the same sale (same id) to everyone a moment later.
+    if (drop) addPurchase(drop, { id: result.data.id, createdAt: result.data.createdAt, user: { ...state.buyer } });
+    say(dropId, `Purchased for ${priceFormat.format(result.data.price)}. It is yours.`, 'good');
+  });
+}
+
+function cancel(dropId) {
+  const hold = liveHold(dropId);
+  if (!hold || needBuyer(dropId)) return;
+  return act(dropId, '.reserve', async () => {
+    const result = await api('POST', `/api/reservations/${encodeURIComponent(hold.id)}/cancel`, { userId: state.buyer.id });
+    if (!result.ok) {
+      if (result.code === 'DS033') hold.status = 'purchased';
+      say(dropId, describeRefusal(result, state.drops.get(dropId)), 'bad');
+      return;
+    }
+    hold.status = result.data.status;
+    say(dropId, result.data.status === 'cancelled'
+      ? 'Hold cancelled: the unit is back on sale.'
+      : 'That hold had already ended; nothing to cancel.', 'good');
+  });
+}
+
+async function createDrop(event) {
+  event.preventDefault();
+  const form = event.target;
+  const fields = new FormData(form);
+  const outcome = $('#admin-outcome');
+  const body = {
+    name: fields.get('name').trim(),
+    price: Number(fields.get('price')),
+    totalStock: Number(fields.get('totalStock')),
+  };
+  // datetime-local has no zone: it is this device's local time, sent as an absolute instant.
+  if (fields.get('startsAt')) body.startsAt = new Date(fields.get('startsAt')).toISOString();
+  if (fields.get('holdSeconds')) body.holdSeconds = Number(fields.get('holdSeconds'));
+  if (fields.get('perUserLimit')) body.perUserLimit = Number(fields.get('perUserLimit'));
+  const button = $('button[type=submit]', form);
+  button.disabled = true;
+  const result = await api('POST', '/api/drops', body, fields.get('token'));
+  button.disabled = false;
+  if (!result.ok) {
+    outcome.dataset.tone = 'bad';
+    outcome.textContent = result.status === 401 || result.status === 403
+      ? `Not allowed: ${result.message}`
+      : `Not created: ${describeRefusal(result)}`;
+    return;
+  }
+  outcome.dataset.tone = 'good';
+  outcome.textContent = `Created “${result.data.name}” with ${result.data.totalStock} units.`;
+  // The token stays filled in for the next drop; the drop's own fields are cleared.
+  for (const name of ['name', 'price', 'totalStock', 'startsAt', 'holdSeconds', 'perUserLimit']) form.elements[name].value = '';
+  // The feed announces stock changes, not new drops: fetch the list so the new drop shows here now.
+  if (!onlyDrop) reload();
+}
+
+// ---- the live feed ---------------------------------------------------------------------------------------------
+// One WebSocket; when it drops, reconnect with exponential backoff (0.5 s doubling to 15 s) and jitter, so a
+// restarted server is not hit by every page at the same instant. The snapshot sent on every connect
+// replaces what the page holds, so nothing missed while disconnected stays missing.
+const feed = { attempt: 0, timer: null, ticker: null, socket: null };
+
+function setConnection(kind, text) {
+  const line = $('#connection');
+  line.dataset.state = kind;
+  line.textContent = text;
+}
+
+function connect() {
+  clearTimeout(feed.timer);
+  clearInterval(feed.ticker);
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const query = onlyDrop ? `?drop=${encodeURIComponent(onlyDrop)}` : '';
+  let socket;
+  try {
+    socket = new WebSocket(`${scheme}://${location.host}/ws${query}`);
+  } catch {
+    scheduleReconnect();
+    return;
+  }
+  feed.socket = socket;
+  socket.addEventListener('message', (event) => {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (message.type === 'snapshot') {
+      feed.attempt = 0;
+      setConnection('live', 'Live');
+    }
+    onFeedMessage(message);
+  });
+  socket.addEventListener('close', () => {
+    if (feed.socket === socket) scheduleReconnect();
+  });
+}
+
+function scheduleReconnect() {
+  feed.socket = null;
+  const base = Math.min(15000, 500 * 2 ** feed.attempt);
+  const delay = Math.round(base / 2 + Math.random() * (base / 2));
+  feed.attempt += 1;
+  const retryAt = Date.now() + delay;
+  const show = () => {
+    const left = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+    setConnection('reconnecting', left > 0 ? `Reconnecting in ${left} s…` : 'Reconnecting…');
+  };
+  show();
+  feed.ticker = setInterval(show, 1000);
+  feed.timer = setTimeout(connect, delay);
+}
+
+// ---- start -----------------------------------------------------------------------------------------------------
+function start() {
+  $('#buyer-form').addEventListener('submit', chooseBuyer);
+  $('#buyer-switch').addEventListener('click', switchBuyer);
+  $('#admin-form').addEventListener('submit', createDrop);
+  $('#drops-scope').hidden = !onlyDrop;
+
+  const saved = readStore(STORE_BUYER, null);
+  state.buyer = saved && saved.id && saved.username ? saved : null;
+  renderBuyer();
+
+  // REST first, so the page shows drops even where WebSockets are blocked; the feed's snapshot follows.
+  reload();
+  connect();
+  setInterval(tick, 250);
+  // A machine waking from sleep has a dead socket the browser may not notice for a while: reconnect now.
+  window.addEventListener('online', () => {
+    if (!feed.socket) connect();
+  });
+}
+
+start();
