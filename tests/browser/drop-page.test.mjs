@@ -1,0 +1,374 @@
+// The drop page in a real browser: two buyers, each in their own browser context, watch one drop.
+//
+// Starts dropstock-http on a free loopback port, creates a drop over REST, and drives Debian's Chromium
+// through playwright-core. Every wait has a deadline; nothing sleeps for a fixed time. Screenshots go to
+// target/browser/. Exits non-zero with the failing step's name when anything goes wrong, including when the
+// browser cannot start: a browser test that skips itself would hide a broken page.
+//
+// Environment: DROPSTOCK_HTTP_BIN (default target/debug/dropstock-http), DATABASE_URL (default the local
+// cluster of `make db`), CHROMIUM (default /usr/bin/chromium).
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const adapterBin = process.env.DROPSTOCK_HTTP_BIN || path.join(repo, 'target', 'debug', 'dropstock-http');
+const databaseUrl = process.env.DATABASE_URL || 'postgresql://postgres@127.0.0.1:5544/postgres';
+const chromiumBin = process.env.CHROMIUM || '/usr/bin/chromium';
+const shots = path.join(repo, 'target', 'browser');
+const adminToken = `browser-${randomBytes(8).toString('hex')}`;
+const tag = randomBytes(4).toString('hex');
+
+// Short holds keep the "left alone" part quick; long enough for buyer A to purchase in between.
+const HOLD_SECONDS = 5;
+const STOCK = 5;
+// The whole run; a wedged browser or adapter fails the test instead of hanging CI.
+const WATCHDOG_MS = 120_000;
+
+// The flags known to work on these machines (no sandbox as root, no GPU, nothing phoning home), and no
+// QUIC, which only ever slows a loopback test down.
+const CHROMIUM_FLAGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
+];
+
+let passed = 0;
+let adapter = null;
+let adapterLog = '';
+let browser = null;
+const pages = {};
+
+function step(text, started) {
+  passed += 1;
+  const ms = started === undefined ? '' : ` (${Date.now() - started} ms)`;
+  console.log(`ok ${passed} - ${text}${ms}`);
+}
+
+class StepFailure extends Error {}
+
+// ---- the adapter -----------------------------------------------------------------------------------------
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function startAdapter() {
+  if (!existsSync(adapterBin)) {
+    throw new StepFailure(`adapter binary not found at ${adapterBin}: build it with 'cargo build -p dropstock-http' or set DROPSTOCK_HTTP_BIN`);
+  }
+  const port = await freePort();
+  const listen = `127.0.0.1:${port}`;
+  adapter = spawn(adapterBin, ['--listen', listen], {
+    env: { ...process.env, DATABASE_URL: databaseUrl, DROPSTOCK_ADMIN_TOKEN: adminToken, RUST_LOG: process.env.RUST_LOG || 'info' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const collect = (chunk) => { adapterLog += chunk; };
+  adapter.stdout.setEncoding('utf8').on('data', collect);
+  adapter.stderr.setEncoding('utf8').on('data', collect);
+  const exited = new Promise((resolve) => adapter.once('exit', (code, signal) => resolve({ code, signal })));
+  const base = `http://${listen}`;
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const gone = await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 100, null))]);
+    if (gone) throw new StepFailure(`dropstock-http exited (code ${gone.code}, signal ${gone.signal}) before serving:\n${adapterLog}`);
+    try {
+      const response = await fetch(`${base}/healthz`);
+      if (response.ok) return base;
+    } catch {
+      // Not listening yet.
+    }
+  }
+  throw new StepFailure(`dropstock-http did not answer /healthz on ${listen} within 20 s:\n${adapterLog}`);
+}
+
+const adapterRunning = () => adapter && adapter.exitCode === null && adapter.signalCode === null;
+
+function stopAdapter() {
+  if (adapterRunning()) adapter.kill('SIGTERM');
+}
+
+// SIGTERM lets the adapter close its WebSockets and database connections; SIGKILL if it takes too long.
+async function stopAdapterAndWait() {
+  if (!adapterRunning()) return;
+  const exited = new Promise((resolve) => adapter.once('exit', resolve));
+  adapter.kill('SIGTERM');
+  const timer = setTimeout(() => adapter.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function rest(base, method, urlPath, body, token) {
+  const headers = { 'Content-Type': 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(`${base}${urlPath}`, { method, headers, body: body && JSON.stringify(body) });
+  const json = await response.json();
+  if (!json.success) throw new StepFailure(`${method} ${urlPath} answered ${response.status}: ${json.message}`);
+  return json.data;
+}
+
+// ---- the browser -----------------------------------------------------------------------------------------
+async function launchBrowser() {
+  let chromium;
+  try {
+    ({ chromium } = await import('playwright-core'));
+  } catch (error) {
+    throw new StepFailure(`playwright-core is not installed (run 'npm ci --prefix tests/browser'): ${error.message}`);
+  }
+  if (!existsSync(chromiumBin)) {
+    throw new StepFailure(`no browser at ${chromiumBin}: install Debian's package with 'apt-get install -y chromium'`);
+  }
+  try {
+    return await chromium.launch({ executablePath: chromiumBin, args: CHROMIUM_FLAGS, timeout: 30_000 });
+  } catch (error) {
+    throw new StepFailure(`Chromium at ${chromiumBin} did not start: ${error.message}`);
+  }
+}
+
+async function openBuyer(name, base, query, viewport) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.errors = [];
+  page.on('pageerror', (error) => page.errors.push(error.message));
+  page.on('console', (message) => {
+    // Refusals the test provokes (409 limit reached) are logged by Chromium as failed loads; they are
+    // expected answers, not page errors.
+    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) page.errors.push(message.text());
+  });
+  await page.goto(`${base}/${query}`);
+  // A marker that a reload would wipe: the page must stay live without ever reloading.
+  await page.evaluate(() => { window.noReloadMarker = true; });
+  pages[name] = page;
+  return page;
+}
+
+// Text of one element of the drop's card, for polling in the page.
+function cardText(page, dropId, selector) {
+  return page.locator(`li.drop[data-drop-id="${dropId}"] ${selector}`);
+}
+
+async function waitFor(page, what, fn, arg, timeout) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout, polling: 25 });
+  } catch (error) {
+    throw new StepFailure(`${what}: not within ${timeout} ms (${error.message.split('\n')[0]})`);
+  }
+}
+
+function waitForStock(page, dropId, expected, timeout, who) {
+  return waitFor(page, `${who} sees ${expected} available`, ([id, want]) => {
+    const cell = document.querySelector(`li.drop[data-drop-id="${id}"] .available`);
+    return cell && cell.textContent === String(want);
+  }, [dropId, expected], timeout);
+}
+
+function waitForBuyer(page, dropId, username, timeout, who) {
+  return waitFor(page, `${who} lists ${username} among the latest buyers`, ([id, name]) => {
+    const names = [...document.querySelectorAll(`li.drop[data-drop-id="${id}"] .buyers .buyer-name`)];
+    return names.some((n) => n.textContent === name);
+  }, [dropId, username], timeout);
+}
+
+function waitForOutcome(page, dropId, pattern, timeout, who) {
+  return waitFor(page, `${who} is told /${pattern}/`, ([id, source]) => {
+    const line = document.querySelector(`li.drop[data-drop-id="${id}"] .outcome`);
+    return line && new RegExp(source, 'i').test(line.textContent);
+  }, [dropId, pattern], timeout);
+}
+
+async function pickName(page, username) {
+  await page.getByLabel('Your name').fill(username);
+  await page.getByRole('button', { name: 'Continue' }).click();
+  await waitFor(page, `the page takes ${username} as the buyer`, (name) => {
+    const current = document.querySelector('#buyer-name');
+    return current && current.textContent === name && !document.querySelector('#buyer-current').hidden;
+  }, username, 5_000);
+}
+
+async function saveScreenshots(suffix = '') {
+  mkdirSync(shots, { recursive: true });
+  for (const [name, page] of Object.entries(pages)) {
+    await page.screenshot({ path: path.join(shots, `${name}${suffix}.png`), fullPage: true }).catch(() => {});
+  }
+}
+
+// ---- the scenario ----------------------------------------------------------------------------------------
+async function scenario() {
+  // Screenshots of an earlier run must not pass for this one's.
+  rmSync(shots, { recursive: true, force: true });
+  mkdirSync(shots, { recursive: true });
+  let started = Date.now();
+  const base = await startAdapter();
+  step(`dropstock-http serves ${base}`, started);
+
+  started = Date.now();
+  const drop = await rest(base, 'POST', '/api/drops', {
+    name: `Court Classic “Night” ${tag}`, price: 129.99, totalStock: STOCK, holdSeconds: HOLD_SECONDS,
+  }, adminToken);
+  const ann = `ann-${tag}`;
+  const ben = `ben-${tag}`;
+  step(`created drop ${drop.id} (${STOCK} units, ${HOLD_SECONDS} s holds)`, started);
+
+  started = Date.now();
+  browser = await launchBrowser();
+  step(`Chromium ${browser.version()} started`, started);
+
+  // A sees every drop, as `make run` shows them; B follows one drop through its filtered feed, at phone width.
+  started = Date.now();
+  const a = await openBuyer('user-a', base, '', { width: 1100, height: 820 });
+  const b = await openBuyer('user-b', base, `?drop=${drop.id}`, { width: 390, height: 844 });
+  for (const [who, page] of [['A', a], ['B', b]]) {
+    await waitFor(page, `${who}'s page goes live`, () => document.querySelector('#connection').dataset.state === 'live', undefined, 10_000);
+    await waitForStock(page, drop.id, STOCK, 5_000, who);
+  }
+  step('both pages are live and show the drop with all its stock', started);
+
+  started = Date.now();
+  await pickName(a, ann);
+  await pickName(b, ben);
+  step(`A buys as ${ann}, B as ${ben} (both registered from the page)`, started);
+
+  // A reserves: B's page must show the lower stock within a second of A's click, without a reload.
+  started = Date.now();
+  await cardText(a, drop.id, 'button.reserve').click();
+  await waitForStock(b, drop.id, STOCK - 1, Math.max(1, 1_000 - (Date.now() - started)), 'B');
+  const bSawIt = Date.now() - started;
+  await waitFor(a, 'A sees the hold countdown', (id) => {
+    const hold = document.querySelector(`li.drop[data-drop-id="${id}"] .hold`);
+    return hold && !hold.hidden && /^0:0[1-5]$/.test(hold.querySelector('.hold-left').textContent);
+  }, drop.id, 2_000);
+  step(`A reserved; B's page showed ${STOCK - 1} available ${bSawIt} ms after A's click`);
+
+  started = Date.now();
+  await cardText(a, drop.id, 'button.purchase').click();
+  await waitForOutcome(a, drop.id, 'Purchased', 3_000, 'A');
+  await waitForBuyer(a, drop.id, ann, 2_000, 'A');
+  await waitForBuyer(b, drop.id, ann, 2_000, 'B');
+  step(`A purchased; both pages list ${ann} among the latest buyers`, started);
+
+  // The limit is one per buyer: a second Reserve is refused, in words.
+  started = Date.now();
+  await cardText(a, drop.id, 'button.reserve').click();
+  await waitForOutcome(a, drop.id, 'Limit reached', 3_000, 'A');
+  step('A reserving again is told "Limit reached"', started);
+
+  // B reserves with the keyboard and leaves the hold alone. Every value its countdown shows is recorded,
+  // so the test can tell that it counted down to 0:00 rather than jumped there.
+  started = Date.now();
+  await b.evaluate((id) => {
+    window.countdownSeen = [];
+    const card = document.querySelector(`li.drop[data-drop-id="${id}"]`);
+    const record = () => {
+      const text = card.querySelector('.hold-left').textContent;
+      if (!card.querySelector('.hold').hidden && text && window.countdownSeen.at(-1) !== text) window.countdownSeen.push(text);
+    };
+    new MutationObserver(record).observe(card, { subtree: true, childList: true, characterData: true, attributes: true });
+  }, drop.id);
+  await cardText(b, drop.id, 'button.reserve').focus();
+  await b.keyboard.press('Enter');
+  await waitFor(b, 'focus moves to Purchase once B holds a unit', (id) => document.activeElement
+    === document.querySelector(`li.drop[data-drop-id="${id}"] button.purchase`), drop.id, 3_000);
+  await waitForStock(a, drop.id, STOCK - 2, 1_000, 'A');
+  await waitForStock(b, drop.id, STOCK - 2, 1_000, 'B');
+  step(`B reserved with the keyboard; both pages show ${STOCK - 2} available`, started);
+
+  mkdirSync(shots, { recursive: true });
+  await b.setViewportSize({ width: 900, height: 760 });
+  await b.screenshot({ path: path.join(shots, 'drop-page.png') });
+  await b.setViewportSize({ width: 390, height: 844 });
+
+  started = Date.now();
+  await waitFor(b, "B's countdown reaches 0:00", (id) => {
+    const hold = document.querySelector(`li.drop[data-drop-id="${id}"] .hold`);
+    return hold && !hold.hidden && hold.dataset.status === 'expired' && hold.querySelector('.hold-left').textContent === '0:00';
+  }, drop.id, (HOLD_SECONDS + 3) * 1_000);
+  const seen = await b.evaluate(() => window.countdownSeen);
+  if (seen.at(-1) !== '0:00' || seen.length < HOLD_SECONDS - 1) {
+    throw new StepFailure(`B's countdown did not count down to 0:00: it showed ${seen.join(', ')}`);
+  }
+  await waitForOutcome(b, drop.id, 'ran out', 1_000, 'B');
+  step(`B's hold counted down ${seen.join(' ')}`, started);
+
+  started = Date.now();
+  await waitForStock(a, drop.id, STOCK - 1, 2_000, 'A');
+  await waitForStock(b, drop.id, STOCK - 1, 2_000, 'B');
+  await waitFor(b, 'B can reserve again', (id) => {
+    const button = document.querySelector(`li.drop[data-drop-id="${id}"] button.reserve`);
+    return button && !button.hidden && !button.disabled;
+  }, drop.id, 1_000);
+  step(`the expired hold's unit came back: both pages show ${STOCK - 1} available`, started);
+
+  // The admin panel: a wrong token is refused in words, the right one creates a drop that opens in an
+  // hour, which A's list shows at once with its "starts in" countdown and no way to reserve yet.
+  started = Date.now();
+  const later = `Runner “Dawn” ${tag}`;
+  await a.getByText('Admin: create a drop').click();
+  await a.getByLabel('Admin token').fill('not-the-token');
+  await a.getByLabel('Name', { exact: true }).fill(later);
+  await a.getByLabel('Price', { exact: true }).fill('89.50');
+  await a.getByLabel('Units', { exact: true }).fill('20');
+  const opens = new Date(Date.now() + 3_600_000);
+  const two = (n) => String(n).padStart(2, '0');
+  await a.getByLabel('Opens at').fill(`${opens.getFullYear()}-${two(opens.getMonth() + 1)}-${two(opens.getDate())}T${two(opens.getHours())}:${two(opens.getMinutes())}`);
+  await a.getByRole('button', { name: 'Create drop' }).click();
+  await waitFor(a, 'a wrong admin token is refused', () => /^Not allowed/.test(document.querySelector('#admin-outcome').textContent), undefined, 3_000);
+  await a.getByLabel('Admin token').fill(adminToken);
+  await a.getByRole('button', { name: 'Create drop' }).click();
+  await waitFor(a, 'the admin panel creates the drop', () => /^Created/.test(document.querySelector('#admin-outcome').textContent), undefined, 3_000);
+  await waitFor(a, `A's list shows ${later} as starting in about an hour`, (name) => {
+    const card = [...document.querySelectorAll('li.drop')].find((li) => li.querySelector('.drop-name').textContent === name);
+    return card && /^Starts in (59 m|1 h 00 m)/.test(card.querySelector('.badge').textContent)
+      && card.querySelector('button.reserve').disabled;
+  }, later, 3_000);
+  step('the admin panel refuses a wrong token and creates a drop that shows "Starts in 59 m …"', started);
+
+  started = Date.now();
+  for (const [who, page] of [['A', a], ['B', b]]) {
+    if (!(await page.evaluate(() => window.noReloadMarker === true))) throw new StepFailure(`${who}'s page reloaded`);
+    if (page.errors.length) throw new StepFailure(`${who}'s page logged errors: ${page.errors.join(' | ')}`);
+  }
+  const overflow = await b.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow > 0) throw new StepFailure(`B's page is ${overflow} px wider than a 390 px phone screen`);
+  await cardText(a, drop.id, '.drop-name').scrollIntoViewIfNeeded();
+  await a.screenshot({ path: path.join(shots, 'user-a.png') });
+  await b.screenshot({ path: path.join(shots, 'user-b.png'), fullPage: true });
+  step(`no reloads, no page errors, fits a phone; screenshots in ${path.relative(repo, shots)}/`, started);
+}
+
+// ---- run -------------------------------------------------------------------------------------------------
+const watchdog = setTimeout(() => {
+  console.log(`FAILED: the browser test did not finish within ${WATCHDOG_MS / 1000} s`);
+  stopAdapter();
+  process.exit(1);
+}, WATCHDOG_MS);
+// The adapter must not outlive the test, however it ends.
+process.on('exit', stopAdapter);
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(1));
+
+let failed = false;
+try {
+  await scenario();
+} catch (error) {
+  failed = true;
+  console.log(`FAILED after ${passed} steps: ${error instanceof StepFailure ? error.message : error.stack}`);
+  await saveScreenshots('-failed');
+  if (Object.keys(pages).length) console.log(`screenshots of the failure in ${shots}/`);
+} finally {
+  if (browser) await browser.close().catch(() => {});
+  await stopAdapterAndWait();
+  clearTimeout(watchdog);
+  mkdirSync(shots, { recursive: true });
+  writeFileSync(path.join(shots, 'adapter.log'), adapterLog);
+  if (failed) console.log(`adapter log: ${path.join(shots, 'adapter.log')}`);
+}
+console.log(`browser: ${passed} passed, ${failed ? 1 : 0} failed`);
+process.exit(failed ? 1 : 0);
