@@ -62,11 +62,10 @@ function freePort() {
   });
 }
 
-async function startAdapter() {
+async function startAdapter(port) {
   if (!existsSync(adapterBin)) {
     throw new StepFailure(`adapter binary not found at ${adapterBin}: build it with 'cargo build -p dropstock-http' or set DROPSTOCK_HTTP_BIN`);
   }
-  const port = await freePort();
   const listen = `127.0.0.1:${port}`;
   adapter = spawn(adapterBin, ['--listen', listen], {
     env: { ...process.env, DATABASE_URL: databaseUrl, DROPSTOCK_ADMIN_TOKEN: adminToken, RUST_LOG: process.env.RUST_LOG || 'info' },
@@ -134,8 +133,15 @@ async function launchBrowser() {
   }
 }
 
-async function openBuyer(name, base, query, viewport) {
+async function openBuyer(name, base, query, viewport, clockAheadMs = 0) {
   const context = await browser.newContext({ viewport });
+  if (clockAheadMs) {
+    // A device whose clock is wrong: countdowns must still follow the server's clock.
+    await context.addInitScript((ahead) => {
+      const realNow = Date.now;
+      Date.now = () => realNow() + ahead;
+    }, clockAheadMs);
+  }
   const page = await context.newPage();
   page.errors = [];
   page.on('pageerror', (error) => page.errors.push(error.message));
@@ -207,7 +213,7 @@ async function scenario() {
   rmSync(shots, { recursive: true, force: true });
   mkdirSync(shots, { recursive: true });
   let started = Date.now();
-  const base = await startAdapter();
+  const base = await startAdapter(await freePort());
   step(`dropstock-http serves ${base}`, started);
 
   started = Date.now();
@@ -222,10 +228,11 @@ async function scenario() {
   browser = await launchBrowser();
   step(`Chromium ${browser.version()} started`, started);
 
-  // A sees every drop, as `make run` shows them; B follows one drop through its filtered feed, at phone width.
+  // A sees every drop, as `make run` shows them; B follows one drop through its filtered feed, at phone
+  // width, on a device whose clock runs three minutes fast.
   started = Date.now();
   const a = await openBuyer('user-a', base, '', { width: 1100, height: 820 });
-  const b = await openBuyer('user-b', base, `?drop=${drop.id}`, { width: 390, height: 844 });
+  const b = await openBuyer('user-b', base, `?drop=${drop.id}`, { width: 390, height: 844 }, 180_000);
   for (const [who, page] of [['A', a], ['B', b]]) {
     await waitFor(page, `${who}'s page goes live`, () => document.querySelector('#connection').dataset.state === 'live', undefined, 10_000);
     await waitForStock(page, drop.id, STOCK, 5_000, who);
@@ -306,6 +313,28 @@ async function scenario() {
     return button && !button.hidden && !button.disabled;
   }, drop.id, 1_000);
   step(`the expired hold's unit came back: both pages show ${STOCK - 1} available`, started);
+
+  // The adapter restarts: both pages say so, reconnect by themselves, and the feed works again (B reserves
+  // and cancels; A sees both within a second).
+  started = Date.now();
+  await stopAdapterAndWait();
+  for (const [who, page] of [['A', a], ['B', b]]) {
+    await waitFor(page, `${who}'s page says it is reconnecting`, () => document.querySelector('#connection').dataset.state === 'reconnecting'
+      && /^Reconnecting/.test(document.querySelector('#connection').textContent), undefined, 5_000);
+  }
+  await startAdapter(Number(new URL(base).port));
+  for (const [who, page] of [['A', a], ['B', b]]) {
+    await waitFor(page, `${who}'s page is live again`, () => document.querySelector('#connection').dataset.state === 'live', undefined, 10_000);
+  }
+  step('the adapter restarted; both pages showed "Reconnecting" and went live again by themselves', started);
+
+  started = Date.now();
+  await cardText(b, drop.id, 'button.reserve').click();
+  await waitForStock(a, drop.id, STOCK - 2, 1_000, 'A');
+  await cardText(b, drop.id, 'button.cancel').click();
+  await waitForOutcome(b, drop.id, 'Hold cancelled', 3_000, 'B');
+  await waitForStock(a, drop.id, STOCK - 1, 1_000, 'A');
+  step('after reconnecting, B reserved and cancelled and A saw the stock go down and back up', started);
 
   // The admin panel: a wrong token is refused in words, the right one creates a drop that opens in an
   // hour, which A's list shows at once with its "starts in" countdown and no way to reserve yet.

@@ -14,6 +14,7 @@ const state = {
   cards: new Map(), // drop id → its <li>
   holds: new Map(), // drop id → { id, expiresAt (ms, server clock), status }
   outcomes: new Map(), // drop id → { text, tone }, kept across re-renders
+  unlisted: new Set(), // drop ids the feed mentioned that a reload did not list (ended drops)
   buyer: null, // { id, username }
 };
 
@@ -213,19 +214,19 @@ function switchBuyer() {
 
 // ---- drops: state ------------------------------------------------------------------------------------------
 function replaceDrops(drops) {
-  const seen = new Set();
+  // A new map, so its order is the server's (opening time) for drops old and new.
+  const next = new Map();
   for (const drop of drops) {
-    seen.add(drop.id);
     const previous = state.drops.get(drop.id);
-    state.drops.set(drop.id, { ...drop, seq: previous ? previous.seq : undefined });
+    next.set(drop.id, { ...drop, seq: previous ? previous.seq : undefined });
   }
-  for (const id of [...state.drops.keys()]) {
-    if (!seen.has(id)) {
-      state.drops.delete(id);
+  for (const id of state.drops.keys()) {
+    if (!next.has(id)) {
       state.holds.delete(id);
       state.outcomes.delete(id);
     }
   }
+  state.drops = next;
   renderList();
 }
 
@@ -270,8 +271,12 @@ function onFeedMessage(message) {
     case 'stock': {
       const drop = state.drops.get(message.dropId);
       if (!drop) {
-        // A drop this page has not seen (created since it loaded): fetch the list with it.
-        if (!onlyDrop) reload();
+        // A drop this page has not seen (created since it loaded): fetch the list with it. Once per drop:
+        // an ended drop is still published for a while but never listed, and must not cause a reload a tick.
+        if (!onlyDrop && !state.unlisted.has(message.dropId)) {
+          state.unlisted.add(message.dropId);
+          reload();
+        }
         return;
       }
       // seq rises per drop; an older or repeated message must not move the stock backwards.
@@ -319,11 +324,13 @@ function renderList() {
       state.cards.delete(id);
     }
   }
-  // Appending an element that is already in the list moves it: the list ends in the server's order
-  // (opening time) without rebuilding cards, so focus and half-typed state survive.
+  // Cards are reused and only moved when out of place: moving a card would take keyboard focus off it.
+  let cursor = list.firstElementChild;
   for (const id of state.drops.keys()) {
     if (!state.cards.has(id)) state.cards.set(id, createCard(id));
-    list.append(state.cards.get(id));
+    const card = state.cards.get(id);
+    if (card === cursor) cursor = cursor.nextElementSibling;
+    else list.insertBefore(card, cursor);
     renderDrop(id);
   }
   $('#drops-empty').hidden = state.drops.size > 0;
@@ -390,7 +397,11 @@ function renderDrop(dropId) {
   if (outcomeLine.textContent !== (outcome ? outcome.text : '')) outcomeLine.textContent = outcome ? outcome.text : '';
   outcomeLine.dataset.tone = outcome ? outcome.tone : '';
 
+  // The list is rebuilt only when it changed: renderDrop runs four times a second while a hold counts down.
   const buyers = $('.buyers', card);
+  const key = `${state.buyer ? state.buyer.id : ''} ${drop.purchases.map((p) => p.id).join(' ')}`;
+  if (buyers.dataset.key === key) return;
+  buyers.dataset.key = key;
   const names = drop.purchases.map((p) => {
     const item = document.createElement('li');
     const who = document.createElement('span');
