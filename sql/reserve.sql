@@ -90,3 +90,179 @@ BEGIN
     RETURN hold;
 END
 $$;
+
+-- reserve_items: reserve_item for many buyers of one drop in one transaction, so that one commit (one
+-- disk flush) serves them all. Each buyer gets exactly the answer reserve_item would have given them, as
+-- one row: the live hold they already have (fresh = false), a new hold (fresh = true), or a refusal as a
+-- SQLSTATE and message (DS002 unknown buyer, DS021 limit reached, DS020 sold out, 40001 retry). Buyers
+-- are served in array order and a buyer named twice gets one row. What concerns the whole drop (DS001,
+-- DS010, DS011) and bad arguments (22023) are raised, as reserve_item raises them.
+CREATE FUNCTION reserve_items(drop_id uuid, user_ids uuid[])
+RETURNS TABLE (user_id uuid, reservation_id uuid, expires_at timestamptz, created_at timestamptz,
+               fresh boolean, sqlstate text, message text)
+LANGUAGE plpgsql
+AS $$
+#variable_conflict use_column
+DECLARE
+    home constant smallint := pg_backend_pid() % 64;
+    d dropstock.drops;
+    buyer record;
+    waiting uuid[] := '{}';    -- buyers who need a unit, in order
+    in_hand integer := 0;      -- units of the buyers' own past-due holds, ended here
+    wanted integer;
+    granted integer := 0;
+    from_stock integer;        -- units granted before the current attempt
+    taken integer;
+    winners uuid[];
+    made uuid[];
+    twins uuid[];
+BEGIN
+    IF reserve_items.drop_id IS NULL OR reserve_items.user_ids IS NULL
+       OR array_position(reserve_items.user_ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'drop id and user ids are required, and no user id may be NULL'
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(reserve_items.user_ids) > 10000 THEN
+        RAISE EXCEPTION 'at most 10000 buyers per call, got %', cardinality(reserve_items.user_ids)
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO d FROM dropstock.drops x WHERE x.id = reserve_items.drop_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'drop % does not exist', reserve_items.drop_id USING ERRCODE = 'DS001';
+    END IF;
+    IF clock_timestamp() < d.starts_at THEN
+        RAISE EXCEPTION 'drop "%" has not started yet', d.name USING ERRCODE = 'DS010',
+              DETAIL = format('It opens at %s.', d.starts_at);
+    END IF;
+    IF d.ends_at IS NOT NULL AND clock_timestamp() >= d.ends_at THEN
+        RAISE EXCEPTION 'drop "%" has ended', d.name USING ERRCODE = 'DS011',
+              DETAIL = format('It closed at %s.', d.ends_at);
+    END IF;
+
+    -- Sort the buyers out: unknown, already holding, over the limit, or waiting for a unit.
+    FOR buyer IN
+        SELECT a.uid, u.id IS NOT NULL AS known, live.id AS live_id, live.expires_at AS live_expires_at,
+               live.created_at AS live_created_at,
+               (SELECT count(*) FROM dropstock.purchases p WHERE p.user_id = a.uid AND p.drop_id = d.id) AS bought
+          FROM (SELECT t.uid, min(t.pos) AS pos FROM unnest(reserve_items.user_ids) WITH ORDINALITY AS t(uid, pos)
+                 GROUP BY t.uid) a
+          LEFT JOIN dropstock.users u ON u.id = a.uid
+          LEFT JOIN dropstock.reservations live
+            ON live.drop_id = d.id AND live.user_id = a.uid AND live.status = 'reserved'
+         ORDER BY a.pos
+    LOOP
+        IF NOT buyer.known THEN
+            RETURN QUERY SELECT buyer.uid, NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::boolean,
+                                'DS002'::text, format('user %s does not exist', buyer.uid);
+            CONTINUE;
+        END IF;
+        IF buyer.live_id IS NOT NULL THEN
+            IF buyer.live_expires_at > clock_timestamp() THEN
+                RETURN QUERY SELECT buyer.uid, buyer.live_id, buyer.live_expires_at, buyer.live_created_at,
+                                    false, NULL::text, NULL::text;
+                CONTINUE;
+            END IF;
+            -- The buyer's own hold ran out before a sweep saw it: its unit joins the ones in hand.
+            UPDATE dropstock.reservations r SET status = 'expired'
+             WHERE r.id = buyer.live_id AND r.status = 'reserved';
+            IF FOUND THEN
+                in_hand := in_hand + 1;
+            END IF;
+        END IF;
+        IF buyer.bought >= d.per_user_limit THEN
+            RETURN QUERY SELECT buyer.uid, NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::boolean,
+                                'DS021'::text, format('limit of %s per buyer reached for drop "%s"', d.per_user_limit, d.name);
+            CONTINUE;
+        END IF;
+        waiting := waiting || buyer.uid;
+    END LOOP;
+
+    -- Units for the waiting buyers: those in hand first, then from slots (as many from one slot as it
+    -- has, so a batch usually locks one or two). A batch that comes up short while other transactions
+    -- hold slots with stock must not wait with its own slots locked: two short batches would each wait
+    -- for the other's. So each attempt runs in a subtransaction, and a short attempt is undone (its units
+    -- back, its slot locks released) before it polls and tries again.
+    wanted := cardinality(waiting);
+    granted := least(in_hand, wanted);
+    in_hand := in_hand - granted;
+    from_stock := granted;
+    <<claiming>>
+    FOR attempt IN 1..5000 LOOP
+        BEGIN
+            WHILE granted < wanted LOOP
+                WITH pick AS (
+                    SELECT f.slot, f.available FROM dropstock.stock_slots f
+                     WHERE f.drop_id = d.id AND f.available > 0
+                     ORDER BY f.slot >= home DESC, f.slot
+                     LIMIT 1 FOR UPDATE SKIP LOCKED
+                )
+                UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
+                  FROM pick WHERE s.drop_id = d.id AND s.slot = pick.slot
+                RETURNING least(pick.available, wanted - granted) INTO taken;
+                EXIT WHEN taken IS NULL;
+                granted := granted + taken;
+                taken := NULL;
+            END LOOP;
+            IF granted < wanted AND EXISTS (SELECT FROM dropstock.stock_slots f
+                                             WHERE f.drop_id = d.id AND f.available > 0) THEN
+                RAISE EXCEPTION 'short' USING ERRCODE = 'DS9RT';  -- undo this attempt, see above
+            END IF;
+            EXIT claiming;
+        EXCEPTION WHEN SQLSTATE 'DS9RT' THEN
+            granted := from_stock;
+        END;
+        IF attempt = 5000 THEN
+            RAISE EXCEPTION 'drop % is too busy to answer; try again', d.id USING ERRCODE = 'lock_not_available';
+        END IF;
+        -- A random pause, so that two short batches do not keep colliding in step.
+        PERFORM pg_sleep(0.0005 + random() * 0.002);
+    END LOOP;
+    IF granted < wanted THEN
+        -- No free unit left anywhere: take over past-due holds, oldest first.
+        WITH reclaimed AS (
+            UPDATE dropstock.reservations r SET status = 'expired'
+             WHERE r.id IN (SELECT x.id FROM dropstock.reservations x
+                             WHERE x.drop_id = d.id AND x.status = 'reserved'
+                               AND x.expires_at <= clock_timestamp()
+                             ORDER BY x.expires_at LIMIT wanted - granted FOR UPDATE SKIP LOCKED)
+            RETURNING 1
+        )
+        SELECT granted + count(*) INTO granted FROM reclaimed;
+    END IF;
+    IF in_hand > 0 THEN
+        PERFORM dropstock._adjust_stock(d.id, in_hand, 0);
+    END IF;
+
+    winners := waiting[1:granted];
+    RETURN QUERY SELECT w, NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::boolean,
+                        'DS020'::text, format('drop "%s" is sold out', d.name)
+                   FROM unnest(waiting[granted + 1:]) AS w;
+
+    WITH made_holds AS (
+        INSERT INTO dropstock.reservations AS r (drop_id, user_id, expires_at)
+        SELECT d.id, w, clock_timestamp() + make_interval(secs => d.hold_seconds) FROM unnest(winners) AS w
+        ON CONFLICT (drop_id, user_id) WHERE status = 'reserved' DO NOTHING  -- columns: use_column above
+        RETURNING r.*
+    ), answered AS (
+        SELECT array_agg(m.user_id) AS users FROM made_holds m
+    )
+    SELECT coalesce(answered.users, '{}') INTO made FROM answered;
+    RETURN QUERY SELECT r.user_id, r.id, r.expires_at, r.created_at, true, NULL::text, NULL::text
+                   FROM dropstock.reservations r
+                  WHERE r.drop_id = d.id AND r.user_id = ANY (made) AND r.status = 'reserved';
+
+    -- Buyers whose own concurrent reserve_item made their hold first: their unit goes back, and they
+    -- get that hold, as a retry would.
+    twins := ARRAY(SELECT w FROM unnest(winners) AS w WHERE w <> ALL (made));
+    IF cardinality(twins) > 0 THEN
+        PERFORM dropstock._adjust_stock(d.id, cardinality(twins), 0);
+        RETURN QUERY
+            SELECT w, r.id, r.expires_at, r.created_at, CASE WHEN r.id IS NULL THEN NULL ELSE false END,
+                   CASE WHEN r.id IS NULL THEN '40001' END,
+                   CASE WHEN r.id IS NULL THEN 'the hold changed while it was being read; try again' END
+              FROM unnest(twins) AS w
+              LEFT JOIN dropstock.reservations r
+                ON r.drop_id = d.id AND r.user_id = w AND r.status = 'reserved';
+    END IF;
+END
+$$;

@@ -1,4 +1,4 @@
-//! Holds (sql/reserve.sql): `reserve_item`.
+//! Holds (sql/reserve.sql): `reserve_item`, and `reserve_items` for many buyers in one transaction.
 
 pgrx::extension_sql_file!(
     "../../sql/reserve.sql",
@@ -154,5 +154,95 @@ mod tests {
             "required",
         );
         assert_eq!(available(&drop), 1);
+    }
+
+    /// `reserve_items` answers as `{outcome}` per buyer name: `new`, `same`, or the SQLSTATE.
+    fn batch_outcomes(drop: &str, users: &[&str]) -> String {
+        let list = users
+            .iter()
+            .map(|u| format!("'{u}'"))
+            .collect::<Vec<_>>()
+            .join(",");
+        text(&format!(
+            "SELECT string_agg(coalesce(u.username, b.user_id::text) || '=' ||
+                               coalesce(b.sqlstate, CASE WHEN b.fresh THEN 'new' ELSE 'same' END), ' '
+                               ORDER BY coalesce(u.username, b.user_id::text))
+               FROM dropstock.reserve_items('{drop}', ARRAY[{list}]::uuid[]) b
+               LEFT JOIN dropstock.users u ON u.id = b.user_id"
+        ))
+    }
+
+    #[pg_test]
+    fn reserve_items_answers_each_buyer_as_reserve_item_would() {
+        let drop = drop_with_stock(3);
+        let (ann, bob, cyd, dee, eve) = (
+            buyer("ann"),
+            buyer("bob"),
+            buyer("cyd"),
+            buyer("dee"),
+            buyer("eve"),
+        );
+        reserve(&drop, &ann);
+        let nobody = "00000000-0000-0000-0000-000000000000";
+        let answers = batch_outcomes(&drop, &[&ann, &bob, &bob, &cyd, nobody, &dee, &eve]);
+        // ann keeps her hold; bob (named twice) and cyd take the last two units; dee and eve are too late.
+        assert_eq!(
+            answers,
+            format!("{nobody}=DS002 ann=same bob=new cyd=new dee=DS020 eve=DS020")
+        );
+        assert_eq!(available(&drop), 0);
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn reserve_items_reuses_past_due_holds_and_respects_the_limit() {
+        let drop = drop_with_stock(2);
+        let (ann, bob, cyd) = (buyer("ann"), buyer("bob"), buyer("cyd"));
+        let sale = reserve(&drop, &ann);
+        run(&format!("SELECT dropstock.purchase('{sale}', '{ann}')"));
+        let stale = reserve(&drop, &bob);
+        let_hold_run_out(&stale);
+        // bob's own past-due hold is replaced, ann has bought her one, cyd gets nothing: stock is gone.
+        assert_eq!(
+            batch_outcomes(&drop, &[&ann, &bob, &cyd]),
+            "ann=DS021 bob=new cyd=DS020"
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT status::text FROM dropstock.reservations WHERE id = '{stale}'"
+            )),
+            "expired"
+        );
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn reserve_items_refuses_what_concerns_the_whole_drop() {
+        let ann = buyer("ann");
+        let later = text(
+            "SELECT id::text FROM dropstock.create_drop('Later', 1, 1, now() + interval '1 hour')",
+        );
+        assert_refused(
+            &format!("SELECT * FROM dropstock.reserve_items('{later}', ARRAY['{ann}']::uuid[])"),
+            "DS010",
+            "has not started",
+        );
+        let nobody = "00000000-0000-0000-0000-000000000000";
+        assert_refused(
+            &format!("SELECT * FROM dropstock.reserve_items('{nobody}', ARRAY['{ann}']::uuid[])"),
+            "DS001",
+            "does not exist",
+        );
+        let drop = drop_with_stock(1);
+        assert_refused(
+            &format!("SELECT * FROM dropstock.reserve_items('{drop}', ARRAY[NULL]::uuid[])"),
+            "22023",
+            "may be NULL",
+        );
+        assert_refused(
+            &format!("SELECT * FROM dropstock.reserve_items('{drop}', NULL)"),
+            "22023",
+            "required",
+        );
     }
 }

@@ -5,6 +5,7 @@
 #   (c) the ceiling: a transaction that only inserts one row
 #   (d) reserve_item with the background worker publishing every 100 ms vs. with it idle
 #   (e) 100,000 holds falling due at once: seconds until their stock is back, buyers of another drop busy
+#   (f) reserve_items: 16 buyers per call, 16 clients (holds per second)
 # Prints a Markdown table with the ratios, then checks the stock invariant of the drops used.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -13,10 +14,13 @@ DATABASE_URL=${DATABASE_URL:?DATABASE_URL is not set (make bench-sql sets it)}
 CLIENTS=${BENCH_CLIENTS:-64}
 SECONDS_EACH=${BENCH_SECONDS:-10}
 PER_CLIENT=${BENCH_BUYERS_PER_CLIENT:-4000}
+BATCH_CLIENTS=16
+BATCH_PER_CLIENT=60000
 psql() { "$PG_BIN/psql" "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 
-echo "bench-sql: preparing $((CLIENTS * PER_CLIENT)) buyers and the fixtures" >&2
-psql -v clients="$CLIENTS" -v per_client="$PER_CLIENT" -f setup.sql
+echo "bench-sql: preparing buyers and fixtures (the first run creates about a million buyers)" >&2
+psql -v clients="$CLIENTS" -v per_client="$PER_CLIENT" -v batch_clients="$BATCH_CLIENTS" \
+     -v batch_per_client="$BATCH_PER_CLIENT" -f setup.sql
 new_drop() {
     psql -tAc "SELECT id FROM dropstock.create_drop('bench hot drop', 1, 100000000, now() - interval '1 minute')"
 }
@@ -25,11 +29,11 @@ drops=()
 # run NAME SCRIPT: prints the tps pgbench measured on a fresh drop (so every buyer is new to it), after
 # checking that no client failed.
 run() {
-    echo "bench-sql: $1 ($CLIENTS clients, ${SECONDS_EACH}s)" >&2
+    echo "bench-sql: $1 (${RUN_CLIENTS:-$CLIENTS} clients, ${SECONDS_EACH}s)" >&2
     local out drop
     drop=$(new_drop)
     echo "$drop" >> "$drops_file"
-    out=$("$PG_BIN/pgbench" -n -M prepared -c "$CLIENTS" -j 2 -T "$SECONDS_EACH" -D n=0 -D drop="$drop" \
+    out=$("$PG_BIN/pgbench" -n -M prepared -c "${RUN_CLIENTS:-$CLIENTS}" -j 2 -T "$SECONDS_EACH" -D n=0 -D drop="$drop" \
           -f "$2" "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
     if grep -q "aborted" <<<"$out"; then echo "$out" >&2; echo "bench-sql: clients failed in $1" >&2; exit 1; fi
     grep -oP 'tps = \K[0-9.]+(?= \(without)' <<<"$out"
@@ -39,6 +43,8 @@ drops_file=$(mktemp)
 legacy=$(run "replaced pattern" legacy.sql)
 reserve=$(run "reserve_item" reserve.sql)
 ceiling=$(run "one-insert ceiling" ceiling.sql)
+
+batch=$(RUN_CLIENTS=$BATCH_CLIENTS run "reserve_items, 16 buyers a call" reserve_batch.sql)
 
 # (d) The worker idles when its tick is a minute long; runs alternate so drift hits both alike.
 set_tick() { psql -c "ALTER SYSTEM SET dropstock.tick_ms = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 0.3; }
@@ -81,7 +87,7 @@ psql -tAc "SELECT CASE WHEN bool_and(available_stock + held_stock + sold_stock =
 }
 
 awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publishing" -v i="$idle" \
-    -v s="$sweep" -v t="$busy_tps" 'BEGIN {
+    -v s="$sweep" -v t="$busy_tps" -v f="$batch" 'BEGIN {
     printf "| %-58s | %10s |\n", "pattern (" n " clients, one hot drop, synchronous_commit on)", "tps"
     printf "| %-58s | %10s |\n", "----------------------------------------------------------", "---------:"
     printf "| %-58s | %10.0f |\n", "(a) replaced system: BEGIN; SELECT FOR UPDATE; UPDATE; INSERT; COMMIT", a
@@ -94,4 +100,6 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     printf "| %-58s | %9.2fx |\n", "publishing / idle (target >= 0.9x)", p / i
     printf "| %-58s | %9ss |\n", "(e) 100,000 holds due at once: all stock back after (target <= 3 s)", s
     printf "| %-58s | %10.0f |\n", "(e) meanwhile, reserve_item on another drop (8 clients, 2000/s offered)", t
+    printf "| %-58s | %10.0f |\n", "(f) reserve_items, 16 buyers a call, 16 clients: holds/s", f * 16
+    printf "| %-58s | %9.2fx |\n", "f / c: holds per second vs. the one-insert ceiling", f * 16 / c
 }'

@@ -4,11 +4,13 @@ SET client_min_messages = warning;
 -- buyer k has id md5('bench-' || k)::uuid, with k = client_id * 100000 + n.
 CREATE SCHEMA IF NOT EXISTS dropstock_bench;
 
+-- The batch run (16 buyers a call) uses the first :batch_clients clients with :batch_per_client each.
 INSERT INTO dropstock.users (id, username)
 SELECT md5('bench-' || k)::uuid, 'bench-' || k
-  FROM generate_series(0, :clients - 1) AS c, generate_series(1, :per_client) AS n,
+  FROM generate_series(0, :clients - 1) AS c,
+       generate_series(1, CASE WHEN c < :batch_clients THEN :batch_per_client ELSE :per_client END) AS n,
        LATERAL (SELECT c * 100000 + n AS k) AS key
-ON CONFLICT DO NOTHING;
+ WHERE NOT EXISTS (SELECT FROM dropstock.users u WHERE u.id = md5('bench-' || k)::uuid);
 
 -- The replaced system's tables: one stock row per drop, reservations inserted beside it.
 CREATE TABLE IF NOT EXISTS dropstock_bench.legacy_drops (id integer PRIMARY KEY, stock integer NOT NULL);

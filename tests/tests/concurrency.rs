@@ -290,3 +290,73 @@ async fn purchases_race_the_sweep_at_the_expiry_boundary() {
     );
     assert_invariant(&setup, drop).await;
 }
+
+/// Batches of 16 buyers and single calls race for 50 units on 40 connections: exactly 50 holds in all,
+/// every other buyer told "sold out", and nobody holds twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_and_single_calls_race_for_fifty_units() {
+    let setup = connect().await;
+    let drop = new_drop(&setup, 50, 60).await;
+    let buyers = new_buyers(&setup, 320).await;
+    let connections = connect_many(40).await;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(40));
+
+    let racers = connections.into_iter().enumerate().map(|(lane, db)| {
+        let start = start.clone();
+        let mine: Vec<Uuid> = buyers[lane * 8..lane * 8 + 8].to_vec();
+        tokio::spawn(async move {
+            start.wait().await;
+            let mut answers: Vec<(Uuid, Option<String>)> = Vec::new();
+            if lane % 2 == 0 {
+                // Twice the same batch: the second call answers with the holds the first made.
+                for _ in 0..2 {
+                    let rows = db
+                        .query(
+                            "SELECT user_id, sqlstate FROM dropstock.reserve_items($1, $2)",
+                            &[&drop, &mine],
+                        )
+                        .await
+                        .expect("reserve_items");
+                    answers.extend(rows.iter().map(|r| (r.get(0), r.get(1))));
+                }
+            } else {
+                for buyer in &mine {
+                    let outcome = db
+                        .query_one(
+                            "SELECT id FROM dropstock.reserve_item($1, $2)",
+                            &[&drop, buyer],
+                        )
+                        .await;
+                    answers.push((*buyer, outcome.err().map(|e| sqlstate(&e))));
+                }
+            }
+            answers
+        })
+    });
+    let answers: Vec<(Uuid, Option<String>)> = futures_util::future::join_all(racers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let refusals: Vec<&String> = answers
+        .iter()
+        .filter_map(|(_, code)| code.as_ref())
+        .collect();
+    assert!(
+        refusals.iter().all(|code| *code == "DS020"),
+        "only sold-out refusals: {refusals:?}"
+    );
+    let holders: HashSet<Uuid> = answers
+        .iter()
+        .filter(|(_, code)| code.is_none())
+        .map(|(u, _)| *u)
+        .collect();
+    assert_eq!(holders.len(), 50, "exactly the stock is held");
+    let holds: i64 = setup
+        .query_one("SELECT count(*) FROM dropstock.reservations WHERE drop_id = $1 AND status = 'reserved'", &[&drop])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(holds, 50, "one hold per holder");
+    assert_invariant(&setup, drop).await;
+}
