@@ -305,9 +305,10 @@ async function scenario() {
   await waitForOutcome(b, drop.id, 'ran out', 1_000, 'B');
   step(`B's hold counted down ${seen.join(' ')}`, started);
 
+  // The worker sweeps due holds every 100 ms; the deadline leaves room for a busy database.
   started = Date.now();
-  await waitForStock(a, drop.id, STOCK - 1, 2_000, 'A');
-  await waitForStock(b, drop.id, STOCK - 1, 2_000, 'B');
+  await waitForStock(a, drop.id, STOCK - 1, 5_000, 'A');
+  await waitForStock(b, drop.id, STOCK - 1, 5_000, 'B');
   await waitFor(b, 'B can reserve again', (id) => {
     const button = document.querySelector(`li.drop[data-drop-id="${id}"] button.reserve`);
     return button && !button.hidden && !button.disabled;

@@ -16,6 +16,7 @@ const state = {
   outcomes: new Map(), // drop id → { text, tone }, kept across re-renders
   unlisted: new Set(), // drop ids the feed mentioned that a reload did not list (ended drops)
   buyer: null, // { id, username }
+  snapshotAt: 0, // local time the feed's last snapshot arrived
 };
 
 // ---- the server's clock --------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ function describeRefusal(result, drop) {
 
 // ---- formatting --------------------------------------------------------------------------------------------
 const priceFormat = new Intl.NumberFormat(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+const countFormat = new Intl.NumberFormat();
 const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 
 // "1 d 2 h", "2 h 05 m", "4 m 09 s", "9 s": precise enough to plan by, short enough to read at a glance.
@@ -243,7 +245,11 @@ async function reload() {
   reloading = (async () => {
     do {
       reloadAgain = false;
+      const askedAt = Date.now();
       const result = await api('GET', onlyDrop ? `/api/drops/${encodeURIComponent(onlyDrop)}` : '/api/drops');
+      // A snapshot read after this request was sent is at least as new, and feed messages may already
+      // have moved it on: an answer that old would put stale stock back on screen.
+      if (result.ok && state.snapshotAt > askedAt) continue;
       if (result.ok) {
         replaceDrops(onlyDrop ? [result.data] : result.data);
         $('#drops-outcome').textContent = '';
@@ -266,6 +272,7 @@ function addPurchase(drop, purchase) {
 function onFeedMessage(message) {
   switch (message.type) {
     case 'snapshot':
+      state.snapshotAt = Date.now();
       replaceDrops(message.drops);
       break;
     case 'stock': {
@@ -360,8 +367,8 @@ function renderDrop(dropId) {
 
   $('.drop-name', card).textContent = drop.name;
   $('.drop-price', card).textContent = priceFormat.format(drop.price);
-  $('.available', card).textContent = String(drop.availableStock);
-  $('.total', card).textContent = String(drop.totalStock);
+  $('.available', card).textContent = countFormat.format(drop.availableStock);
+  $('.total', card).textContent = countFormat.format(drop.totalStock);
   const share = drop.totalStock > 0 ? drop.availableStock / drop.totalStock : 0;
   $('.bar-fill', card).style.width = `${Math.round(share * 100)}%`;
 
