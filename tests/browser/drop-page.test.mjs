@@ -363,6 +363,22 @@ async function scenario() {
   }, later, 3_000);
   step('the admin panel refuses a wrong token and creates a drop that shows "Starts in 59 m …"', started);
 
+  // A drop A's page has never listed sells its only unit elsewhere: the feed's first word about it makes
+  // the page fetch the list, and the card arrives sold out, with Reserve disabled.
+  started = Date.now();
+  const lastPair = `Last pair ${tag}`;
+  const single = await rest(base, 'POST', '/api/drops', { name: lastPair, price: 240, totalStock: 1 }, adminToken);
+  const cy = await rest(base, 'POST', '/api/users', { username: `cy-${tag}` });
+  const hold = await rest(base, 'POST', '/api/reservations', { userId: cy.id, dropId: single.id });
+  await rest(base, 'POST', '/api/purchases', { userId: cy.id, reservationId: hold.id });
+  await waitFor(a, `A's list shows ${lastPair} sold out`, (id) => {
+    const card = document.querySelector(`li.drop[data-drop-id="${id}"]`);
+    return card && card.dataset.state === 'soldout' && card.querySelector('.badge').textContent === 'Sold out'
+      && card.querySelector('button.reserve').disabled;
+  }, single.id, 3_000);
+  await waitForBuyer(a, single.id, `cy-${tag}`, 1_000, 'A');
+  step('a drop sold elsewhere appears on A\'s page by itself, marked "Sold out"', started);
+
   started = Date.now();
   for (const [who, page] of [['A', a], ['B', b]]) {
     if (!(await page.evaluate(() => window.noReloadMarker === true))) throw new StepFailure(`${who}'s page reloaded`);
