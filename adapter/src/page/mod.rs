@@ -39,3 +39,24 @@ pub fn asset(name: &str) -> Result<Response<Body>, ApiError> {
     );
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page is only as good as its assets: every `/page/…` file the HTML names must be served.
+    #[test]
+    fn serves_every_asset_the_page_names() {
+        let named: Vec<&str> = INDEX
+            .split("\"/page/")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(named.contains(&"app.js") && named.contains(&"style.css"));
+        for name in named {
+            let response = asset(name).unwrap_or_else(|_| panic!("{name} is not served"));
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        assert_eq!(asset("nope.js").unwrap_err().status, StatusCode::NOT_FOUND);
+    }
+}
