@@ -115,7 +115,12 @@ DECLARE
     taken integer;
     winners uuid[];
     made uuid[];
+    made_ids uuid[];
+    made_expiries timestamptz[];
+    made_times timestamptz[];
     twins uuid[];
+    twin uuid;
+    live dropstock.reservations;
 BEGIN
     IF reserve_items.drop_id IS NULL OR reserve_items.user_ids IS NULL
        OR array_position(reserve_items.user_ids, NULL) IS NOT NULL THEN
@@ -141,14 +146,13 @@ BEGIN
 
     -- Sort the buyers out: unknown, already holding, over the limit, or waiting for a unit.
     FOR buyer IN
-        SELECT a.uid, u.id IS NOT NULL AS known, live.id AS live_id, live.expires_at AS live_expires_at,
-               live.created_at AS live_created_at,
+        -- Scalar subqueries: one index probe per buyer, whatever the planner thinks of the drop's size.
+        SELECT a.uid, EXISTS (SELECT FROM dropstock.users u WHERE u.id = a.uid) AS known,
+               (SELECT r.id FROM dropstock.reservations r
+                 WHERE r.drop_id = d.id AND r.user_id = a.uid AND r.status = 'reserved') AS live_id,
                (SELECT count(*) FROM dropstock.purchases p WHERE p.user_id = a.uid AND p.drop_id = d.id) AS bought
           FROM (SELECT t.uid, min(t.pos) AS pos FROM unnest(reserve_items.user_ids) WITH ORDINALITY AS t(uid, pos)
                  GROUP BY t.uid) a
-          LEFT JOIN dropstock.users u ON u.id = a.uid
-          LEFT JOIN dropstock.reservations live
-            ON live.drop_id = d.id AND live.user_id = a.uid AND live.status = 'reserved'
          ORDER BY a.pos
     LOOP
         IF NOT buyer.known THEN
@@ -157,9 +161,9 @@ BEGIN
             CONTINUE;
         END IF;
         IF buyer.live_id IS NOT NULL THEN
-            IF buyer.live_expires_at > clock_timestamp() THEN
-                RETURN QUERY SELECT buyer.uid, buyer.live_id, buyer.live_expires_at, buyer.live_created_at,
-                                    false, NULL::text, NULL::text;
+            SELECT * INTO live FROM dropstock.reservations r WHERE r.id = buyer.live_id;
+            IF live.expires_at > clock_timestamp() THEN
+                RETURN QUERY SELECT buyer.uid, live.id, live.expires_at, live.created_at, false, NULL::text, NULL::text;
                 CONTINUE;
             END IF;
             -- The buyer's own hold ran out before a sweep saw it: its unit joins the ones in hand.
@@ -242,27 +246,29 @@ BEGIN
         INSERT INTO dropstock.reservations AS r (drop_id, user_id, expires_at)
         SELECT d.id, w, clock_timestamp() + make_interval(secs => d.hold_seconds) FROM unnest(winners) AS w
         ON CONFLICT (drop_id, user_id) WHERE status = 'reserved' DO NOTHING  -- columns: use_column above
-        RETURNING r.*
-    ), answered AS (
-        SELECT array_agg(m.user_id) AS users FROM made_holds m
+        RETURNING r.user_id, r.id, r.expires_at, r.created_at
     )
-    SELECT coalesce(answered.users, '{}') INTO made FROM answered;
-    RETURN QUERY SELECT r.user_id, r.id, r.expires_at, r.created_at, true, NULL::text, NULL::text
-                   FROM dropstock.reservations r
-                  WHERE r.drop_id = d.id AND r.user_id = ANY (made) AND r.status = 'reserved';
+    SELECT coalesce(array_agg(m.user_id), '{}'), array_agg(m.id), array_agg(m.expires_at), array_agg(m.created_at)
+      INTO made, made_ids, made_expiries, made_times
+      FROM made_holds m;
+    RETURN QUERY SELECT m.uid, m.id, m.expires_at, m.created_at, true, NULL::text, NULL::text
+                   FROM unnest(made, made_ids, made_expiries, made_times) AS m(uid, id, expires_at, created_at);
 
     -- Buyers whose own concurrent reserve_item made their hold first: their unit goes back, and they
     -- get that hold, as a retry would.
-    twins := ARRAY(SELECT w FROM unnest(winners) AS w WHERE w <> ALL (made));
-    IF cardinality(twins) > 0 THEN
+    IF cardinality(made) < cardinality(winners) THEN
+        twins := ARRAY(SELECT w FROM unnest(winners) AS w WHERE w <> ALL (made));
         PERFORM dropstock._adjust_stock(d.id, cardinality(twins), 0);
-        RETURN QUERY
-            SELECT w, r.id, r.expires_at, r.created_at, CASE WHEN r.id IS NULL THEN NULL ELSE false END,
-                   CASE WHEN r.id IS NULL THEN '40001' END,
-                   CASE WHEN r.id IS NULL THEN 'the hold changed while it was being read; try again' END
-              FROM unnest(twins) AS w
-              LEFT JOIN dropstock.reservations r
-                ON r.drop_id = d.id AND r.user_id = w AND r.status = 'reserved';
+        FOREACH twin IN ARRAY twins LOOP
+            SELECT * INTO live FROM dropstock.reservations r
+             WHERE r.drop_id = d.id AND r.user_id = twin AND r.status = 'reserved';
+            IF FOUND THEN
+                RETURN QUERY SELECT twin, live.id, live.expires_at, live.created_at, false, NULL::text, NULL::text;
+            ELSE
+                RETURN QUERY SELECT twin, NULL::uuid, NULL::timestamptz, NULL::timestamptz, NULL::boolean,
+                                    '40001'::text, 'the hold changed while it was being read; try again'::text;
+            END IF;
+        END LOOP;
     END IF;
 END
 $$;

@@ -21,8 +21,9 @@ psql() { "$PG_BIN/psql" "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 echo "bench-sql: preparing buyers and fixtures (the first run creates about a million buyers)" >&2
 psql -v clients="$CLIENTS" -v per_client="$PER_CLIENT" -v batch_clients="$BATCH_CLIENTS" \
      -v batch_per_client="$BATCH_PER_CLIENT" -f setup.sql
+# Holds of an hour, so that no bench hold falls due while (e) measures the sweep.
 new_drop() {
-    psql -tAc "SELECT id FROM dropstock.create_drop('bench hot drop', 1, 100000000, now() - interval '1 minute')"
+    psql -tAc "SELECT id FROM dropstock.create_drop('bench hot drop', 1, 100000000, now() - interval '1 minute', 3600)"
 }
 drops=()
 
@@ -85,6 +86,9 @@ psql -tAc "SELECT CASE WHEN bool_and(available_stock + held_stock + sold_stock =
     echo "bench-sql: stock invariant after the run: $verdict" >&2
     [ "$verdict" = ok ]
 }
+
+# End the bench drops, so the worker stops looking at them and their holds are swept within the hour.
+psql -c "UPDATE dropstock.drops SET ends_at = now() WHERE name LIKE 'bench %' AND ends_at IS NULL" >/dev/null
 
 awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publishing" -v i="$idle" \
     -v s="$sweep" -v t="$busy_tps" -v f="$batch" 'BEGIN {

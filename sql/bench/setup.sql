@@ -26,3 +26,6 @@ INSERT INTO dropstock_bench.legacy_drops VALUES (1, 100000000)
 CREATE TABLE IF NOT EXISTS dropstock_bench.ceiling (id bigserial PRIMARY KEY, user_key integer NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now());
 TRUNCATE dropstock_bench.ceiling;
+
+-- Start the measurements from a fresh checkpoint, not in the middle of one the setup's writes caused.
+CHECKPOINT;
