@@ -18,10 +18,10 @@ ADAPTER     := $(ROOT)/target/debug/dropstock-http
 DATABASE_URL ?= postgresql://postgres@127.0.0.1:$(DB_PORT)/postgres
 AS_PG       := sudo -u postgres
 PSQL        := $(PG_BIN)/psql "$(DATABASE_URL)" -v ON_ERROR_STOP=1 -X -q
-APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config
+APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config chromium fonts-liberation
 export DATABASE_URL
 
-.PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test bench-sql clean-db
+.PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test browser-test bench-sql clean-db
 
 help:
 	@echo "make run        start a local PostgreSQL with dropstock, sample data and the HTTP adapter"
@@ -105,7 +105,7 @@ run: db adapter
 	@echo "run: admin token for creating drops: $$(cat target/admin-token)"
 	@DROPSTOCK_ADMIN_TOKEN=$$(cat target/admin-token) DROPSTOCK_LISTEN=$(HTTP_LISTEN) exec $(ADAPTER)
 
-test: setup check pg-test integration-test
+test: setup check pg-test integration-test browser-test
 
 check: setup
 	@cargo fmt --all --check
@@ -123,6 +123,18 @@ pg-test: setup db-stop pg-access
 integration-test: db adapter
 	@cargo test -p dropstock-http --quiet
 	@DROPSTOCK_HTTP_BIN=$(ADAPTER) cargo test -p dropstock-tests --quiet -- --test-threads=1
+
+# The drop page in headless Chromium (Debian's, from setup), driven by playwright-core from a project-local
+# node_modules; screenshots land in target/browser/.
+BROWSER_DEPS := tests/browser/node_modules/.installed
+
+$(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
+	@echo "setup: installing the browser test's npm packages into tests/browser/node_modules"
+	@npm ci --prefix tests/browser --no-audit --no-fund --silent
+	@touch $@
+
+browser-test: db adapter $(BROWSER_DEPS)
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) node tests/browser/drop-page.test.mjs
 
 bench-sql: db
 	@sql/bench/bench-sql.sh
