@@ -9,6 +9,7 @@
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod access;
 mod cancel;
 mod drops;
 mod expiry;

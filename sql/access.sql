@@ -1,0 +1,29 @@
+-- Who may do what. The API functions run with the rights of the extension's owner (SECURITY DEFINER),
+-- so an application role needs nothing but EXECUTE on the functions it calls: it cannot touch a table
+-- directly, and so cannot sell a unit, or change stock, except through the rules above.
+-- search_path is pinned on every such function: otherwise a caller could put an operator of their own
+-- in front of pg_catalog's and have it run with the owner's rights.
+--
+-- Nothing is granted to PUBLIC. For an application (README, "Running it in production"):
+--   GRANT USAGE ON SCHEMA dropstock TO app;
+--   GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid), dropstock.reserve_items(uuid, uuid[]),
+--       dropstock.purchase(uuid, uuid), dropstock.cancel_reservation(uuid, uuid),
+--       dropstock.create_user(text), dropstock.active_drops(), dropstock.drop_status(uuid) TO app;
+-- and for whoever runs drops and, without the worker, the schedule:
+--   GRANT EXECUTE ON FUNCTION dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer,
+--       timestamptz), dropstock.expire_reservations(integer), dropstock.publish_changes() TO drop_admin;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA dropstock FROM PUBLIC;
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dropstock FROM PUBLIC;
+
+ALTER FUNCTION create_user(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz)
+      SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION reserve_item(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION reserve_items(uuid, uuid[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION purchase(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION cancel_reservation(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION expire_reservations(integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION active_drops() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION drop_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
