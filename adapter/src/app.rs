@@ -5,12 +5,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Access;
+use crate::batch::Batcher;
 use crate::cors::Cors;
 use crate::fanout::Feed;
 use crate::metrics::Metrics;
 
 pub struct App {
     pub pool: Pool,
+    /// Reservations, grouped per drop into one `reserve_items` call each.
+    pub reservations: Batcher,
     pub access: Access,
     pub cors: Cors,
     pub feed: Feed,

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
@@ -249,21 +250,43 @@ fn hold_view(row: &Row) -> Result<HoldView, tokio_postgres::Error> {
     })
 }
 
-/// Reserves one unit. The flag says whether the hold is new: `reserve_item` hands a buyer's live hold back
-/// on a retry, and a new hold's `created_at` is the transaction's `now()`.
-pub async fn reserve(
+/// One buyer's row from `reserve_items`: their hold (id, expiry, creation, whether it is new) or their
+/// refusal's SQLSTATE and message.
+pub struct BatchAnswer {
+    pub user_id: Uuid,
+    pub hold: Option<(Uuid, DateTime<Utc>, DateTime<Utc>, bool)>,
+    pub sqlstate: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Reserves for many buyers of one drop in one transaction (see `batch`).
+pub async fn reserve_batch(
     client: &Object,
     drop_id: Uuid,
-    user_id: Uuid,
-) -> Result<(HoldView, bool), DbError> {
+    buyers: &[Uuid],
+) -> Result<Vec<BatchAnswer>, DbError> {
     let statement = client
         .prepare_cached(
-            "SELECT r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at, r.created_at = now() \
-               FROM dropstock.reserve_item($1, $2) r",
+            "SELECT user_id, reservation_id, expires_at, created_at, fresh, sqlstate, message \
+               FROM dropstock.reserve_items($1, $2)",
         )
         .await?;
-    let row = client.query_one(&statement, &[&drop_id, &user_id]).await?;
-    Ok((hold_view(&row)?, row.try_get(6)?))
+    let rows = client.query(&statement, &[&drop_id, &buyers]).await?;
+    rows.iter()
+        .map(|row| {
+            let hold = match row.try_get::<_, Option<Uuid>>(1)? {
+                Some(id) => Some((id, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?)),
+                None => None,
+            };
+            Ok(BatchAnswer {
+                user_id: row.try_get(0)?,
+                hold,
+                sqlstate: row.try_get(5)?,
+                message: row.try_get(6)?,
+            })
+        })
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(DbError::from)
 }
 
 pub async fn cancel(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<HoldView, DbError> {

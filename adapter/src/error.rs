@@ -13,7 +13,7 @@ use crate::respond::{self, Body};
 /// What a request failed with. `message` is shown to the client, so it is always written for people and
 /// never carries internals; `code` is stable for programs to match on (the SQLSTATE when the database
 /// refused the request).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
@@ -140,6 +140,9 @@ pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
         "DS033" | "DS040" => StatusCode::CONFLICT,
         // invalid_parameter_value: the extension's own argument checks.
         "22023" => StatusCode::UNPROCESSABLE_ENTITY,
+        // The drop stayed too busy to answer (lock_not_available), or a hold changed while it was read
+        // (serialization_failure): nothing is wrong with the request, so "try again".
+        "55P03" | "40001" => StatusCode::SERVICE_UNAVAILABLE,
         _ => return None,
     };
     Some(status)
@@ -175,11 +178,21 @@ impl From<DbError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A refusal the extension reported as a SQLSTATE and message, as `reserve_items` does per buyer.
+    pub fn from_sqlstate(sqlstate: &str, message: &str) -> Self {
+        match status_for_sqlstate(sqlstate) {
+            Some(status) => ApiError::new(status, sqlstate.to_owned(), message),
+            None => ApiError::internal(&format_args!("SQLSTATE {sqlstate}: {message}")),
+        }
+    }
+}
+
 fn from_postgres(error: tokio_postgres::Error) -> ApiError {
     if let Some(db) = error.as_db_error() {
         let sqlstate = db.code().code();
-        if let Some(status) = status_for_sqlstate(sqlstate) {
-            return ApiError::new(status, sqlstate.to_owned(), db.message());
+        if status_for_sqlstate(sqlstate).is_some() {
+            return ApiError::from_sqlstate(sqlstate, db.message());
         }
         if is_unavailable_sqlstate(sqlstate) {
             tracing::warn!(sqlstate, message = db.message(), "database unavailable");

@@ -5,6 +5,7 @@
 
 mod app;
 mod auth;
+mod batch;
 mod config;
 mod cors;
 mod db;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::App;
 use crate::auth::Access;
+use crate::batch::Batcher;
 use crate::config::Config;
 use crate::cors::Cors;
 use crate::db::StartupError;
@@ -80,6 +82,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
 
     let access = Access::new(config.admin_token(), config.jwt_secret());
     let app = Arc::new(App {
+        reservations: Batcher::new(pool.clone()),
         pool,
         access,
         cors: Cors::new(&config.cors_origins),

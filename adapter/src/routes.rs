@@ -241,8 +241,8 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
     let fields = body(request).await?;
     let drop_id = fields.uuid("dropId")?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
-    let client = db::connection(&app.pool).await?;
-    let (hold, fresh) = db::reserve(&client, drop_id, user_id).await?;
+    // Batched with whoever else is reserving this drop right now: one commit serves them all.
+    let (hold, fresh) = app.reservations.reserve(drop_id, user_id).await?;
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
     let status = if fresh {
         StatusCode::CREATED

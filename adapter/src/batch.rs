@@ -1,0 +1,234 @@
+//! Reservation batching: concurrent `POST /api/reservations` for the same drop share one
+//! `dropstock.reserve_items` call, so one transaction and one commit (one disk flush) serve them all,
+//! and each buyer still gets exactly the answer `reserve_item` would have given them.
+//!
+//! Per drop, a queue and up to `FLUSHERS_PER_DROP` flusher tasks: a flusher takes whatever is waiting
+//! (up to `MAX_BATCH`), makes the call, and answers each request. A request that arrives while the
+//! drop is quiet is sent on at once, so batching adds no delay; under load the next batch forms while
+//! the previous ones commit. Flushers run as their own tasks, so a client that hangs up does not strand
+//! the buyers batched with it; a drop's queue closes after `IDLE` without requests.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::db::{self, BatchAnswer};
+use crate::error::ApiError;
+use crate::model::{HoldStatus, HoldView};
+
+/// Buyers one call serves at most: beyond this a call holds its slot locks longer than it saves.
+const MAX_BATCH: usize = 128;
+/// Calls in flight per drop: while some commit, the next batch forms.
+const FLUSHERS_PER_DROP: usize = 4;
+/// A drop's queue closes after this long without a request, and opens again on the next one.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// A new hold (true) or the buyer's existing live hold (false).
+pub type Reserved = (HoldView, bool);
+
+struct Request {
+    buyer: Uuid,
+    reply: oneshot::Sender<Result<Reserved, ApiError>>,
+}
+
+struct Queue {
+    sender: mpsc::UnboundedSender<Request>,
+}
+
+pub struct Batcher {
+    pool: Pool,
+    queues: Arc<Mutex<HashMap<Uuid, Queue>>>,
+}
+
+impl Batcher {
+    pub fn new(pool: Pool) -> Self {
+        Batcher {
+            pool,
+            queues: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Reserves one unit of `drop` for `buyer`, in whichever batch forms next.
+    pub async fn reserve(&self, drop: Uuid, buyer: Uuid) -> Result<Reserved, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let mut request = Request { buyer, reply };
+        // A queue that closed for idleness refuses the request; open a new one and send it again.
+        loop {
+            let sender = self.queue_for(drop);
+            match sender.send(request) {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(returned)) => {
+                    request = returned;
+                    self.forget_closed(drop);
+                }
+            }
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(ApiError::internal(
+                &"a reservation batch ended without an answer",
+            ))
+        })
+    }
+
+    fn queue_for(&self, drop: Uuid) -> mpsc::UnboundedSender<Request> {
+        let mut queues = self.queues.lock().expect("queue map lock");
+        if let Some(queue) = queues.get(&drop) {
+            if !queue.sender.is_closed() {
+                return queue.sender.clone();
+            }
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        queues.insert(
+            drop,
+            Queue {
+                sender: sender.clone(),
+            },
+        );
+        let flushers = Arc::new(Flushers {
+            drop,
+            pool: self.pool.clone(),
+            receiver: tokio::sync::Mutex::new(receiver),
+            running: AtomicUsize::new(1),
+            queues: self.queues.clone(),
+        });
+        tokio::spawn(flushers.run());
+        sender
+    }
+
+    fn forget_closed(&self, drop: Uuid) {
+        let mut queues = self.queues.lock().expect("queue map lock");
+        if queues
+            .get(&drop)
+            .is_some_and(|queue| queue.sender.is_closed())
+        {
+            queues.remove(&drop);
+        }
+    }
+}
+
+/// The tasks serving one drop's queue.
+struct Flushers {
+    drop: Uuid,
+    pool: Pool,
+    receiver: tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>,
+    running: AtomicUsize,
+    queues: Arc<Mutex<HashMap<Uuid, Queue>>>,
+}
+
+impl Flushers {
+    /// One flusher's life: batches until the queue closes. Boxed with its type spelled out because a
+    /// flusher may start another, and a recursive `async fn` cannot name its own future.
+    fn run(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            while let Some(batch) = self.next_batch().await {
+                self.flush(batch).await;
+            }
+            self.running.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    /// Waits for a request, then takes everything waiting behind it, up to `MAX_BATCH`. None once the
+    /// queue has closed and is empty.
+    async fn next_batch(self: &Arc<Self>) -> Option<Vec<Request>> {
+        let mut receiver = self.receiver.lock().await;
+        let first = match tokio::time::timeout(IDLE, receiver.recv()).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return None,
+            Err(_idle) => {
+                // Close: later sends fail and open a fresh queue; what is already queued still drains.
+                receiver.close();
+                let mut queues = self.queues.lock().expect("queue map lock");
+                if queues
+                    .get(&self.drop)
+                    .is_some_and(|queue| queue.sender.is_closed())
+                {
+                    queues.remove(&self.drop);
+                }
+                drop(queues);
+                receiver.try_recv().ok()?
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        // More waiting than this batch takes: let another flusher form the next one meanwhile.
+        if !receiver.is_empty() && self.running.load(Ordering::Acquire) < FLUSHERS_PER_DROP {
+            self.running.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(self.clone().run());
+        }
+        Some(batch)
+    }
+
+    async fn flush(&self, batch: Vec<Request>) {
+        let buyers: Vec<Uuid> = batch.iter().map(|request| request.buyer).collect();
+        let answers = match db::connection(&self.pool).await {
+            Ok(client) => db::reserve_batch(&client, self.drop, &buyers).await,
+            Err(error) => Err(error),
+        };
+        match answers {
+            Ok(answers) => {
+                let by_buyer: HashMap<Uuid, BatchAnswer> = answers
+                    .into_iter()
+                    .map(|answer| (answer.user_id, answer))
+                    .collect();
+                // A buyer named twice in one batch (a double click) has one hold: the first request
+                // made it (201), the others get it back as a retry would (200).
+                let mut answered = std::collections::HashSet::new();
+                for request in batch {
+                    let outcome = match by_buyer.get(&request.buyer) {
+                        Some(answer) => self
+                            .outcome(answer)
+                            .map(|(hold, fresh)| (hold, fresh && answered.insert(request.buyer))),
+                        None => Err(ApiError::internal(&format_args!(
+                            "reserve_items gave no answer for buyer {}",
+                            request.buyer
+                        ))),
+                    };
+                    let _ = request.reply.send(outcome);
+                }
+            }
+            // What concerns the whole drop (unknown, not started, ended) or the database itself:
+            // every buyer in the batch gets it.
+            Err(error) => {
+                let error = ApiError::from(error);
+                for request in batch {
+                    let _ = request.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, answer: &BatchAnswer) -> Result<Reserved, ApiError> {
+        match (&answer.sqlstate, answer.hold) {
+            (None, Some((id, expires_at, created_at, fresh))) => Ok((
+                HoldView {
+                    id,
+                    drop_id: self.drop,
+                    user_id: answer.user_id,
+                    status: HoldStatus::Reserved,
+                    expires_at,
+                    created_at,
+                },
+                fresh,
+            )),
+            (Some(sqlstate), _) => Err(ApiError::from_sqlstate(
+                sqlstate,
+                answer.message.as_deref().unwrap_or("refused"),
+            )),
+            (None, None) => Err(ApiError::internal(
+                &"reserve_items answered neither a hold nor a refusal",
+            )),
+        }
+    }
+}
