@@ -98,7 +98,7 @@ adapter:
 # The adapter runs in the foreground (Ctrl-C stops it; the database keeps running until `make db-stop`).
 # A local admin token is made once and kept in target/admin-token.
 run: db adapter
-	@$(PSQL) -f sql/sample.sql
+	@$(PSQL) -o /dev/null -f sql/sample.sql
 	@[ -s target/admin-token ] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > target/admin-token
 	@echo "run: database  $(DATABASE_URL)  (psql: $(PG_BIN)/psql $(DATABASE_URL))"
 	@echo "run: open      http://$(HTTP_LISTEN)/"
