@@ -9,6 +9,7 @@ use crate::batch::Batcher;
 use crate::cors::Cors;
 use crate::fanout::Feed;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimits;
 
 pub struct App {
     pub pool: Pool,
@@ -18,6 +19,8 @@ pub struct App {
     pub cors: Cors,
     pub feed: Feed,
     pub metrics: Metrics,
+    /// Per client address and per buyer: abuse gets 429 before it reaches the database.
+    pub limits: RateLimits,
     /// Cancelled on SIGTERM: WebSocket clients close with 1001 and the LISTEN task stops.
     pub shutdown: CancellationToken,
     /// WebSocket client tasks. Once upgraded they are no longer hyper connections, so the graceful

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::ratelimit::{Rate, RateLimits};
+
 /// The HTTP and WebSocket front of the dropstock PostgreSQL extension.
 ///
 /// Every flag can also be given by the environment variable shown beside it; secrets are best passed
@@ -70,6 +72,44 @@ pub struct Config {
         default_value_t = 10
     )]
     pub drain_seconds: u64,
+
+    /// Requests per second one client address may make, sustained (health checks and metrics are not
+    /// counted). 0 turns the limit off. Behind a load balancer or a NAT many buyers share one address:
+    /// the default leaves room for thousands of them; raise it (or turn it off) there.
+    #[arg(
+        long,
+        env = "DROPSTOCK_RATE_LIMIT_PER_IP",
+        value_name = "PER_SECOND",
+        default_value_t = 5000.0
+    )]
+    pub rate_limit_per_ip: f64,
+
+    /// Requests one client address may make at once before the per-second rate applies.
+    #[arg(
+        long,
+        env = "DROPSTOCK_RATE_LIMIT_PER_IP_BURST",
+        value_name = "N",
+        default_value_t = 10000
+    )]
+    pub rate_limit_per_ip_burst: u32,
+
+    /// Reserves, purchases and cancels per second one buyer may make, sustained. 0 turns the limit off.
+    #[arg(
+        long,
+        env = "DROPSTOCK_RATE_LIMIT_PER_USER",
+        value_name = "PER_SECOND",
+        default_value_t = 5.0
+    )]
+    pub rate_limit_per_user: f64,
+
+    /// Reserves, purchases and cancels one buyer may make at once before the per-second rate applies.
+    #[arg(
+        long,
+        env = "DROPSTOCK_RATE_LIMIT_PER_USER_BURST",
+        value_name = "N",
+        default_value_t = 20
+    )]
+    pub rate_limit_per_user_burst: u32,
 }
 
 impl Config {
@@ -89,5 +129,18 @@ impl Config {
 
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
+    }
+
+    pub fn rate_limits(&self) -> RateLimits {
+        RateLimits::new(
+            Rate {
+                per_second: self.rate_limit_per_ip,
+                burst: self.rate_limit_per_ip_burst,
+            },
+            Rate {
+                per_second: self.rate_limit_per_user,
+                burst: self.rate_limit_per_user_burst,
+            },
+        )
     }
 }

@@ -23,6 +23,8 @@ pub struct ApiError {
     allow: Option<&'static str>,
     /// For 401: ask for a bearer token.
     challenge: bool,
+    /// For 429: seconds until a retry can succeed.
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -37,6 +39,7 @@ impl ApiError {
             message: message.into(),
             allow: None,
             challenge: false,
+            retry_after: None,
         }
     }
 
@@ -78,6 +81,13 @@ impl ApiError {
         )
     }
 
+    pub fn too_many_requests(message: impl Into<String>, retry_after_seconds: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_seconds),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -112,6 +122,11 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if self.challenge {
             response

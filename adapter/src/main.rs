@@ -17,6 +17,7 @@ mod metrics;
 mod model;
 mod openapi;
 mod page;
+mod ratelimit;
 mod respond;
 mod routes;
 mod server;
@@ -88,6 +89,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
         cors: Cors::new(&config.cors_origins),
         feed: Feed::new(),
         metrics: Metrics::new(),
+        limits: config.rate_limits(),
         shutdown: CancellationToken::new(),
         sockets: TaskTracker::new(),
     });

@@ -127,6 +127,10 @@ async fn dispatch(
     if method == Method::OPTIONS {
         return app.cors.preflight(request.headers(), route.allow());
     }
+    // Load balancers' probes and scrapes are not a client's traffic.
+    if !matches!(route, Route::Health | Route::Metrics) {
+        app.limits.check_client(request.extensions())?;
+    }
     match (route, method) {
         (Route::Page, Method::GET) => Ok(page::index()),
         (Route::PageAsset(name), Method::GET) => page::asset(name),
@@ -241,6 +245,7 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
     let fields = body(request).await?;
     let drop_id = fields.uuid("dropId")?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(user_id)?;
     // Batched with whoever else is reserving this drop right now: one commit serves them all.
     let (hold, fresh) = app.reservations.reserve(drop_id, user_id).await?;
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
@@ -257,6 +262,7 @@ async fn purchase(request: Request<Incoming>, app: &App) -> Result<Response<Body
     let fields = body(request).await?;
     let hold_id = fields.uuid("reservationId")?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(user_id)?;
     let client = db::connection(&app.pool).await?;
     let sale = db::purchase(&client, hold_id, user_id).await?;
     Ok(respond::success_with_message(
@@ -275,6 +281,7 @@ async fn cancel(
     let buyer = app.access.authenticate(request.headers())?;
     let fields = body(request).await?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(user_id)?;
     let client = db::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,

@@ -11,6 +11,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::app::App;
+use crate::ratelimit::ClientAddr;
 use crate::routes;
 
 /// A client that has not sent its request headers by then is holding a connection for nothing.
@@ -39,7 +40,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, drain: Duration) {
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let service = service_fn(move |request| routes::handle(request, app.clone()));
+                let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ClientAddr(peer.ip()));
+                    routes::handle(request, app.clone())
+                });
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection.into_owned());
                 tokio::spawn(async move {
