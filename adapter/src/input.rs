@@ -38,6 +38,10 @@ impl Fields {
     pub fn string(&self, name: &str) -> Result<String, ApiError> {
         match self.get(name) {
             None => Err(Self::missing(name)),
+            // PostgreSQL text cannot hold NUL: refused here, it would otherwise come back as a 500.
+            Some(Value::String(text)) if text.contains('\0') => Err(ApiError::bad_request(
+                format!("{name} must not contain NUL characters"),
+            )),
             Some(Value::String(text)) => Ok(text.clone()),
             Some(_) => Err(ApiError::bad_request(format!("{name} must be a string"))),
         }
@@ -147,6 +151,11 @@ mod tests {
         assert_eq!(
             fields.string("name").unwrap_err().message,
             "name is required"
+        );
+        let nul = Fields(serde_json::from_str(r#"{"name": "a\u0000b"}"#).unwrap());
+        assert_eq!(
+            nul.string("name").unwrap_err().message,
+            "name must not contain NUL characters"
         );
     }
 }
