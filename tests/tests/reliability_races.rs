@@ -54,7 +54,7 @@ async fn cancel_and_purchase_of_one_hold_race_and_exactly_one_wins() {
                     &arguments,
                 );
                 // Alternate which request leaves first.
-                let (bought, cancelled) = if i % 2 == 0 {
+                let (bought, cancelled) = if i.is_multiple_of(2) {
                     tokio::join!(purchase, cancel)
                 } else {
                     let (c, p) = tokio::join!(cancel, purchase);

@@ -301,7 +301,7 @@ async fn shop(
         };
         tally.holds.insert(hold.clone());
         // One hold in eight is given back; the rest are bought.
-        if turn % 8 == 0 {
+        if turn.is_multiple_of(8) {
             let path = format!("/api/reservations/{hold}/cancel");
             loop {
                 match send(&http, url(&path), json!({"userId": buyer}), &mut tally).await {
