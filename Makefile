@@ -118,11 +118,14 @@ pg-test: setup db-stop pg-access
 	@mkdir -p target/pgrx-test && chown postgres: target/pgrx-test
 	@cd extension && cargo pgrx test pg15 --runas postgres --pgdata $(ROOT)/target/pgrx-test/data
 
-# Concurrency, worker and adapter tests: real connections against the local cluster, and the adapter
-# binary run as a child process (DROPSTOCK_HTTP_BIN).
+# Concurrency, worker, access, adapter and reliability tests: real connections against the local cluster,
+# and the adapter binary run as a child process (DROPSTOCK_HTTP_BIN). The fault tests stop and start this
+# cluster (pg_ctl -m immediate, DROPSTOCK_PGDATA), which is why everything runs one test at a time.
+# Reliability figures land in target/reliability.txt.
 integration-test: db adapter
 	@cargo test -p dropstock-http --quiet
-	@DROPSTOCK_HTTP_BIN=$(ADAPTER) cargo test -p dropstock-tests --quiet -- --test-threads=1
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PGDATA=$(PG_DATA) \
+	  cargo test -p dropstock-tests --quiet -- --test-threads=1
 
 # The drop page in headless Chromium (Debian's, from setup), driven by playwright-core from a project-local
 # node_modules; screenshots land in target/browser/.

@@ -18,8 +18,11 @@ DECLARE
     slots integer;
     created dropstock.drops;
 BEGIN
-    IF clean_name IS NULL OR clean_name = '' THEN
+    IF clean_name IS NULL OR regexp_replace(clean_name, '[\s\u200B-\u200F\u2060-\u2064\uFEFF]', '', 'g') = '' THEN
         RAISE EXCEPTION 'name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF clean_name ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'name must not contain control characters' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF length(clean_name) > 200 THEN
         RAISE EXCEPTION 'name must be at most 200 characters, got %', length(clean_name)

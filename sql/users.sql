@@ -10,8 +10,13 @@ DECLARE
     clean text := btrim(create_user.username);
     buyer dropstock.users;
 BEGIN
-    IF clean IS NULL OR clean = '' THEN
+    -- A name must show something: invisible characters alone (zero-width spaces, joiners, byte-order
+    -- marks) would list a buyer as a blank.
+    IF clean IS NULL OR regexp_replace(clean, '[\s\u200B-\u200F\u2060-\u2064\uFEFF]', '', 'g') = '' THEN
         RAISE EXCEPTION 'username must not be empty' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF clean ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'username must not contain control characters' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF length(clean) > 64 THEN
         RAISE EXCEPTION 'username must be at most 64 characters, got %', length(clean)

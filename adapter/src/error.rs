@@ -128,6 +128,13 @@ impl ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read and still sits in the connection: close it, so the
+            // client does not send its next request down a connection the server is about to drop.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if self.challenge {
             response
                 .headers_mut()

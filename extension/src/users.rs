@@ -25,7 +25,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn create_user_refuses_empty_null_and_overlong_names() {
+    fn create_user_refuses_empty_invisible_null_and_overlong_names() {
         assert_refused(
             "SELECT dropstock.create_user('   ')",
             "22023",
@@ -35,6 +35,17 @@ mod tests {
             "SELECT dropstock.create_user(NULL)",
             "22023",
             "must not be empty",
+        );
+        // Only invisible characters: it would list as a blank.
+        assert_refused(
+            r"SELECT dropstock.create_user(E'\u200B\u200B')",
+            "22023",
+            "must not be empty",
+        );
+        assert_refused(
+            r"SELECT dropstock.create_user(E'a\tb')",
+            "22023",
+            "control characters",
         );
         assert_refused(
             &format!("SELECT dropstock.create_user('{}')", "x".repeat(65)),
