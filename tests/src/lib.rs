@@ -1,1 +1,4 @@
-//! Shared helpers live in the test files; this crate exists for its integration tests.
+//! Shared code of the load generators in `src/bin` (`dropstock-load`, `dropstock-watch`), which
+//! `make bench` runs against a live adapter. The integration tests keep their helpers in their own files.
+
+pub mod load;
