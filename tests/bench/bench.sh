@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# make bench: dropstock through its HTTP adapter on one hot drop, side by side with the one-insert SQL
+# ceiling in the same run, then the WebSocket feed under 1,000 and 10,000 watchers, and the disk's commit
+# latency. Prints one Markdown table (with the `make bench-sql` rows folded in) on stdout; progress and
+# each tool's own report go to stderr, and every report is kept in target/bench/.
+#
+#   fsync      pg_test_fsync: one 8 kB write + fdatasync, what a commit costs on this disk
+#   ceiling    pgbench, 64 clients: a transaction that inserts one row (sql/bench/ceiling.sql)
+#   load       dropstock-load, 1,000 keep-alive clients reserving on a drop with more stock than demand
+#   sell-out   dropstock-load on a drop that sells out within seconds, then the sold-out answers
+#   watchers   dropstock-watch throughput: reservations with 1,000 watchers on the hot drop vs. none
+#   feed       dropstock-watch delay: 10,000 watchers, commit-to-receipt delay and the adapter's RSS
+#
+# The adapter runs with its default pool (16 connections): concurrent reservations of one drop are
+# batched into reserve_items calls, at most 4 in flight per drop, so a larger pool would not reach the hot
+# drop; the rest of the pool serves purchases and the watchers' snapshots. Its per-address rate limit is
+# off: every client of the bench comes from 127.0.0.1, where a crowd comes from many addresses.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+export DATABASE_URL=${DATABASE_URL:?DATABASE_URL is not set (make bench sets it)}
+ADAPTER=${ADAPTER:-$ROOT/target/release/dropstock-http}
+LOAD=${LOAD:-$ROOT/target/release/dropstock-load}
+WATCH=${WATCH:-$ROOT/target/release/dropstock-watch}
+PORT=${BENCH_PORT:-18080}
+POOL_SIZE=${BENCH_POOL_SIZE:-16}
+CLIENTS=${BENCH_HTTP_CLIENTS:-1000}
+SECONDS_EACH=${BENCH_SECONDS:-10}
+WATCHERS=${BENCH_WATCHERS:-10000}
+FEED_RATE=${BENCH_FEED_RATE:-200}
+BENCH_SQL=${BENCH_SQL:-1}
+OUT=$ROOT/target/bench
+mkdir -p "$OUT"
+export DROPSTOCK_URL=http://127.0.0.1:$PORT
+
+say() { echo "bench: $*" >&2; }
+for binary in "$ADAPTER" "$LOAD" "$WATCH"; do
+    [ -x "$binary" ] || { say "$binary is missing: cargo build --release -p dropstock-http -p dropstock-tests --bins"; exit 1; }
+done
+
+# 10,000 watchers are 10,000 sockets in the adapter and as many in dropstock-watch.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((WATCHERS + 1024)) ]; then
+    say "the open-file limit is $(ulimit -n); $WATCHERS watchers need $((WATCHERS + 1024)) (raise the hard limit: ulimit -Hn)"
+    exit 1
+fi
+
+# field NAME FILE: a value from the `result: name=value …` line a load tool printed last.
+field() { grep '^result:' "$2" | tail -n 1 | grep -oP "(?<= $1=)\S+"; }
+
+# ---- the make bench-sql table (its own drops and fixtures) ---------------------------------------------------
+if [ "$BENCH_SQL" = 1 ]; then
+    say "running sql/bench/bench-sql.sh"
+    sql/bench/bench-sql.sh > "$OUT/bench-sql.md"
+fi
+
+# ---- the disk ----------------------------------------------------------------------------------------------
+say "pg_test_fsync (2 s per method, about 40 s)"
+"$PG_BIN/pg_test_fsync" -s 2 -f "$OUT/fsync.tmp" > "$OUT/fsync.txt" 2>&1
+rm -f "$OUT/fsync.tmp"
+# The first fdatasync line is the one-8kB-write case, what a commit does (wal_sync_method = fdatasync).
+read -r fsync_ops fsync_us < <(awk '$1 == "fdatasync" && $3 == "ops/sec" { print $2, $4; exit }' "$OUT/fsync.txt")
+
+# ---- the adapter -------------------------------------------------------------------------------------------
+adapter_pid=
+start_adapter() {
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+        say "127.0.0.1:$PORT is taken (set BENCH_PORT)"; exit 1
+    fi
+    RUST_LOG=warn DROPSTOCK_RATE_LIMIT_PER_IP=0 "$ADAPTER" --listen "127.0.0.1:$PORT" --pool-size "$POOL_SIZE" \
+        >> "$OUT/adapter.log" 2>&1 &
+    adapter_pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
+        kill -0 "$adapter_pid" 2>/dev/null || { cat "$OUT/adapter.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    say "the adapter did not listen within 10 s"; exit 1
+}
+stop_adapter() {
+    if [ -n "$adapter_pid" ]; then kill "$adapter_pid" 2>/dev/null || true; wait "$adapter_pid" 2>/dev/null || true; fi
+    adapter_pid=
+}
+trap stop_adapter EXIT
+: > "$OUT/adapter.log"
+
+# run NAME TOOL ARGS…: runs a load tool, keeping its report; a failed correctness check stops the bench.
+run() {
+    local name=$1; shift
+    say "$name"
+    if ! "$@" > "$OUT/$name.txt"; then
+        cat "$OUT/$name.txt" >&2; say "$name failed"; exit 1
+    fi
+    grep -v '^result:' "$OUT/$name.txt" >&2
+}
+
+# ---- ceiling, then the adapter under the same load of the machine --------------------------------------------
+say "preparing pgbench fixtures (the first run creates about a million buyers)"
+"$PG_BIN/psql" "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -v clients=64 -v per_client=4000 -v batch_clients=16 \
+    -v batch_per_client=60000 -f sql/bench/setup.sql
+say "one-insert ceiling (pgbench, 64 clients, ${SECONDS_EACH}s)"
+"$PG_BIN/pgbench" -n -M prepared -c 64 -j 2 -T "$SECONDS_EACH" -D n=0 -f sql/bench/ceiling.sql "$DATABASE_URL" \
+    > "$OUT/ceiling.txt" 2>&1 || { cat "$OUT/ceiling.txt" >&2; exit 1; }
+ceiling=$(grep -oP 'tps = \K[0-9.]+(?= \(without)' "$OUT/ceiling.txt")
+
+start_adapter
+run load "$LOAD" --clients "$CLIENTS" --seconds "$SECONDS_EACH"
+rate=$(field holds_per_s "$OUT/load.txt")
+# A drop that lasts about two seconds at the rate just measured, then 5 s of sold-out answers.
+sell_out_stock=$(awk -v r="$rate" 'BEGIN { s = int(r * 2); print (s < 2000 ? 2000 : s) }')
+run sell-out "$LOAD" --clients "$CLIENTS" --sell-out "$sell_out_stock" --sold-out-seconds 5
+run watchers "$WATCH" throughput --watchers 1000 --clients "$CLIENTS" --round-seconds 4 --pairs 2
+# A fresh adapter for the feed, so its RSS is the watchers' and not what the reservation bursts left behind.
+stop_adapter
+start_adapter
+run feed "$WATCH" delay --clients "$WATCHERS" --seconds "$SECONDS_EACH" --rate "$FEED_RATE" --adapter-pid "$adapter_pid"
+stop_adapter
+
+# ---- the table ---------------------------------------------------------------------------------------------
+verdict() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "**not met**") }'; }
+load_p99=$(field p99_ms "$OUT/load.txt")
+oversold=$(( $(field oversold "$OUT/load.txt") + $(field oversold "$OUT/sell-out.txt") ))
+sold_out=$(field sold_out_per_s "$OUT/sell-out.txt")
+sell_rate=$(field holds_per_s "$OUT/sell-out.txt")
+early=$(field early_sold_out "$OUT/sell-out.txt")
+watch_ratio=$(field ratio "$OUT/watchers.txt")
+feed_p99=$(field p99_ms "$OUT/feed.txt")
+feed_p50=$(field p50_ms "$OUT/feed.txt")
+feed_missed=$(field missed "$OUT/feed.txt")
+rss=$(field rss_peak_mib "$OUT/feed.txt")
+rss_idle=$(field rss_idle_mib "$OUT/feed.txt")
+x() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b) }'; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) }'; }
+int() { awk -v a="$1" 'BEGIN { printf "%d", a + 0.5 }'; }
+
+row() { printf '| %s | %s | %s | %s |\n' "$@"; }
+row "measurement (one run, $(nproc) cores, synchronous_commit on)" "result" "target" "verdict"
+row "---" "---:" "---" "---"
+if [ "$BENCH_SQL" = 1 ]; then
+    # bench-sql's rows, each with its target (written into its label) moved to the target column.
+    tail -n +3 "$OUT/bench-sql.md" | while IFS='|' read -r _ label value _; do
+        label=$(sed 's/ *$//; s/^ *//' <<<"$label"); value=$(tr -d ' ' <<<"$value")
+        target=$(grep -oP '\(target \K[^)]+' <<<"$label" || true)
+        label=$(sed 's/ *(target [^)]*)//' <<<"$label")
+        met=""
+        if [ -n "$target" ]; then
+            met=$(verdict "$(awk -v t="$target" -v v="$value" 'BEGIN {
+                split(t, part, " "); gsub(/[^0-9.]/, "", part[2]); gsub(/[^0-9.]/, "", v)
+                print (part[1] == ">=" ? v + 0 >= part[2] + 0 : v + 0 <= part[2] + 0) }')")
+        fi
+        row "SQL (bench-sql): $label" "$value" "${target:-}" "$met"
+    done
+fi
+row "disk: one 8 kB write + fdatasync (pg_test_fsync)" "$(awk -v u="$fsync_us" 'BEGIN { printf "%.2f ms", u / 1000 }') ($(int "$fsync_ops")/s)" "" ""
+row "ceiling: one-insert transactions/s (pgbench, 64 clients)" "$(int "$ceiling")" "" ""
+row "adapter, $CLIENTS clients, one hot drop: reservations/s" "$(int "$rate") ($(x "$rate" "$ceiling")x ceiling)" ">= 1.0x ceiling" "$(verdict "$(ge "$(x "$rate" "$ceiling")" 1.0)")"
+row "adapter, $CLIENTS clients: reservation latency p50 / p95 / p99" "$(field p50_ms "$OUT/load.txt") / $(field p95_ms "$OUT/load.txt") / $load_p99 ms" "p99 <= 100 ms" "$(verdict "$(le "$load_p99" 100)")"
+row "adapter: units oversold (both runs, checked in the database)" "$oversold" "0" "$(verdict "$([ "$oversold" = 0 ] && echo 1 || echo 0)")"
+row "adapter: sold-out answers/s after a sell-out" "$(int "$sold_out") ($(x "$sold_out" "$rate")x reservations/s)" ">= 10x reservations/s" "$(verdict "$(ge "$(x "$sold_out" "$rate")" 10)")"
+row "adapter: reservations/s while selling out $(int "$sell_out_stock") units; sold-out answers before the last unit was held" "$(int "$sell_rate"); $early" "" ""
+row "adapter: reservations/s with 1,000 watchers / with none" "$(field watched_per_s "$OUT/watchers.txt") / $(field none_per_s "$OUT/watchers.txt") (${watch_ratio}x)" ">= 0.9x" "$(verdict "$(ge "$watch_ratio" 0.9)")"
+row "$(int "$WATCHERS") watchers: commit to receipt, p50 / p99 ($FEED_RATE holds/s; $feed_missed missed)" "$feed_p50 / $feed_p99 ms" "p99 <= 250 ms, none missed" "$(verdict "$(awk -v p="$feed_p99" -v m="$feed_missed" 'BEGIN { print (p <= 250 && m == 0) }')")"
+row "$(int "$WATCHERS") watchers: adapter peak RSS (idle before: $rss_idle MiB)" "$rss MiB" "<= 200 MB" "$(verdict "$(le "$(awk -v m="$rss" 'BEGIN { print m * 1048576 / 1e6 }')" 200)")"
