@@ -201,6 +201,14 @@ async fn delay(
         report.delays
     );
     println!(
+        "  commit to the first watcher (worker tick, NOTIFY, relay): {}",
+        report.first_watcher
+    );
+    println!(
+        "  first to last watcher for one stock level (fan-out): {}",
+        report.fan_out
+    );
+    println!(
         "  holds never seen by a watcher: {}, feeds lost: {}, resyncs: {}, messages ahead of the REST answer: {}",
         report.missed, report.lost_feeds, report.resyncs, report.before_answer
     );
@@ -225,6 +233,22 @@ async fn delay(
         .add("p50_ms", format!("{:.1}", millis(report.delays.p50)))
         .add("p99_ms", format!("{:.1}", millis(report.delays.p99)))
         .add("max_ms", format!("{:.1}", millis(report.delays.max)))
+        .add(
+            "first_p50_ms",
+            format!("{:.1}", millis(report.first_watcher.p50)),
+        )
+        .add(
+            "first_p99_ms",
+            format!("{:.1}", millis(report.first_watcher.p99)),
+        )
+        .add(
+            "fan_out_p50_ms",
+            format!("{:.1}", millis(report.fan_out.p50)),
+        )
+        .add(
+            "fan_out_p99_ms",
+            format!("{:.1}", millis(report.fan_out.p99)),
+        )
         .add("samples", report.delays.count)
         .add("missed", report.missed)
         .add("lost", report.lost_feeds)

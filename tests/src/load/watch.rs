@@ -4,6 +4,7 @@
 //! watcher, with the first message whose `availableStock` reflects it (the drop is fresh and only these
 //! clients take from it, so the n-th hold is reflected once `totalStock - availableStock >= n`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::http::Connection;
-use super::latency::{Buckets, Summary};
+use super::latency::{Buckets, Samples, Summary};
 
 /// What one watcher saw: its snapshot's stock, then every stock level it was told with its arrival time.
 #[derive(Debug, Default)]
@@ -275,6 +276,11 @@ pub struct FeedReport {
     pub before_answer: u64,
     pub resyncs: u64,
     pub lost_feeds: usize,
+    /// Per hold, the delay to the first watcher told: the worker's tick, NOTIFY and the adapter's relay,
+    /// without the fan-out.
+    pub first_watcher: Summary,
+    /// Per stock level, from the first watcher's receipt to the last one's: the fan-out itself.
+    pub fan_out: Summary,
 }
 
 pub fn feed_delays(total_stock: i64, commits: &[Instant], logs: &[WatcherLog]) -> FeedReport {
@@ -283,23 +289,42 @@ pub fn feed_delays(total_stock: i64, commits: &[Instant], logs: &[WatcherLog]) -
         watchers: logs.len(),
         ..FeedReport::default()
     };
+    let mut first_told: Vec<Option<Instant>> = vec![None; commits.len()];
+    let mut levels: HashMap<i64, (Instant, Instant)> = HashMap::new();
     for log in logs {
         report.resyncs += log.resyncs;
         report.lost_feeds += usize::from(log.lost.is_some());
         let mut reflected = (total_stock - log.snapshot_available).max(0) as usize;
         for &(arrived, available) in &log.changes {
+            let level = levels.entry(available).or_insert((arrived, arrived));
+            level.0 = level.0.min(arrived);
+            level.1 = level.1.max(arrived);
             let taken = ((total_stock - available).max(0) as usize).min(commits.len());
-            for &committed in commits.iter().take(taken).skip(reflected) {
+            for (index, &committed) in commits.iter().enumerate().take(taken).skip(reflected) {
                 if arrived < committed {
                     report.before_answer += 1;
                 }
                 buckets.record(arrived.saturating_duration_since(committed));
+                let first = &mut first_told[index];
+                *first = Some(first.map_or(arrived, |seen| seen.min(arrived)));
             }
             reflected = reflected.max(taken);
         }
         report.missed += (commits.len() - reflected.min(commits.len())) as u64;
     }
     report.delays = buckets.summary();
+    let mut first_watcher = Samples::default();
+    for (committed, first) in commits.iter().zip(&first_told) {
+        if let Some(first) = first {
+            first_watcher.record(first.saturating_duration_since(*committed));
+        }
+    }
+    report.first_watcher = first_watcher.summary();
+    let mut fan_out = Samples::default();
+    for (first, last) in levels.values() {
+        fan_out.record(*last - *first);
+    }
+    report.fan_out = fan_out.summary();
     report
 }
 
