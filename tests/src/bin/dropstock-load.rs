@@ -139,7 +139,7 @@ async fn run(args: &Args) -> Result<bool, String> {
             outcome.sold_out_latency
         );
         println!(
-            "  sold-out answers while units were left: {}",
+            "  sold-out answers that arrived before the last unit's 201: {}",
             outcome.early_sold_out
         );
     }
