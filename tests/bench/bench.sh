@@ -60,7 +60,8 @@ say "pg_test_fsync (2 s per method, about 40 s)"
 "$PG_BIN/pg_test_fsync" -s 2 -f "$OUT/fsync.tmp" > "$OUT/fsync.txt" 2>&1
 rm -f "$OUT/fsync.tmp"
 # The first fdatasync line is the one-8kB-write case, what a commit does (wal_sync_method = fdatasync).
-read -r fsync_ops fsync_us < <(awk '$1 == "fdatasync" && $3 == "ops/sec" { print $2, $4; exit }' "$OUT/fsync.txt")
+read -r fsync_ops fsync_us < <(awk '$1 == "fdatasync" && $3 == "ops/sec" { print $2, $4; exit }' "$OUT/fsync.txt") ||
+    { cat "$OUT/fsync.txt" >&2; say "pg_test_fsync gave no fdatasync figure"; exit 1; }
 
 # ---- the adapter -------------------------------------------------------------------------------------------
 adapter_pid=
