@@ -21,11 +21,12 @@ PSQL        := $(PG_BIN)/psql "$(DATABASE_URL)" -v ON_ERROR_STOP=1 -X -q
 APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config chromium fonts-liberation
 export DATABASE_URL
 
-.PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test browser-test bench-sql clean-db
+.PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test browser-test bench bench-sql clean-db
 
 help:
 	@echo "make run        start a local PostgreSQL with dropstock, sample data and the HTTP adapter"
 	@echo "make test       formatting, lints, in-database tests and concurrency tests"
+	@echo "make bench      the whole performance table: SQL, adapter at 1,000 clients, 10,000 watchers, fsync"
 	@echo "make bench-sql  pgbench: dropstock vs the replaced system's pattern vs the commit ceiling"
 	@echo "make db / db-stop   start / stop the local cluster ($(DATABASE_URL))"
 
@@ -141,3 +142,9 @@ browser-test: db adapter $(BROWSER_DEPS)
 
 bench-sql: db
 	@sql/bench/bench-sql.sh
+
+# The README's performance table in one run (bench-sql's rows included): release builds of the adapter and
+# of the load tools in tests/src/bin; each tool's report is kept in target/bench/.
+bench: db
+	@cargo build --release -p dropstock-http -p dropstock-tests --bins --quiet
+	@tests/bench/bench.sh | tee target/bench/table.md

@@ -7,6 +7,9 @@ RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    -- A variable, not clock_timestamp() in the query: a volatile call cannot bound an index scan, and
+    -- the sweep would read every live hold of the cluster on every tick.
+    due_by constant timestamptz := clock_timestamp();
     ended integer := 0;
     per_drop record;
 BEGIN
@@ -19,7 +22,7 @@ BEGIN
     FOR per_drop IN
         WITH due AS (
             SELECT r.id FROM dropstock.reservations r
-             WHERE r.status = 'reserved' AND r.expires_at <= clock_timestamp()
+             WHERE r.status = 'reserved' AND r.expires_at <= due_by
              ORDER BY r.expires_at
              LIMIT max_rows
                FOR UPDATE SKIP LOCKED

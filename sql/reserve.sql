@@ -121,6 +121,7 @@ DECLARE
     twins uuid[];
     twin uuid;
     live dropstock.reservations;
+    due_by timestamptz;        -- a variable, so the index on expires_at bounds the reclaim (see expiry.sql)
 BEGIN
     IF reserve_items.drop_id IS NULL OR reserve_items.user_ids IS NULL
        OR array_position(reserve_items.user_ids, NULL) IS NOT NULL THEN
@@ -223,11 +224,12 @@ BEGIN
     END LOOP;
     IF granted < wanted THEN
         -- No free unit left anywhere: take over past-due holds, oldest first.
+        due_by := clock_timestamp();
         WITH reclaimed AS (
             UPDATE dropstock.reservations r SET status = 'expired'
              WHERE r.id IN (SELECT x.id FROM dropstock.reservations x
                              WHERE x.drop_id = d.id AND x.status = 'reserved'
-                               AND x.expires_at <= clock_timestamp()
+                               AND x.expires_at <= due_by
                              ORDER BY x.expires_at LIMIT wanted - granted FOR UPDATE SKIP LOCKED)
             RETURNING 1
         )

@@ -43,6 +43,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     home constant smallint := pg_backend_pid() % 64;
+    due_by timestamptz;  -- a variable, so the index on expires_at bounds the reclaim (see expiry.sql)
 BEGIN
     FOR attempt IN 1..5000 LOOP
         -- Each backend starts at its own home slot, so concurrent buyers rarely even look at a slot
@@ -65,12 +66,13 @@ BEGIN
         END IF;
 
         IF attempt = 1 THEN
+            due_by := clock_timestamp();
             -- The past-due hold's unit passes straight to the new hold: stock totals do not move.
             UPDATE dropstock.reservations r
                SET status = 'expired'
              WHERE r.id = (SELECT d.id FROM dropstock.reservations d
                             WHERE d.drop_id = _claim_unit.drop_id AND d.status = 'reserved'
-                              AND d.expires_at <= clock_timestamp()
+                              AND d.expires_at <= due_by
                             ORDER BY d.expires_at LIMIT 1 FOR UPDATE SKIP LOCKED);
             IF FOUND THEN
                 RETURN true;
