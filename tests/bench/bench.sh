@@ -52,7 +52,8 @@ field() { grep '^result:' "$2" | tail -n 1 | grep -oP "(?<= $1=)\S+"; }
 # ---- the make bench-sql table (its own drops and fixtures) ---------------------------------------------------
 if [ "$BENCH_SQL" = 1 ]; then
     say "running sql/bench/bench-sql.sh"
-    sql/bench/bench-sql.sh > "$OUT/bench-sql.md"
+    # At drop scale the SQL targets are stricter than the extension's own (issue 7: >= 6x, >= 0.6x).
+    BENCH_SQL_TARGET_BA=6 BENCH_SQL_TARGET_BC=0.6 sql/bench/bench-sql.sh > "$OUT/bench-sql.md"
 fi
 
 # ---- the disk ----------------------------------------------------------------------------------------------
