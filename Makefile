@@ -147,4 +147,4 @@ bench-sql: db
 # of the load tools in tests/src/bin; each tool's report is kept in target/bench/.
 bench: db
 	@cargo build --release -p dropstock-http -p dropstock-tests --bins --quiet
-	@tests/bench/bench.sh | tee target/bench/table.md
+	@mkdir -p target/bench && tests/bench/bench.sh | tee target/bench/table.md
