@@ -9,15 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// 200 buyers on 200 connections race for 50 units: exactly 50 holds, 150 sold-out answers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_buyers_race_for_fifty_units() {
-    let setup = connect().await;
-    let drop = new_drop(&setup, 50, 60).await;
-    let buyers = new_buyers(&setup, 200).await;
-    let connections = connect_many(200).await;
-    let start = Arc::new(tokio::sync::Barrier::new(200));
-
+/// Each buyer in `buyers` (a buyer may repeat) calls `reserve_item` on a connection of its own, all
+/// released at the same instant; the hold each got, or its refusal's SQLSTATE.
+async fn race_reserve(drop: Uuid, buyers: Vec<Uuid>) -> Vec<Result<Uuid, String>> {
+    let connections = connect_many(buyers.len()).await;
+    let start = Arc::new(tokio::sync::Barrier::new(buyers.len()));
     let racers = connections.into_iter().zip(buyers).map(|(db, buyer)| {
         let start = start.clone();
         tokio::spawn(async move {
@@ -31,11 +27,20 @@ async fn two_hundred_buyers_race_for_fifty_units() {
             .map_err(|e| sqlstate(&e))
         })
     });
-    let outcomes: Vec<_> = futures_util::future::join_all(racers)
+    futures_util::future::join_all(racers)
         .await
         .into_iter()
         .map(Result::unwrap)
-        .collect();
+        .collect()
+}
+
+/// 200 buyers on 200 connections race for 50 units: exactly 50 holds, 150 sold-out answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_buyers_race_for_fifty_units() {
+    let setup = connect().await;
+    let drop = new_drop(&setup, 50, 60).await;
+    let buyers = new_buyers(&setup, 200).await;
+    let outcomes = race_reserve(drop, buyers).await;
 
     let holds: HashSet<Uuid> = outcomes
         .iter()
@@ -62,27 +67,7 @@ async fn concurrent_retries_of_one_buyer_yield_one_hold() {
     let setup = connect().await;
     let drop = new_drop(&setup, 10, 60).await;
     let buyer = new_buyer(&setup).await;
-    let connections = connect_many(50).await;
-    let start = Arc::new(tokio::sync::Barrier::new(50));
-
-    let retries = connections.into_iter().map(|db| {
-        let start = start.clone();
-        tokio::spawn(async move {
-            start.wait().await;
-            db.query_one(
-                "SELECT id FROM dropstock.reserve_item($1, $2)",
-                &[&drop, &buyer],
-            )
-            .await
-            .map(|row| row.get::<_, Uuid>(0))
-            .map_err(|e| sqlstate(&e))
-        })
-    });
-    let answers: Vec<_> = futures_util::future::join_all(retries)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let answers = race_reserve(drop, vec![buyer; 50]).await;
     let holds: HashSet<Uuid> = answers
         .iter()
         .map(|a| *a.as_ref().expect("every retry succeeds"))
