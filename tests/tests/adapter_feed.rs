@@ -70,15 +70,7 @@ async fn clients_get_a_snapshot_on_connect() {
     assert_eq!(&pong[..], b"are you there");
     say(&mut all, "hello").await;
 
-    let metrics = adapter
-        .http()
-        .get(adapter.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = adapter.metrics().await;
     assert!(
         metrics.contains("dropstock_http_websocket_clients 2"),
         "{metrics}"
@@ -262,15 +254,7 @@ async fn clients_resync_after_the_listen_connection_is_lost_and_hear_later_chang
             .await;
         assert_eq!(stock["availableStock"], 9);
     }
-    let metrics = adapter
-        .http()
-        .get(adapter.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = adapter.metrics().await;
     assert!(
         !metrics.contains("dropstock_http_listen_reconnects_total 0"),
         "{metrics}"
@@ -320,15 +304,7 @@ async fn a_client_that_does_not_read_is_dropped_and_holds_nobody_back() {
     // The stalled client is cut off, and only the reader stays connected.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let metrics = adapter
-            .http()
-            .get(adapter.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = adapter.metrics().await;
         if metrics.contains("dropstock_http_websocket_clients 1\n")
             && !metrics.contains("dropstock_http_websocket_clients_dropped_total 0\n")
         {

@@ -539,15 +539,7 @@ async fn health_metrics_openapi_and_page_answer() {
 
     adapter.get("/api/drops").await;
     adapter.get("/api/no-such-thing").await;
-    let metrics = adapter
-        .http()
-        .get(adapter.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = adapter.metrics().await;
     for line in [
         r#"dropstock_http_requests_total{method="GET",route="/api/drops",status="200"} 1"#,
         r#"dropstock_http_requests_total{method="GET",route="unmatched",status="404"} 1"#,

@@ -147,6 +147,18 @@ impl Adapter {
         self.child.id()
     }
 
+    /// The Prometheus text `/metrics` answers.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Polls `/healthz` until it answers 200, the process exits, or 20 s pass.
     async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
