@@ -59,15 +59,11 @@ impl Batcher {
     pub async fn reserve(&self, drop: Uuid, buyer: Uuid) -> Result<Reserved, ApiError> {
         let (reply, answer) = oneshot::channel();
         let mut request = Request { buyer, reply };
-        // A queue that closed for idleness refuses the request; open a new one and send it again.
+        // A queue that closed for idleness refuses the request; `queue_for` then opens a new one.
         loop {
-            let sender = self.queue_for(drop);
-            match sender.send(request) {
+            match self.queue_for(drop).send(request) {
                 Ok(()) => break,
-                Err(mpsc::error::SendError(returned)) => {
-                    request = returned;
-                    self.forget_closed(drop);
-                }
+                Err(mpsc::error::SendError(returned)) => request = returned,
             }
         }
         answer.await.unwrap_or_else(|_| {
@@ -100,16 +96,6 @@ impl Batcher {
         });
         tokio::spawn(flushers.run());
         sender
-    }
-
-    fn forget_closed(&self, drop: Uuid) {
-        let mut queues = self.queues.lock().expect("queue map lock");
-        if queues
-            .get(&drop)
-            .is_some_and(|queue| queue.sender.is_closed())
-        {
-            queues.remove(&drop);
-        }
     }
 }
 
