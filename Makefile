@@ -52,18 +52,21 @@ pg-access:
 	  d=$(ROOT)/target; while [ "$$d" != / ]; do chmod o+x "$$d"; d=$$(dirname "$$d"); done; fi
 
 # ---- the local cluster -------------------------------------------------------------------------------------
-# Installing replaces the .so a running cluster has mapped, which crashes it: stop first, start after.
-# The stamp makes `make db` skip the build, the install and the restart when nothing changed.
+# Overwriting the .so in place would crash every running cluster that has it mapped, so the old file is
+# unlinked first: running backends keep the old copy, new ones load the new one, and no cluster has to
+# stop for an install. The stamp makes `make db` skip the build and the install when nothing changed.
 EXTENSION_SOURCES := extension/Cargo.toml extension/dropstock.control $(wildcard extension/src/*.rs sql/*.sql)
+PG_PKGLIBDIR := $(shell $(PG_CONFIG) --pkglibdir 2>/dev/null)
+UNLINK_LIBRARY := rm -f $(PG_PKGLIBDIR)/dropstock.so
 
 install: target/.installed
 
 target/.installed: $(EXTENSION_SOURCES) | setup
-	@$(MAKE) --no-print-directory db-stop
 	@echo "install: building and installing the extension"
+	@$(UNLINK_LIBRARY)
 	@cd extension && cargo pgrx install --sudo --pg-config $(PG_CONFIG) > $(ROOT)/target/install.log 2>&1 \
 	  || { cat $(ROOT)/target/install.log; exit 1; }
-	@touch $@ target/.extension-changed
+	@touch $@
 
 db: install pg-access
 	@if [ ! -s $(PG_DATA)/PG_VERSION ]; then \
@@ -75,14 +78,17 @@ db: install pg-access
 	  echo "port = $(DB_PORT)" >> $(PG_DATA)/postgresql.conf; \
 	  echo "unix_socket_directories = '$(PG_DIR)'" >> $(PG_DATA)/postgresql.conf; \
 	fi
+	@# A cluster that was running when a new build was installed still runs the old worker: restart it.
+	@if [ $(PG_DIR)/.extension-loaded -ot target/.installed ] && $(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) status >/dev/null; then \
+	  $(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) -m fast -w restart -l $(PG_LOG) >/dev/null; fi
 	@$(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) status >/dev/null || \
 	  $(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) -l $(PG_LOG) -w -t 60 start >/dev/null
 	@# The version stays 0.x until the schema is frozen, so a rebuilt extension is recreated, not updated.
-	@if [ -e target/.extension-changed ] && $(PSQL) -tAc "SELECT 1 FROM pg_extension WHERE extname = 'dropstock'" | grep -q 1; then \
+	@if [ $(PG_DIR)/.extension-loaded -ot target/.installed ] && $(PSQL) -tAc "SELECT 1 FROM pg_extension WHERE extname = 'dropstock'" | grep -q 1; then \
 	  echo "db: the extension changed; recreating it (drops and holds in this cluster are reset)"; \
 	  $(PSQL) -c "DROP EXTENSION dropstock CASCADE" 2>/dev/null; fi
 	@$(PSQL) -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS dropstock"
-	@rm -f target/.extension-changed
+	@touch $(PG_DIR)/.extension-loaded
 	@echo "db: dropstock is running at $(DATABASE_URL)"
 
 db-stop:
