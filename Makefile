@@ -52,20 +52,41 @@ pg-access:
 	  d=$(ROOT)/target; while [ "$$d" != / ]; do chmod o+x "$$d"; d=$$(dirname "$$d"); done; fi
 
 # ---- the local cluster -------------------------------------------------------------------------------------
-# Overwriting the .so in place would crash every running cluster that has it mapped, so the old file is
-# unlinked first: running backends keep the old copy, new ones load the new one, and no cluster has to
-# stop for an install. The stamp makes `make db` skip the build and the install when nothing changed.
+# Overwriting the .so in place would crash every running cluster that has it mapped. `cargo pgrx install
+# --sudo` and `cargo pgrx test --runas` both copy with `sudo cp`, which does exactly that, so they run with
+# a `sudo` of ours first on PATH that turns that copy into unlink-then-create, at the moment of copying:
+# running backends keep the old file, new ones load the new one, no cluster has to stop for an install,
+# and the library is never missing while a build runs. The stamp makes `make db` skip the build and the
+# install when nothing changed.
 EXTENSION_SOURCES := extension/Cargo.toml extension/dropstock.control $(wildcard extension/src/*.rs sql/*.sql)
 PG_PKGLIBDIR := $(shell $(PG_CONFIG) --pkglibdir 2>/dev/null)
-UNLINK_LIBRARY := rm -f $(PG_PKGLIBDIR)/dropstock.so
+PG_EXTDIR    := $(shell $(PG_CONFIG) --sharedir 2>/dev/null)/extension
+SUDO_SHIM    := $(ROOT)/target/sudo-shim
+WITH_SHIM    := PATH=$(SUDO_SHIM):$$PATH
+
+$(SUDO_SHIM)/sudo: Makefile
+	@mkdir -p $(@D)
+	@printf '%s\n' '#!/bin/sh' \
+	  '# `sudo cp SRC DEST` from cargo-pgrx: replace DEST by a new file instead of rewriting it in place.' \
+	  'if [ "$$1" = cp ] && [ $$# = 3 ]; then exec /usr/bin/sudo cp --remove-destination "$$2" "$$3"; fi' \
+	  'exec /usr/bin/sudo "$$@"' > $@
+	@chmod +x $@
+
+# A copy of what was installed, so that pg-test (which installs a build with its test functions in) can
+# put the same files back without a rebuild, and clusters that loaded them need no restart.
+INSTALLED_COPY := $(ROOT)/target/installed
+SAVE_INSTALLED := rm -rf $(INSTALLED_COPY) && mkdir -p $(INSTALLED_COPY) && \
+  cp $(PG_PKGLIBDIR)/dropstock.so $(PG_EXTDIR)/dropstock.control $(PG_EXTDIR)/dropstock--*.sql $(INSTALLED_COPY)/
+RESTORE_INSTALLED := cp --remove-destination $(INSTALLED_COPY)/dropstock.so $(PG_PKGLIBDIR)/ && \
+  cp --remove-destination $(INSTALLED_COPY)/dropstock.control $(INSTALLED_COPY)/dropstock--*.sql $(PG_EXTDIR)/
 
 install: target/.installed
 
-target/.installed: $(EXTENSION_SOURCES) | setup
+target/.installed: $(EXTENSION_SOURCES) | setup $(SUDO_SHIM)/sudo
 	@echo "install: building and installing the extension"
-	@$(UNLINK_LIBRARY)
-	@cd extension && cargo pgrx install --sudo --pg-config $(PG_CONFIG) > $(ROOT)/target/install.log 2>&1 \
+	@cd extension && $(WITH_SHIM) cargo pgrx install --sudo --pg-config $(PG_CONFIG) > $(ROOT)/target/install.log 2>&1 \
 	  || { cat $(ROOT)/target/install.log; exit 1; }
+	@$(SAVE_INSTALLED)
 	@touch $@
 
 db: install pg-access
@@ -118,12 +139,14 @@ check: setup
 	@cargo fmt --all --check
 	@cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-# In-database tests. They run in a scratch cluster of cargo-pgrx's own, and install the extension into the
-# system PostgreSQL, so the local cluster is stopped first (see install).
-pg-test: setup db-stop pg-access
-	@rm -f target/.installed
+# In-database tests, in a scratch cluster of cargo-pgrx's own. cargo-pgrx installs a build with the test
+# functions into the system PostgreSQL (through the sudo shim, so running clusters survive it); what
+# `make install` had installed is put back afterwards, passed or not.
+pg-test: setup pg-access $(SUDO_SHIM)/sudo
 	@mkdir -p target/pgrx-test && chown postgres: target/pgrx-test
-	@cd extension && cargo pgrx test pg15 --runas postgres --pgdata $(ROOT)/target/pgrx-test/data
+	@trap 'if [ -e $(ROOT)/target/.installed ] && [ -s $(INSTALLED_COPY)/dropstock.so ]; then $(RESTORE_INSTALLED); \
+	         else rm -f $(ROOT)/target/.installed; fi' EXIT; \
+	  cd extension && $(WITH_SHIM) cargo pgrx test pg15 --runas postgres --pgdata $(ROOT)/target/pgrx-test/data
 
 # Concurrency, worker, access, adapter and reliability tests: real connections against the local cluster,
 # and the adapter binary run as a child process (DROPSTOCK_HTTP_BIN). The fault tests stop and start this
