@@ -21,11 +21,18 @@ PSQL        := $(PG_BIN)/psql "$(DATABASE_URL)" -v ON_ERROR_STOP=1 -X -q
 APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config chromium fonts-liberation
 export DATABASE_URL
 
-.PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test browser-test bench bench-sql clean-db
+.PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test isolation-test \
+        browser-test test-repeat test-db test-db-remove bench bench-sql clean-db
+
+# Targets share clusters and the installed extension, so they run one after another even under -j.
+.NOTPARALLEL:
 
 help:
 	@echo "make run        start a local PostgreSQL with dropstock, sample data and the HTTP adapter"
-	@echo "make test       formatting, lints, in-database tests and concurrency tests"
+	@echo "make test       formatting, lints, in-database tests, then integration, isolation and browser tests"
+	@echo "                in a throwaway cluster ($(TEST_PG_DIR), port $(TEST_DB_PORT)), removed afterwards"
+	@echo "make test-repeat N=30   the concurrency tests and isolation specs N times, stopping at the first failure"
+	@echo "make test-db    a test cluster left running, for cargo test by hand; make test-db-remove throws it away"
 	@echo "make bench      the whole performance table: SQL, adapter at 1,000 clients, 10,000 watchers, fsync"
 	@echo "make bench-sql  pgbench: dropstock vs the replaced system's pattern vs the commit ceiling"
 	@echo "make db / db-stop   start / stop the local cluster ($(DATABASE_URL))"
@@ -133,7 +140,32 @@ run: db adapter
 	@echo "run: admin token for creating drops: $$(cat target/admin-token)"
 	@DROPSTOCK_ADMIN_TOKEN=$$(cat target/admin-token) DROPSTOCK_LISTEN=$(HTTP_LISTEN) exec $(ADAPTER)
 
-test: setup check pg-test integration-test browser-test
+# ---- tests: in a throwaway cluster of their own -------------------------------------------------------------
+# The tests leave drops behind and the fault tests kill the server they run against, so none of them runs
+# in the cluster `make run` uses: they get a new cluster (same settings, own port) that is removed when they
+# pass. When they fail it is stopped and kept for its postgresql.log; the next run removes it first.
+TEST_PG_DIR   := $(ROOT)/target/test-pg
+TEST_DB_PORT  := 5545
+# $(call cluster-vars,DIR,PORT): the variables that point this Makefile's targets at another cluster.
+cluster-vars = PG_DIR=$(1) DB_PORT=$(2) DATABASE_URL=postgresql://postgres@127.0.0.1:$(2)/postgres
+IN_TEST_CLUSTER  := $(MAKE) --no-print-directory $(call cluster-vars,$(TEST_PG_DIR),$(TEST_DB_PORT))
+TEST_CLUSTER_STOP := if [ -s $(TEST_PG_DIR)/data/postmaster.pid ]; then \
+  $(AS_PG) $(PG_BIN)/pg_ctl -D $(TEST_PG_DIR)/data -m immediate -w stop >/dev/null || true; fi
+
+# $(call in-test-cluster,TARGETS): makes TARGETS against a new test cluster, then removes it (or, when they
+# failed or were interrupted, stops it and keeps it).
+define in-test-cluster
+$(MAKE) --no-print-directory test-db-remove; \
+trap '$(TEST_CLUSTER_STOP); [ ! -d $(TEST_PG_DIR) ] || \
+  echo "test: failed; the test cluster is stopped and kept in $(TEST_PG_DIR) (see its postgresql.log)"' EXIT; \
+trap 'exit 130' INT TERM; \
+$(IN_TEST_CLUSTER) db $(1); \
+trap - EXIT; $(MAKE) --no-print-directory test-db-remove
+endef
+
+test: setup check pg-test
+	@start=$$(date +%s); $(call in-test-cluster,integration-test isolation-test browser-test); \
+	  echo "test: passed in $$(( $$(date +%s) - start )) s of cluster tests"
 
 check: setup
 	@cargo fmt --all --check
@@ -148,7 +180,41 @@ pg-test: setup pg-access $(SUDO_SHIM)/sudo
 	         else rm -f $(ROOT)/target/.installed; fi' EXIT; \
 	  cd extension && $(WITH_SHIM) cargo pgrx test pg15 --runas postgres --pgdata $(ROOT)/target/pgrx-test/data
 
-# Concurrency, worker, access, adapter and reliability tests: real connections against the local cluster,
+# A test cluster left running, to run single tests by hand (the tests' default DATABASE_URL points at it).
+test-db:
+	@$(IN_TEST_CLUSTER) db
+	@echo "test-db: DROPSTOCK_PGDATA=$(TEST_PG_DIR)/data DROPSTOCK_HTTP_BIN=$(ADAPTER) cargo test -p dropstock-tests"
+
+test-db-remove:
+	@$(TEST_CLUSTER_STOP)
+	@rm -rf $(TEST_PG_DIR)
+
+# Isolation specs (tests/isolation/specs/NAME.spec, expected output in tests/isolation/expected/NAME.out):
+# sessions, steps and permutations run by PostgreSQL's isolationtester, which prints each step's result
+# and which step waited on which. A new spec is picked up by its file alone. Specs run in the existing
+# test database, so each one creates the buyers and drops it needs in `setup` (fixed ids, so the output
+# is the same every run) and deletes them in `teardown`. Results land in target/isolation/.
+ISOLATION_REGRESS := $(PG_PKGLIBDIR)/pgxs/src/test/isolation/pg_isolation_regress
+ISOLATION_SPECS   := $(sort $(basename $(notdir $(wildcard tests/isolation/specs/*.spec))))
+RUN_ISOLATION = rm -rf target/isolation && mkdir -p target/isolation && \
+  { $(ISOLATION_REGRESS) --use-existing --host=127.0.0.1 --port=$(DB_PORT) --user=postgres --dbname=postgres \
+      --bindir=$(PG_BIN) --inputdir=tests/isolation --outputdir=target/isolation $(ISOLATION_SPECS) \
+      > target/isolation/summary.txt 2>&1 \
+    || { cat target/isolation/summary.txt; cat target/isolation/regression.diffs 2>/dev/null; false; }; }
+
+CONCURRENCY_TESTS = cargo test -p dropstock-tests --test concurrency
+
+# The drop page's test drives headless Chromium (Debian's, from setup) with playwright-core from a
+# project-local node_modules; screenshots land in target/browser/.
+BROWSER_DEPS := tests/browser/node_modules/.installed
+
+$(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
+	@echo "setup: installing the browser test's npm packages into tests/browser/node_modules"
+	@npm ci --prefix tests/browser --no-audit --no-fund --silent
+	@touch $@
+
+ifeq ($(PG_DIR),$(TEST_PG_DIR))
+# Concurrency, worker, access, adapter and reliability tests: real connections against the test cluster,
 # and the adapter binary run as a child process (DROPSTOCK_HTTP_BIN). The fault tests stop and start this
 # cluster (pg_ctl -m immediate, DROPSTOCK_PGDATA), which is why everything runs one test at a time.
 # Reliability figures land in target/reliability.txt.
@@ -157,17 +223,36 @@ integration-test: db adapter
 	@DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PGDATA=$(PG_DATA) \
 	  cargo test -p dropstock-tests --quiet -- --test-threads=1
 
-# The drop page in headless Chromium (Debian's, from setup), driven by playwright-core from a project-local
-# node_modules; screenshots land in target/browser/.
-BROWSER_DEPS := tests/browser/node_modules/.installed
+isolation-test: db
+	@$(RUN_ISOLATION)
+	@grep -E '^(ok|not ok|test) ' target/isolation/summary.txt || cat target/isolation/summary.txt
 
-$(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
-	@echo "setup: installing the browser test's npm packages into tests/browser/node_modules"
-	@npm ci --prefix tests/browser --no-audit --no-fund --silent
-	@touch $@
+# The test binary is built once and then run directly, so nothing is rebuilt between runs even while
+# sources change.
+N ?= 30
+test-repeat: db
+	@binary=$$($(CONCURRENCY_TESTS) --no-run --quiet --message-format=json \
+	  | jq -r 'select(.executable != null and .target.name == "concurrency") | .executable'); \
+	passed=0; \
+	for k in $$(seq 1 $(N)); do \
+	  start=$$(date +%s); \
+	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
+	    cat target/test-repeat.log; echo "test-repeat: run $$k/$(N) failed in the concurrency tests"; \
+	    echo "test-repeat: $$passed of $(N) runs passed"; exit 1; fi; \
+	  if ! ( $(RUN_ISOLATION) ); then \
+	    echo "test-repeat: run $$k/$(N) failed in the isolation specs"; \
+	    echo "test-repeat: $$passed of $(N) runs passed"; exit 1; fi; \
+	  passed=$$k; echo "test-repeat: run $$k/$(N) passed ($$(( $$(date +%s) - start )) s)"; \
+	done; \
+	echo "test-repeat: $$passed of $(N) runs passed"
 
 browser-test: db adapter $(BROWSER_DEPS)
 	@DROPSTOCK_HTTP_BIN=$(ADAPTER) node tests/browser/drop-page.test.mjs
+else
+# Run on their own, these make their own test cluster too.
+integration-test isolation-test test-repeat browser-test: setup
+	@$(call in-test-cluster,$@)
+endif
 
 bench-sql: db
 	@sql/bench/bench-sql.sh

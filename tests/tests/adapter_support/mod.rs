@@ -1,5 +1,5 @@
 //! Shared by the adapter's end-to-end tests: the real `dropstock-http` binary started on a free loopback
-//! port against the cluster `make db` runs, an HTTP and a WebSocket client, and fixtures with unique names
+//! port against the test cluster, an HTTP and a WebSocket client, and fixtures with unique names
 //! (tests share one database with everything else).
 //!
 //! The binary is `DROPSTOCK_HTTP_BIN`, by default `target/debug/dropstock-http` of this workspace: build it
@@ -23,9 +23,11 @@ use uuid::Uuid;
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
 
+/// `DATABASE_URL`, by default the test cluster (`make test-db`), never the one `make run` uses: tests
+/// leave drops behind and some stop the server.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5544/postgres".into())
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5545/postgres".into())
 }
 
 pub fn binary() -> PathBuf {
@@ -54,7 +56,7 @@ pub fn free_port() -> u16 {
 pub async fn db() -> Client {
     let (client, connection) = tokio_postgres::connect(&database_url(), NoTls)
         .await
-        .unwrap_or_else(|e| panic!("cannot reach {} (run `make db`): {e}", database_url()));
+        .unwrap_or_else(|e| panic!("cannot reach {} (run `make test-db`): {e}", database_url()));
     tokio::spawn(async move {
         let _ = connection.await;
     });

@@ -1,21 +1,24 @@
-//! Shared by the integration tests: connections to the cluster `make db` runs, fresh buyers and drops
-//! with unique names (tests share one database), and the stock invariant read from a real client.
+//! Shared by the integration tests: connections to the test cluster (`make test` makes one per run),
+//! fresh buyers and drops with unique names (tests share one database), and the stock invariant read
+//! from a real client.
 #![allow(dead_code)] // each test file uses its own subset
 
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
+/// `DATABASE_URL`, by default the test cluster (`make test-db`), never the one `make run` uses: tests
+/// leave drops behind and some stop the server.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5544/postgres".into())
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5545/postgres".into())
 }
 
 /// One real connection; its driver runs on its own task.
 pub async fn connect() -> Client {
     let (client, connection) = tokio_postgres::connect(&database_url(), NoTls)
         .await
-        .unwrap_or_else(|e| panic!("cannot reach {} (run `make db`): {e}", database_url()));
+        .unwrap_or_else(|e| panic!("cannot reach {} (run `make test-db`): {e}", database_url()));
     tokio::spawn(async move {
         let _ = connection.await;
     });

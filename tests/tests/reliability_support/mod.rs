@@ -33,7 +33,7 @@ impl Cluster {
             panic!(
                 "the fault tests stop and start PostgreSQL, so they need the cluster's data directory: \
                  run them as `DROPSTOCK_PGDATA=<data dir> DATABASE_URL=<its URL> cargo test -p dropstock-tests \
-                 --test reliability_faults -- --test-threads=1` (for the local cluster: `make test-reliability`)"
+                 --test reliability_faults -- --test-threads=1` (`make integration-test` runs them in a throwaway cluster)"
             )
         });
         assert!(
