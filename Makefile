@@ -35,6 +35,7 @@ help:
 	@echo "make test-db    a test cluster left running, for cargo test by hand; make test-db-remove throws it away"
 	@echo "make bench      the whole performance table: SQL, adapter at 1,000 clients, 10,000 watchers, fsync"
 	@echo "make bench-sql  pgbench: dropstock vs the replaced system's pattern vs the commit ceiling"
+	@echo "                (both in a cluster of their own: $(BENCH_PG_DIR), port $(BENCH_DB_PORT))"
 	@echo "make db / db-stop   start / stop the local cluster ($(DATABASE_URL))"
 
 # ---- setup: Debian packages, cargo-pgrx at the pinned version, pgrx pointed at PostgreSQL 15 -------------
@@ -146,9 +147,12 @@ run: db adapter
 # pass. When they fail it is stopped and kept for its postgresql.log; the next run removes it first.
 TEST_PG_DIR   := $(ROOT)/target/test-pg
 TEST_DB_PORT  := 5545
+BENCH_PG_DIR  := $(ROOT)/target/bench-pg
+BENCH_DB_PORT := 5546
 # $(call cluster-vars,DIR,PORT): the variables that point this Makefile's targets at another cluster.
 cluster-vars = PG_DIR=$(1) DB_PORT=$(2) DATABASE_URL=postgresql://postgres@127.0.0.1:$(2)/postgres
 IN_TEST_CLUSTER  := $(MAKE) --no-print-directory $(call cluster-vars,$(TEST_PG_DIR),$(TEST_DB_PORT))
+IN_BENCH_CLUSTER := $(MAKE) --no-print-directory $(call cluster-vars,$(BENCH_PG_DIR),$(BENCH_DB_PORT))
 TEST_CLUSTER_STOP := if [ -s $(TEST_PG_DIR)/data/postmaster.pid ]; then \
   $(AS_PG) $(PG_BIN)/pg_ctl -D $(TEST_PG_DIR)/data -m immediate -w stop >/dev/null || true; fi
 
@@ -254,11 +258,19 @@ integration-test isolation-test test-repeat browser-test: setup
 	@$(call in-test-cluster,$@)
 endif
 
-bench-sql: db
-	@sql/bench/bench-sql.sh
+# ---- benchmarks: in a cluster of their own ---------------------------------------------------------------------
+# A bench may drop and recreate the extension (a cold-start row) or restart the server (DROPSTOCK_PGDATA),
+# so it runs in target/bench-pg, never in the cluster `make run` uses. That cluster is created when absent
+# and kept between runs (its million bench buyers take a while to make).
+BENCH_ENV := DATABASE_URL=postgresql://postgres@127.0.0.1:$(BENCH_DB_PORT)/postgres DROPSTOCK_PGDATA=$(BENCH_PG_DIR)/data
+
+bench-sql:
+	@$(IN_BENCH_CLUSTER) db
+	@$(BENCH_ENV) sql/bench/bench-sql.sh
 
 # The README's performance table in one run (bench-sql's rows included): release builds of the adapter and
 # of the load tools in tests/src/bin; each tool's report is kept in target/bench/.
-bench: db
+bench:
+	@$(IN_BENCH_CLUSTER) db
 	@cargo build --release -p dropstock-http -p dropstock-tests --bins --quiet
-	@mkdir -p target/bench && tests/bench/bench.sh | tee target/bench/table.md
+	@mkdir -p target/bench && $(BENCH_ENV) tests/bench/bench.sh | tee target/bench/table.md
