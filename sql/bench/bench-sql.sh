@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # make bench-sql: reservations on one hot drop, side by side in one run, 64 clients, synchronous_commit on.
+#   (g) cold start: reserve_item right after CREATE EXTENSION and a bulk load of buyers, vs. after ANALYZE
 #   (a) the replaced system's statement pattern on plain tables
 #   (b) SELECT dropstock.reserve_item(...)
 #   (c) the ceiling: a transaction that only inserts one row
 #   (d) reserve_item with the background worker publishing every 100 ms vs. with it idle
 #   (e) 100,000 holds falling due at once: seconds until their stock is back, buyers of another drop busy
 #   (f) reserve_items: 16 buyers per call, 16 clients (holds per second)
+#   (h) day two: reserve_item on a new drop after a million short holds came and went, vs. after VACUUM ANALYZE
+#   (i) a quiet tick: one worker tick's cost with 10,000 open drops and nothing changing
+# (g) recreates the extension in this cluster, so it runs first and everything else builds on that install.
 # Prints a Markdown table with the ratios, then checks the stock invariant of the drops used.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,31 +23,75 @@ TARGET_BA=${BENCH_SQL_TARGET_BA:-4}
 TARGET_BC=${BENCH_SQL_TARGET_BC:-0.4}
 BATCH_CLIENTS=16
 BATCH_PER_CLIENT=60000
+# (g): buyers registered in one statement right after the install; the first seconds reported apart.
+COLD_BUYERS=${BENCH_COLD_BUYERS:-400000}
+COLD_EARLY=${BENCH_COLD_EARLY_SECONDS:-3}
+# (h): short holds made by reserve_items batches; each churn client draws on its BATCH_PER_CLIENT buyers.
+DAY2_HOLDS=${BENCH_DAY2_HOLDS:-1000000}
+DAY2_CLIENTS=${BENCH_DAY2_CLIENTS:-4}
+DAY2_BATCH=${BENCH_DAY2_BATCH:-500}
+DAY2_SWEEP_DEADLINE=${BENCH_DAY2_SWEEP_SECONDS:-180}
+# (i)
+QUIET_DROPS=${BENCH_QUIET_DROPS:-10000}
+QUIET_TICKS=${BENCH_QUIET_TICKS:-50}
 psql() { "$PG_BIN/psql" "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
+if [ "$DAY2_CLIENTS" -gt "$BATCH_CLIENTS" ] || [ "$DAY2_BATCH" -gt "$BATCH_PER_CLIENT" ]; then
+    echo "bench-sql: BENCH_DAY2_CLIENTS <= $BATCH_CLIENTS and BENCH_DAY2_BATCH <= $BATCH_PER_CLIENT (the buyers setup.sql makes)" >&2
+    exit 1
+fi
+tmp=$(mktemp -d)
+drops_file=$tmp/drops
 
-echo "bench-sql: preparing buyers and fixtures (the first run creates about a million buyers)" >&2
-psql -v clients="$CLIENTS" -v per_client="$PER_CLIENT" -v batch_clients="$BATCH_CLIENTS" \
-     -v batch_per_client="$BATCH_PER_CLIENT" -f setup.sql
+# Which SQL the figures below come from: the extension script installed when the run began.
+script_file=$(ls "$("$PG_BIN/pg_config" --sharedir)"/extension/dropstock--*.sql 2>/dev/null | head -n 1 || true)
+if [ -n "$script_file" ]; then
+    echo "bench-sql: extension script $(basename "$script_file"), md5 $(md5sum < "$script_file" | cut -c1-12), installed $(date -r "$script_file" '+%F %T')" >&2
+fi
+
+# The worker's tick length: (d) and (i) idle it (a minute-long tick); it is always put back.
+set_tick() { psql -c "ALTER SYSTEM SET dropstock.tick_ms = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 0.3; }
+trap 'set_tick 100; rm -rf "$tmp"' EXIT
+
 # Holds of an hour, so that no bench hold falls due while (e) measures the sweep.
 new_drop() {
     psql -tAc "SELECT id FROM dropstock.create_drop('bench hot drop', 1, 100000000, now() - interval '1 minute', 3600)"
 }
-drops=()
 
 # run NAME SCRIPT: prints the tps pgbench measured on a fresh drop (so every buyer is new to it), after
-# checking that no client failed.
+# checking that no client failed. pgbench's whole report is left in $tmp/last-run.log.
 run() {
     echo "bench-sql: $1 (${RUN_CLIENTS:-$CLIENTS} clients, ${SECONDS_EACH}s)" >&2
     local out drop
     drop=$(new_drop)
     echo "$drop" >> "$drops_file"
     out=$("$PG_BIN/pgbench" -n -M prepared -c "${RUN_CLIENTS:-$CLIENTS}" -j 2 -T "$SECONDS_EACH" -D n=0 -D drop="$drop" \
-          -f "$2" "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
+          ${RUN_ARGS:-} -f "$2" "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
+    echo "$out" > "$tmp/last-run.log"
     if grep -q "aborted" <<<"$out"; then echo "$out" >&2; echo "bench-sql: clients failed in $1" >&2; exit 1; fi
     grep -oP 'tps = \K[0-9.]+(?= \(without)' <<<"$out"
 }
 
-drops_file=$(mktemp)
+# (g) Cold start: what the first buyers meet right after an install, when the tables were empty and had
+# no statistics at the moment each connection's plpgsql cached its plans. Fresh pgbench connections on
+# a fresh drop; the buyers are the ones reserve.sql names (client_id * 100000 + n).
+echo "bench-sql: (g) cold start: recreating the extension, registering $COLD_BUYERS buyers in one statement" >&2
+psql -c "SET client_min_messages = warning" -c "DROP EXTENSION IF EXISTS dropstock CASCADE" -c "CREATE EXTENSION dropstock" \
+     -c "INSERT INTO dropstock.users (id, username)
+         SELECT md5('bench-' || k)::uuid, 'bench-' || k
+           FROM generate_series(0, $CLIENTS - 1) AS c, generate_series(1, $COLD_BUYERS / $CLIENTS) AS n,
+                LATERAL (SELECT c * 100000 + n AS k) AS key"
+cold=$(RUN_ARGS="-P 1" run "(g) reserve_item right after the install, cold" reserve.sql)
+# pgbench's per-second progress: the first seconds are what a drop opening right after an install meets.
+cold_early=$(grep -oP '^progress: [0-9.]+ s, \K[0-9.]+(?= tps)' "$tmp/last-run.log" | head -n "$COLD_EARLY" |
+             awk '{ s += $1; n++ } END { printf "%.0f", n ? s / n : 0 }')
+grep '^progress:' "$tmp/last-run.log" | sed 's/^/bench-sql:   cold /' >&2
+psql -c "ANALYZE"
+warm=$(run "(g) reserve_item after ANALYZE, warm" reserve.sql)
+
+echo "bench-sql: preparing buyers and fixtures (about a million buyers)" >&2
+psql -v clients="$CLIENTS" -v per_client="$PER_CLIENT" -v batch_clients="$BATCH_CLIENTS" \
+     -v batch_per_client="$BATCH_PER_CLIENT" -f setup.sql
+
 legacy=$(run "replaced pattern" legacy.sql)
 reserve=$(run "reserve_item" reserve.sql)
 ceiling=$(run "one-insert ceiling" ceiling.sql)
@@ -51,8 +99,6 @@ ceiling=$(run "one-insert ceiling" ceiling.sql)
 batch=$(RUN_CLIENTS=$BATCH_CLIENTS run "reserve_items, 16 buyers a call" reserve_batch.sql)
 
 # (d) The worker idles when its tick is a minute long; runs alternate so drift hits both alike.
-set_tick() { psql -c "ALTER SYSTEM SET dropstock.tick_ms = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 0.3; }
-trap 'set_tick 100' EXIT
 publishing=0; idle=0; half=$((SECONDS_EACH / 2 > 0 ? SECONDS_EACH / 2 : 1))
 for round in 1 2; do
     set_tick 100;   publishing=$(awk -v x="$publishing" -v y="$(SECONDS_EACH=$half run "reserve_item, worker publishing ($round/2)" reserve.sql)" 'BEGIN{print x+y/2}')
@@ -79,6 +125,66 @@ sweep=$(psql -tAc "DO \$\$ BEGIN
 wait "$busy_pid" || { cat "${TMPDIR:-/tmp}/dropstock-bench-busy.log" >&2; exit 1; }
 busy_tps=$(grep -oP 'tps = \K[0-9.]+(?= \(without)' "${TMPDIR:-/tmp}/dropstock-bench-busy.log")
 
+# tick_ms: the average cost of one idle worker tick (sweep, then feed), QUIET_TICKS of them in one session,
+# with the worker itself idled so that only this session does the work.
+tick_ms() {
+    set_tick 60000
+    local out
+    out=$("$PG_BIN/pgbench" -n -M prepared -c 1 -t "$QUIET_TICKS" -f tick.sql "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
+    set_tick 100
+    grep -oP 'latency average = \K[0-9.]+' <<<"$out"
+}
+
+# (h) Day two: a million short holds on other drops come and go the way real ones do (made by buyers,
+# swept by the worker), leaving real dead rows and dead index entries; then a new hot drop opens.
+day2_range=$(( BATCH_PER_CLIENT / DAY2_BATCH * DAY2_BATCH ))
+day2_calls=$(( (DAY2_HOLDS + DAY2_CLIENTS * DAY2_BATCH - 1) / (DAY2_CLIENTS * DAY2_BATCH) ))
+day2_laps=$(( (day2_calls * DAY2_BATCH + day2_range - 1) / day2_range ))
+day2_drops=$(( DAY2_CLIENTS * day2_laps ))
+echo "bench-sql: (h) day two: $((day2_calls * DAY2_CLIENTS * DAY2_BATCH)) holds of 1 s on $day2_drops other drops ($DAY2_CLIENTS clients, $DAY2_BATCH buyers a call)" >&2
+churn_drops=$(psql -tAc "SELECT string_agg(id::text, ' ') FROM (SELECT (dropstock.create_drop('bench churn drop', 1, 100000000,
+                         now() - interval '1 minute', 1)).id FROM generate_series(1, $day2_drops)) AS d")
+tr ' ' '\n' <<<"$churn_drops" >> "$drops_file"
+autovacuums() {
+    psql -tAc "SELECT autovacuum_count || ' autovacuum(s), ' || autoanalyze_count || ' autoanalyze(s)'
+                 FROM pg_stat_user_tables WHERE relid = 'dropstock.reservations'::regclass"
+}
+av_before=$(autovacuums)
+"$PG_BIN/pgbench" -n -M prepared -c "$DAY2_CLIENTS" -j 2 -t "$day2_calls" -P 10 -D n=0 -D batch="$DAY2_BATCH" \
+    -D range="$day2_range" -D laps="$day2_laps" -D drops="$churn_drops" -f churn.sql "$DATABASE_URL" \
+    > "$tmp/churn.log" 2>&1 || { cat "$tmp/churn.log" >&2; exit 1; }
+if grep -q "aborted" "$tmp/churn.log"; then cat "$tmp/churn.log" >&2; echo "bench-sql: churn clients failed" >&2; exit 1; fi
+grep '^progress:' "$tmp/churn.log" | sed 's/^/bench-sql:   churn /' >&2
+# Swept means every churn drop has its whole stock back. This watches stock_slots only: a look at the
+# holds would walk the reservation indexes and mark their dead entries, which is part of what is measured.
+sweep_start=$(date +%s)
+while :; do
+    left=$(psql -tAc "SELECT $day2_drops * 100000000 - sum(available) FROM dropstock.stock_slots
+                       WHERE drop_id = ANY (string_to_array('$churn_drops', ' ')::uuid[])")
+    [ "$left" = 0 ] && break
+    waited=$(( $(date +%s) - sweep_start ))
+    if [ "$waited" -ge "$DAY2_SWEEP_DEADLINE" ]; then
+        echo "bench-sql: the worker had not swept the churn holds after ${DAY2_SWEEP_DEADLINE}s ($left left)" >&2; exit 1
+    fi
+    [ $(( waited % 5 )) = 0 ] && echo "bench-sql:   waiting for the sweep: $left holds left after ${waited}s" >&2
+    sleep 1
+done
+echo "bench-sql:   swept $(( $(date +%s) - sweep_start ))s after the last hold was made; reservations: $av_before before, $(autovacuums) now" >&2
+day2_tick_churned=$(tick_ms)
+churned=$(run "(h) reserve_item on a new drop after the churn" reserve.sql)
+echo "bench-sql: (h) VACUUM ANALYZE" >&2
+psql -c "VACUUM ANALYZE"
+day2_tick_vacuumed=$(tick_ms)
+vacuumed=$(run "(h) reserve_item on a new drop after VACUUM ANALYZE" reserve.sql)
+
+# (i) A quiet tick: many open drops, published once, then nothing changes; what the worker pays per tick.
+echo "bench-sql: (i) creating $QUIET_DROPS open drops" >&2
+psql -c "SELECT count(dropstock.create_drop('bench quiet drop', 1, 100, now() - interval '1 minute'))
+           FROM generate_series(1, $QUIET_DROPS)" >/dev/null
+set_tick 60000
+psql -c "SELECT dropstock.publish_changes()" >/dev/null
+quiet_tick=$(tick_ms)
+
 psql -tAc "SELECT CASE WHEN bool_and(available_stock + held_stock + sold_stock = total_stock
                          AND held_stock = (SELECT count(*) FROM dropstock.reservations r
                                             WHERE r.drop_id = s.id AND r.status = 'reserved'))
@@ -94,7 +200,10 @@ psql -tAc "SELECT CASE WHEN bool_and(available_stock + held_stock + sold_stock =
 psql -c "UPDATE dropstock.drops SET ends_at = now() WHERE name LIKE 'bench %' AND ends_at IS NULL" >/dev/null
 
 awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publishing" -v i="$idle" \
-    -v s="$sweep" -v t="$busy_tps" -v f="$batch" -v tba="$TARGET_BA" -v tbc="$TARGET_BC" 'BEGIN {
+    -v s="$sweep" -v t="$busy_tps" -v f="$batch" -v tba="$TARGET_BA" -v tbc="$TARGET_BC" \
+    -v gc="$cold" -v gw="$warm" -v ge="$cold_early" -v gen="$COLD_EARLY" -v gb="$COLD_BUYERS" \
+    -v hc="$churned" -v hv="$vacuumed" -v hn="$((day2_calls * DAY2_CLIENTS * DAY2_BATCH))" \
+    -v htc="$day2_tick_churned" -v htv="$day2_tick_vacuumed" -v qn="$QUIET_DROPS" -v qt="$quiet_tick" -v qk="$QUIET_TICKS" 'BEGIN {
     printf "| %-58s | %10s |\n", "pattern (" n " clients, one hot drop, synchronous_commit on)", "tps"
     printf "| %-58s | %10s |\n", "----------------------------------------------------------", "---------:"
     printf "| %-58s | %10.0f |\n", "(a) replaced system: BEGIN; SELECT FOR UPDATE; UPDATE; INSERT; COMMIT", a
@@ -109,4 +218,14 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     printf "| %-58s | %10.0f |\n", "(e) meanwhile, reserve_item on another drop (8 clients, 2000/s offered)", t
     printf "| %-58s | %10.0f |\n", "(f) reserve_items, 16 buyers a call, 16 clients: holds/s", f * 16
     printf "| %-58s | %9.2fx |\n", "f / c: holds per second vs. the one-insert ceiling", f * 16 / c
+    printf "| %-58s | %10.0f |\n", "(g) cold: right after CREATE EXTENSION and " gb " buyers in bulk", gc
+    printf "| %-58s | %10.0f |\n", "(g) cold, first " gen " s alone", ge
+    printf "| %-58s | %10.0f |\n", "(g) warm: the same after ANALYZE", gw
+    printf "| %-58s | %9.2fx |\n", "cold / warm (target >= 0.8x)", gc / gw
+    printf "| %-58s | %10.0f |\n", "(h) churned: new drop after " hn " 1 s holds came and went", hc
+    printf "| %-58s | %10.0f |\n", "(h) vacuumed: the same after VACUUM ANALYZE", hv
+    printf "| %-58s | %9.2fx |\n", "churned / vacuumed (target >= 0.8x)", hc / hv
+    printf "| %-58s | %8.2fms |\n", "(h) idle worker tick, churned / vacuumed: churned", htc
+    printf "| %-58s | %8.2fms |\n", "(h) idle worker tick, churned / vacuumed: vacuumed", htv
+    printf "| %-58s | %8.2fms |\n", "(i) one worker tick, " qn " open drops, nothing changing (avg of " qk ") (target < 5 ms)", qt
 }'
