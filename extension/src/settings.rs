@@ -3,7 +3,8 @@
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
-/// The database the background worker serves (`dropstock.database`); fixed at server start.
+/// The database the background worker serves (`dropstock.database`); fixed at server start. One that
+/// does not exist yet is waited for, not an error: databases are often created after the server starts.
 pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 /// Milliseconds between the worker's ticks (`dropstock.tick_ms`); reloaded on SIGHUP.
@@ -15,7 +16,8 @@ pub fn register() {
     GucRegistry::define_string_guc(
         c"dropstock.database",
         c"Database the dropstock background worker serves.",
-        c"CREATE EXTENSION dropstock is refused in any other database while the library is preloaded.",
+        c"CREATE EXTENSION dropstock is refused in any other database while the library is preloaded. \
+          If the database does not exist, the worker logs it once and starts when it is created.",
         &DATABASE,
         GucContext::Postmaster,
         GucFlags::default(),
