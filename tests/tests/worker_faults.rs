@@ -1,0 +1,552 @@
+//! The background worker on a bad day, each test in a throwaway cluster of its own: a
+//! `dropstock.database` that does not exist yet, and ticks that fail. The worker must say so once,
+//! stay the same process, show what it does in `pg_stat_activity`, and serve as soon as the trouble
+//! is gone.
+//!
+//! Each cluster is made with initdb under `target/worker-faults/`, runs as `postgres` on a free port
+//! with the library preloaded, and is stopped and removed when the test ends, passed or not. The
+//! extension must be installed into the system PostgreSQL first (`make install`);
+//! `DROPSTOCK_PG_BIN` names the server binaries (default `/usr/lib/postgresql/15/bin`).
+
+mod common;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+/// The database the first test names in `dropstock.database` before it exists.
+const NOT_THERE_YET: &str = "not_there_yet";
+/// The error the sabotaged `publish_changes()` raises; found in the server log by this text.
+const SABOTAGE: &str = "publish_changes sabotaged by worker_faults";
+
+fn pg_bin() -> PathBuf {
+    std::env::var_os("DROPSTOCK_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+/// Runs a server binary as `postgres` (PostgreSQL refuses root).
+fn as_postgres(program: &str, arguments: &[&str]) -> Output {
+    Command::new("sudo")
+        .args(["-u", "postgres"])
+        .arg(pg_bin().join(program))
+        .args(arguments)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} as postgres: {e}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free local port")
+        .port()
+}
+
+/// A cluster of the test's own; dropping it stops the server and removes its directory.
+struct ThrowawayCluster {
+    root: PathBuf,
+    port: u16,
+}
+
+impl ThrowawayCluster {
+    /// initdb, the library preloaded with `dropstock.database = database`, started on a free port.
+    fn start(database: &str) -> ThrowawayCluster {
+        let parent = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/worker-faults");
+        std::fs::create_dir_all(&parent).expect("create target/worker-faults");
+        let root = parent.join(Uuid::new_v4().simple().to_string());
+        std::fs::create_dir(&root).expect("create the cluster directory");
+        let cluster = ThrowawayCluster {
+            root: root.canonicalize().expect("canonical cluster path"),
+            port: 0,
+        };
+        let chown = Command::new("chown")
+            .arg("postgres:")
+            .arg(&cluster.root)
+            .status()
+            .expect("run chown");
+        assert!(
+            chown.success(),
+            "chown postgres: {}",
+            cluster.root.display()
+        );
+        let reachable = Command::new("sudo")
+            .args(["-u", "postgres", "test", "-w"])
+            .arg(&cluster.root)
+            .status()
+            .expect("run test as postgres");
+        assert!(
+            reachable.success(),
+            "the postgres user cannot write {} (run `make pg-access` to let it through the directories above)",
+            cluster.root.display()
+        );
+        let data = cluster.data();
+        let initdb = as_postgres(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            initdb.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        std::io::Write::write_all(&mut conf, b"\ninclude 'worker_faults.conf'\n")
+            .expect("append to postgresql.conf");
+        let mut cluster = cluster;
+        // A port can be taken between choosing and binding it: try a few.
+        for _ in 0..3 {
+            cluster.port = free_port();
+            let settings = format!(
+                "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
+                 shared_preload_libraries = 'dropstock'\ndropstock.database = '{database}'\n\
+                 fsync = off\nlogging_collector = off\n",
+                cluster.port
+            );
+            std::fs::write(data.join("worker_faults.conf"), settings)
+                .expect("write worker_faults.conf");
+            let started = cluster.pg_ctl(&["-w", "-t", "60", "start"]);
+            if started.status.success() {
+                return cluster;
+            }
+        }
+        panic!(
+            "the throwaway cluster did not start; its log:\n{}",
+            cluster.log()
+        );
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root.join("postgresql.log")
+    }
+
+    fn pg_ctl(&self, arguments: &[&str]) -> Output {
+        let data = self.data();
+        let log = self.log_path();
+        let mut all = vec!["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()];
+        all.extend_from_slice(arguments);
+        as_postgres("pg_ctl", &all)
+    }
+
+    /// The server log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// How many log lines contain `text`.
+    fn log_lines_with(&self, text: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+
+    async fn connect(&self, database: &str) -> Client {
+        let url = format!("postgresql://postgres@127.0.0.1:{}/{database}", self.port);
+        let (client, connection) = tokio_postgres::connect(&url, NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach {url}: {e}\nlog:\n{}", self.log()));
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// A connection that LISTENs on the worker's channel; payloads arrive as text.
+    async fn listen(&self) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        use futures_util::StreamExt;
+        let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port);
+        let (client, mut connection) = tokio_postgres::connect(&url, NoTls)
+            .await
+            .expect("connect the listener");
+        let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+        // A LISTEN connection delivers nothing unless its messages are polled.
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                    if sender.send(n.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute("LISTEN dropstock")
+            .await
+            .expect("LISTEN");
+        (client, notifications)
+    }
+
+    /// Polls `probe` until it gives a value; past `limit`, fails with `what` and the server log.
+    async fn wait_for<T, F, Fut>(&self, limit: Duration, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {limit:?}; server log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ThrowawayCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("server log of {}:\n{}", self.root.display(), self.log());
+        }
+        if self.data().join("postmaster.pid").exists() {
+            let _ = self.pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The worker's row in `pg_stat_activity`.
+#[derive(Debug, Clone, PartialEq)]
+struct WorkerRow {
+    pid: i32,
+    /// Empty while it is connected to no database (the database check).
+    database: String,
+    state: String,
+    query: String,
+}
+
+/// The worker's row; there is never more than one.
+async fn worker_row(db: &Client) -> Option<WorkerRow> {
+    let rows = db
+        .query(
+            "SELECT pid, coalesce(datname, ''), coalesce(state, ''), coalesce(query, '')
+               FROM pg_stat_activity WHERE backend_type = 'dropstock worker'",
+            &[],
+        )
+        .await
+        .expect("read pg_stat_activity");
+    assert!(rows.len() <= 1, "more than one dropstock worker: {rows:?}");
+    rows.first().map(|row| WorkerRow {
+        pid: row.get(0),
+        database: row.get(1),
+        state: row.get(2),
+        query: row.get(3),
+    })
+}
+
+/// Asserts the worker keeps `pid` for `span`, sampling `pg_stat_activity` every 100 ms.
+async fn same_worker_for(cluster: &ThrowawayCluster, db: &Client, pid: i32, span: Duration) {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        let row = worker_row(db).await;
+        assert_eq!(
+            row.as_ref().map(|w| w.pid),
+            Some(pid),
+            "the worker changed: {row:?}; server log:\n{}",
+            cluster.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn reserve(db: &Client, drop: Uuid) -> Uuid {
+    let buyer = common::new_buyer(db).await;
+    db.query_one(
+        "SELECT id FROM dropstock.reserve_item($1, $2)",
+        &[&drop, &buyer],
+    )
+    .await
+    .expect("reserve_item")
+    .get(0)
+}
+
+/// `dropstock.database` names a database that does not exist: the worker says so once, waits in one
+/// process without restarts, connects once the database is created, waits there for the extension
+/// with one log line, and then ends holds on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_is_reported_once_and_served_once_created() {
+    let started = Instant::now();
+    let cluster = ThrowawayCluster::start(NOT_THERE_YET);
+    let admin = cluster.connect("postgres").await;
+    let missing =
+        format!("database \"{NOT_THERE_YET}\" named by dropstock.database does not exist");
+    let waiting = format!("dropstock: waiting for database \"{NOT_THERE_YET}\" to exist");
+
+    let waiter = cluster
+        .wait_for(
+            Duration::from_secs(20),
+            "the worker shows it waits for the database",
+            || async {
+                worker_row(&admin)
+                    .await
+                    .filter(|w| w.query == waiting && w.database.is_empty())
+            },
+        )
+        .await;
+    cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "the missing database is logged",
+            || async { (cluster.log_lines_with(&missing) > 0).then_some(()) },
+        )
+        .await;
+    // Three seconds span the checks at 1 s and 1 + 2 s: one process throughout, one message.
+    same_worker_for(&cluster, &admin, waiter.pid, Duration::from_secs(3)).await;
+    let log = cluster.log();
+    assert_eq!(
+        cluster.log_lines_with(&missing),
+        1,
+        "the missing database is logged once:\n{log}"
+    );
+    assert!(
+        log.contains("HINT:  Create the database"),
+        "the message says what to do:\n{log}"
+    );
+    assert!(
+        !log.contains("FATAL") && !log.contains("exited with exit code"),
+        "nothing failed or restarted while waiting:\n{log}"
+    );
+
+    admin
+        .batch_execute(&format!("CREATE DATABASE {NOT_THERE_YET}"))
+        .await
+        .expect("CREATE DATABASE");
+    let created = Instant::now();
+    // The pause between checks grows to 30 s at most. Without the extension there, the worker waits
+    // for it, quietly: one log line.
+    let server = cluster
+        .wait_for(
+            Duration::from_secs(40),
+            "the worker connects to the new database and waits for the extension",
+            || async {
+                worker_row(&admin).await.filter(|w| {
+                    w.database == NOT_THERE_YET
+                        && w.query
+                            == "dropstock: waiting for CREATE EXTENSION dropstock in this database"
+                })
+            },
+        )
+        .await;
+    let serving_after = created.elapsed();
+    same_worker_for(&cluster, &admin, server.pid, Duration::from_secs(1)).await;
+    assert_eq!(
+        cluster.log_lines_with("waiting for CREATE EXTENSION dropstock"),
+        1,
+        "waiting for the extension is logged once:\n{}",
+        cluster.log()
+    );
+    let db = cluster.connect(NOT_THERE_YET).await;
+    db.batch_execute("CREATE EXTENSION dropstock")
+        .await
+        .expect("CREATE EXTENSION in the worker's database");
+
+    // A one-second hold there runs out and the worker ends it.
+    let drop = common::new_drop(&db, 1, 1).await;
+    let hold = reserve(&db, drop).await;
+    cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "the worker expires the hold in the new database",
+            || async {
+                let status: String = db
+                    .query_one(
+                        "SELECT status::text FROM dropstock.reservations WHERE id = $1",
+                        &[&hold],
+                    )
+                    .await
+                    .expect("read the hold")
+                    .get(0);
+                (status == "expired").then_some(())
+            },
+        )
+        .await;
+    assert_eq!(common::stock(&db, drop).await.0, 1, "the unit is back");
+    assert_eq!(worker_row(&admin).await.map(|w| w.pid), Some(server.pid));
+
+    let log = cluster.log();
+    assert_eq!(
+        cluster.log_lines_with(&missing),
+        1,
+        "still logged once:\n{log}"
+    );
+    assert_eq!(
+        cluster.log_lines_with(&format!("serving database \"{NOT_THERE_YET}\"")),
+        1,
+        "served by one worker, started once:\n{log}"
+    );
+    assert!(
+        !log.contains("FATAL"),
+        "no connection attempt failed:\n{log}"
+    );
+    eprintln!(
+        "missing database: waited in pid {}, served by pid {} {:.1} s after CREATE DATABASE; test took {:.1} s",
+        waiter.pid,
+        server.pid,
+        serving_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `publish_changes()` raises on every tick: the worker logs it once, stays the same process, shows
+/// its back-off, publishes again once the function is fixed, and still stops at once on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tick_is_logged_once_and_the_same_worker_recovers() {
+    let started = Instant::now();
+    let cluster = ThrowawayCluster::start("postgres");
+    let db = cluster.connect("postgres").await;
+    db.batch_execute("CREATE EXTENSION dropstock")
+        .await
+        .expect("CREATE EXTENSION");
+    let serving = cluster
+        .wait_for(
+            Duration::from_secs(20),
+            "the worker ticks in database postgres",
+            || async {
+                worker_row(&db)
+                    .await
+                    .filter(|w| w.database == "postgres" && w.query.starts_with("dropstock: "))
+                    .filter(|w| !w.query.contains("CREATE EXTENSION"))
+            },
+        )
+        .await;
+    let pid = serving.pid;
+
+    // Keep the real definition to put back, and break the function with the same signature.
+    let row = db
+        .query_one(
+            "SELECT pg_get_functiondef(p), pg_get_function_result(p)
+               FROM (SELECT 'dropstock.publish_changes()'::regprocedure::oid AS p) f",
+            &[],
+        )
+        .await
+        .expect("read publish_changes");
+    let (original, returns): (String, String) = (row.get(0), row.get(1));
+    let sabotage = format!(
+        "CREATE OR REPLACE FUNCTION dropstock.publish_changes() RETURNS {returns} LANGUAGE plpgsql AS $$
+         BEGIN
+             RAISE EXCEPTION '{SABOTAGE}' USING ERRCODE = 'program_limit_exceeded';
+         END $$"
+    );
+    db.batch_execute(&sabotage)
+        .await
+        .expect("break publish_changes");
+
+    let backing_off = cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "pg_stat_activity shows the back-off",
+            || async {
+                worker_row(&db)
+                    .await
+                    .filter(|w| w.query.starts_with("dropstock: backing off after an error"))
+            },
+        )
+        .await;
+    assert_eq!(backing_off.pid, pid, "the same worker backs off");
+    assert!(
+        backing_off.query.contains(SABOTAGE),
+        "the activity names the error: {backing_off:?}"
+    );
+    assert_eq!(backing_off.state, "idle");
+    // Six seconds hold several failed attempts (pauses of 0.25, 0.5, 1, 2 and 4 s).
+    same_worker_for(&cluster, &db, pid, Duration::from_secs(6)).await;
+    let log = cluster.log();
+    assert_eq!(
+        cluster.log_lines_with(SABOTAGE),
+        1,
+        "the failure is logged once while it repeats:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "WARNING:  dropstock worker: publishing stock changes failed: {SABOTAGE}"
+        )),
+        "the log says what failed:\n{log}"
+    );
+    assert!(
+        !log.contains("exited with exit code") && !log.contains("terminated by signal"),
+        "the worker did not die:\n{log}"
+    );
+
+    // Fixed: the next attempt (at most 5 s later) publishes, from the same process.
+    db.batch_execute(&original)
+        .await
+        .expect("restore publish_changes");
+    let (_listening, mut notifications) = cluster.listen().await;
+    let drop = common::new_drop(&db, 5, 60).await;
+    reserve(&db, drop).await;
+    let wanted = drop.to_string();
+    let published = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(payload) = notifications.recv().await {
+            if payload.contains(&wanted) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        published,
+        Ok(true),
+        "no notification about the new drop; server log:\n{}",
+        cluster.log()
+    );
+    assert_eq!(worker_row(&db).await.map(|w| w.pid), Some(pid));
+    assert_eq!(
+        cluster.log_lines_with("ticks succeed again"),
+        1,
+        "the recovery is logged:\n{}",
+        cluster.log()
+    );
+
+    // SIGTERM in the middle of a back-off ends the worker at once, not after its pause.
+    db.batch_execute(&sabotage).await.expect("break it again");
+    cluster
+        .wait_for(Duration::from_secs(10), "a second back-off", || async {
+            worker_row(&db)
+                .await
+                .filter(|w| w.query.starts_with("dropstock: backing off after an error"))
+        })
+        .await;
+    let killed = Instant::now();
+    db.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("pg_terminate_backend");
+    cluster
+        .wait_for(
+            Duration::from_secs(2),
+            "the worker stops on SIGTERM during its back-off",
+            || async { (worker_row(&db).await.map(|w| w.pid) != Some(pid)).then_some(()) },
+        )
+        .await;
+    let stopped_after = killed.elapsed();
+    eprintln!(
+        "failing tick: pid {pid} backed off, logged the error once, published again after the fix, \
+         stopped {:.0} ms after SIGTERM; test took {:.1} s",
+        stopped_after.as_secs_f64() * 1000.0,
+        started.elapsed().as_secs_f64()
+    );
+}
