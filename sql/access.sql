@@ -4,6 +4,11 @@
 -- search_path is pinned on every such function: otherwise a caller could put an operator of their own
 -- in front of pg_catalog's and have it run with the owner's rights.
 --
+-- The functions a drop's traffic runs also pin enable_seqscan = off: their plans are cached per
+-- connection, and a plan made while a table was small (a new install, the first drop) would keep
+-- scanning it whole after it has grown, until statistics catch up. Every statement they run has an
+-- index made for it, so this only takes a bad choice away.
+--
 -- Nothing is granted to PUBLIC. For an application (README, "Running it in production"):
 --   GRANT USAGE ON SCHEMA dropstock TO app;
 --   GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid), dropstock.reserve_items(uuid, uuid[]),
@@ -11,7 +16,8 @@
 --       dropstock.create_user(text), dropstock.active_drops(), dropstock.drop_status(uuid) TO app;
 -- and for whoever runs drops and, without the worker, the schedule:
 --   GRANT EXECUTE ON FUNCTION dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer,
---       timestamptz), dropstock.expire_reservations(integer), dropstock.publish_changes() TO drop_admin;
+--       timestamptz), dropstock.expire_reservations(integer), dropstock.publish_changes(),
+--       dropstock.archive_holds(timestamptz, integer) TO drop_admin;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA dropstock FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dropstock FROM PUBLIC;
@@ -19,11 +25,18 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dropstock FROM PUBLIC;
 ALTER FUNCTION create_user(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz)
       SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION reserve_item(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION reserve_items(uuid, uuid[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION purchase(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION cancel_reservation(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION expire_reservations(integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION reserve_item(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off;
+ALTER FUNCTION reserve_items(uuid, uuid[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off;
+ALTER FUNCTION purchase(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off;
+ALTER FUNCTION cancel_reservation(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off;
+ALTER FUNCTION expire_reservations(integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off;
 ALTER FUNCTION active_drops() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION drop_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off;
+ALTER FUNCTION archive_holds(timestamptz, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

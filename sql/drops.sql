@@ -62,6 +62,7 @@ BEGIN
     INSERT INTO dropstock.stock_slots (drop_id, slot, available)
     SELECT created.id, s, created.total_stock / slots + (s < created.total_stock % slots)::integer
       FROM generate_series(0, slots - 1) AS s;
+    INSERT INTO dropstock.feed_state (drop_id, available) VALUES (created.id, created.total_stock);
     RETURN created;
 END
 $$;

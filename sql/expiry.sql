@@ -39,3 +39,65 @@ BEGIN
     RETURN ended;
 END
 $$;
+
+-- archive_holds: move up to max_rows ended holds (expired or cancelled) whose time ran out before
+-- `ended_before` from `reservations` to `archived_holds`; returns how many it moved. Purchased holds
+-- and their sales stay, so stock counts and per-buyer limits read the same before and after. Run it in
+-- a loop until it returns less than max_rows; each call is one short transaction's worth of work.
+CREATE FUNCTION archive_holds(ended_before timestamptz DEFAULT now() - interval '1 day',
+                              max_rows integer DEFAULT 10000)
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    moved integer;
+BEGIN
+    IF ended_before IS NULL OR max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'ended_before is required and max_rows must be at least 1'
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Holds a purchase, cancel or reserve is deciding right now are skipped; only ended ones move,
+    -- and an ended hold never changes again.
+    WITH gone AS (
+        DELETE FROM dropstock.reservations r
+         WHERE r.id IN (SELECT x.id FROM dropstock.reservations x
+                         WHERE x.status IN ('expired', 'cancelled') AND x.expires_at < ended_before
+                         LIMIT max_rows FOR UPDATE SKIP LOCKED)
+        RETURNING r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at
+    )
+    INSERT INTO dropstock.archived_holds (id, drop_id, user_id, status, expires_at, created_at)
+    SELECT g.id, g.drop_id, g.user_id, g.status, g.expires_at, g.created_at FROM gone g;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END
+$$;
+
+-- _refuse_unknown_hold: what purchase and cancel answer for a hold id not in `reservations`. An
+-- archived hold is refused as it would have been before archiving (expired DS030, cancelled DS032,
+-- another buyer's DS031); cancel (`as_cancel`) returns it as it is, as it does for an ended hold.
+-- Anything else is DS003.
+CREATE FUNCTION _refuse_unknown_hold(reservation_id uuid, user_id uuid, as_cancel boolean DEFAULT false)
+RETURNS reservations
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    old dropstock.archived_holds;
+BEGIN
+    SELECT * INTO old FROM dropstock.archived_holds a WHERE a.id = _refuse_unknown_hold.reservation_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'reservation % does not exist', reservation_id USING ERRCODE = 'DS003';
+    END IF;
+    IF old.user_id <> _refuse_unknown_hold.user_id THEN
+        RAISE EXCEPTION 'reservation % belongs to another buyer', reservation_id USING ERRCODE = 'DS031';
+    END IF;
+    IF as_cancel THEN
+        RETURN ROW(old.id, old.drop_id, old.user_id, old.status, old.expires_at, old.created_at)::dropstock.reservations;
+    END IF;
+    IF old.status = 'cancelled' THEN
+        RAISE EXCEPTION 'reservation % was cancelled', old.id USING ERRCODE = 'DS032',
+              HINT = 'Reserve the item again.';
+    END IF;
+    RAISE EXCEPTION 'reservation % expired', old.id USING ERRCODE = 'DS030',
+          DETAIL = format('The hold ran out at %s.', old.expires_at), HINT = 'Reserve the item again.';
+END
+$$;

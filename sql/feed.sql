@@ -1,66 +1,111 @@
 -- The stock feed: what the background worker publishes with NOTIFY on channel `dropstock`.
--- One notification per drop whose stock or buyers changed since the last publication, with a per-drop
--- sequence number that survives restarts. reserve_item and purchase never notify: a transaction that
--- notifies takes a cluster-wide lock at commit, which would put every buyer in one queue.
+-- reserve_item and purchase never notify: a transaction that notifies takes a cluster-wide lock at
+-- commit, which would put every buyer in one queue. What was last published per drop is in
+-- `feed_state` (schema.sql).
+--
+-- Guarantees:
+-- - Every sale is announced exactly once: the publication that announces it marks it (feed_seq), in
+--   the same transaction as the NOTIFY, so a sale is announced by the first publication whose snapshot
+--   sees it committed, and by no other. A sale that committed before another is never announced after it.
+-- - `seq` rises by one per notification of a drop, strictly, however many publishers run: one
+--   publication at a time (a transaction-level advisory lock), and seq survives restarts.
+-- - A tick costs what the active drops cost: quiet drops (no live hold, nothing held at their last
+--   publication, no sale to announce) are not looked at, however many there are.
 
--- What was last published per drop. Written only by publish_changes().
-CREATE TABLE feed_state (
-    drop_id   uuid PRIMARY KEY REFERENCES drops (id) ON DELETE CASCADE,
-    seq       bigint NOT NULL,
-    available integer NOT NULL,
-    sold      integer NOT NULL,
-    published_at timestamptz NOT NULL DEFAULT now()
-);
-
--- publish_changes: NOTIFY dropstock, '<json>' once per changed drop; returns how many it published.
+-- publish_changes: NOTIFY dropstock, '<json>' for each drop whose stock or buyers changed since its
+-- last publication; returns how many notifications it sent.
 -- Payload: {"dropId", "availableStock", "totalStock", "seq", "purchases": [{"id", "createdAt",
--- "user": {"id", "username"}}]}, the purchases being the new sales since the last publication (at most
--- 3, newest first); well under 2 kB. Drops that have ended more than a minute ago, and drops that are
--- sold out with no hold left (nothing can change any more), are not looked at.
+-- "user": {"id", "username"}}]}, the purchases being sales not announced before, newest first, at
+-- most 10 per notification (well under PostgreSQL's 8,000-byte limit); more new sales than that go out
+-- as several notifications in a row, oldest sales first, each with its own seq and the same stock.
+-- Drops that ended more than a minute ago are not looked at.
 -- The background worker calls it every tick; without the worker, any scheduler can.
 CREATE FUNCTION publish_changes()
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    sales_per_notice constant integer := 10;
     changed record;
     published integer := 0;
     next_seq bigint;
+    announced integer;
+    sales json;
+    candidates uuid[];
 BEGIN
+    -- One publisher at a time (the worker's tick and a manual call), so seq rises strictly.
+    PERFORM pg_advisory_xact_lock(7237970079682749796);  -- 'dropfeed'
+    -- The drops worth a look, found from small indexes only: drops with live holds (skipping from one
+    -- drop to the next in the live-hold index: one probe per such drop, not one per hold), drops that
+    -- held units at their last publication or were never published, and drops with sales to announce.
+    WITH RECURSIVE live(drop_id) AS (
+        (SELECT r.drop_id FROM dropstock.reservations r WHERE r.status = 'reserved'
+          ORDER BY r.drop_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT r.drop_id FROM dropstock.reservations r
+                 WHERE r.status = 'reserved' AND r.drop_id > live.drop_id
+                 ORDER BY r.drop_id LIMIT 1)
+          FROM live WHERE live.drop_id IS NOT NULL
+    )
+    SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}') INTO candidates
+      FROM (SELECT l.drop_id FROM live l WHERE l.drop_id IS NOT NULL
+            UNION
+            SELECT f.drop_id FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending
+            UNION
+            SELECT p.drop_id FROM dropstock.purchases p WHERE p.feed_seq IS NULL) c;
+
+    -- Then each of them on its own, by primary key (a plan that cannot turn into a scan of all drops).
     FOR changed IN
-        SELECT d.id, d.total_stock, st.available, st.sold, f.seq, f.sold AS last_sold
-          FROM dropstock.drops d
-          LEFT JOIN dropstock.feed_state f ON f.drop_id = d.id
+        SELECT d.id, d.total_stock, st.available, st.sold, f.drop_id IS NULL OR f.pending AS pending,
+               coalesce(f.seq, 0) AS seq, f.available AS last_available, f.sold AS last_sold,
+               EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales
+          FROM unnest(candidates) AS c(drop_id)
+         CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id) d
+          LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id) f ON true
          CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
-                               FROM dropstock.stock_slots s WHERE s.drop_id = d.id) st
-         WHERE (d.ends_at IS NULL OR d.ends_at > now() - interval '1 minute')
-           AND (f.drop_id IS NULL OR f.sold < d.total_stock)
-           AND (f.drop_id IS NULL OR f.available <> st.available OR f.sold <> st.sold)
-         ORDER BY d.id
+                               FROM dropstock.stock_slots s WHERE s.drop_id = c.drop_id) st
+         WHERE d.ends_at IS NULL OR d.ends_at > now() - interval '1 minute'
+         ORDER BY c.drop_id
     LOOP
-        next_seq := coalesce(changed.seq, 0) + 1;
-        INSERT INTO dropstock.feed_state AS f (drop_id, seq, available, sold, published_at)
-        VALUES (changed.id, next_seq, changed.available, changed.sold, now())
+        CONTINUE WHEN NOT (changed.pending OR changed.new_sales
+                           OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold);
+        next_seq := changed.seq;
+        LOOP
+            next_seq := next_seq + 1;
+            WITH batch AS (
+                SELECT p.id FROM dropstock.purchases p
+                 WHERE p.drop_id = changed.id AND p.feed_seq IS NULL
+                 ORDER BY p.created_at, p.id
+                 LIMIT sales_per_notice
+            ), marked AS (
+                UPDATE dropstock.purchases p SET feed_seq = next_seq
+                  FROM batch WHERE p.id = batch.id
+                RETURNING p.id, p.created_at, p.user_id
+            )
+            SELECT count(*),
+                   coalesce(json_agg(json_build_object(
+                                'id', m.id, 'createdAt', m.created_at,
+                                'user', json_build_object('id', u.id, 'username', u.username))
+                            ORDER BY m.created_at DESC, m.id DESC), '[]'::json)
+              INTO announced, sales
+              FROM marked m JOIN dropstock.users u ON u.id = m.user_id;
+            PERFORM pg_notify('dropstock', json_build_object(
+                'dropId', changed.id,
+                'availableStock', changed.available,
+                'totalStock', changed.total_stock,
+                'seq', next_seq,
+                'purchases', sales)::text);
+            published := published + 1;
+            EXIT WHEN announced < sales_per_notice
+                   OR NOT EXISTS (SELECT FROM dropstock.purchases p
+                                   WHERE p.drop_id = changed.id AND p.feed_seq IS NULL);
+        END LOOP;
+        INSERT INTO dropstock.feed_state AS f (drop_id, seq, available, sold, held, pending, published_at)
+        VALUES (changed.id, next_seq, changed.available, changed.sold,
+                changed.total_stock - changed.available - changed.sold, false, now())
         ON CONFLICT (drop_id) DO UPDATE
            SET seq = excluded.seq, available = excluded.available, sold = excluded.sold,
-               published_at = excluded.published_at;
-        PERFORM pg_notify('dropstock', json_build_object(
-            'dropId', changed.id,
-            'availableStock', changed.available,
-            'totalStock', changed.total_stock,
-            'seq', next_seq,
-            'purchases', coalesce((
-                SELECT json_agg(json_build_object(
-                           'id', p.id, 'createdAt', p.created_at,
-                           'user', json_build_object('id', u.id, 'username', u.username))
-                         ORDER BY p.created_at DESC, p.id)
-                  FROM (SELECT * FROM dropstock.purchases p
-                         WHERE p.drop_id = changed.id
-                         ORDER BY p.created_at DESC, p.id
-                         LIMIT least(3, changed.sold - coalesce(changed.last_sold, changed.sold))) p
-                  JOIN dropstock.users u ON u.id = p.user_id), '[]'::json)
-        )::text);
-        published := published + 1;
+               held = excluded.held, pending = false, published_at = excluded.published_at;
     END LOOP;
     RETURN published;
 END

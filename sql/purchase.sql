@@ -1,25 +1,35 @@
 -- purchase: turn the buyer's live hold into a sale, exactly once; a retry returns the same sale.
 -- Refusals: DS003 unknown reservation, DS031 another buyer's hold, DS030 hold expired (by the database
--- clock, even before any sweep has run), DS032 hold cancelled; 22023 for a missing argument.
+-- clock, even before any sweep has run), DS032 hold cancelled, DS021 the sale would pass the drop's
+-- per-buyer limit; 22023 for a missing argument.
 -- Never NOTIFYs (see reserve_item).
 CREATE FUNCTION purchase(reservation_id uuid, user_id uuid)
 RETURNS purchases
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    owner record;
     hold dropstock.reservations;
+    d dropstock.drops;
     sale dropstock.purchases;
 BEGIN
     IF purchase.reservation_id IS NULL OR purchase.user_id IS NULL THEN
         RAISE EXCEPTION 'reservation id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- The row lock orders this purchase against a concurrent cancel, retry or sweep of the same hold.
-    SELECT * INTO hold FROM dropstock.reservations r WHERE r.id = purchase.reservation_id FOR UPDATE;
+    -- Whose hold it is decides which buyer lock to take; the lock comes before the row lock (the order
+    -- in stock.sql), and the row is read again under both.
+    SELECT r.drop_id, r.user_id INTO owner FROM dropstock.reservations r WHERE r.id = purchase.reservation_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'reservation % does not exist', purchase.reservation_id USING ERRCODE = 'DS003';
+        PERFORM dropstock._refuse_unknown_hold(purchase.reservation_id, purchase.user_id);
     END IF;
-    IF hold.user_id <> purchase.user_id THEN
-        RAISE EXCEPTION 'reservation % belongs to another buyer', hold.id USING ERRCODE = 'DS031';
+    IF owner.user_id <> purchase.user_id THEN
+        RAISE EXCEPTION 'reservation % belongs to another buyer', purchase.reservation_id USING ERRCODE = 'DS031';
+    END IF;
+    PERFORM dropstock._lock_buyers(owner.drop_id, ARRAY[owner.user_id]);
+    -- The row lock orders this purchase against a concurrent sweep of the same hold.
+    SELECT * INTO hold FROM dropstock.reservations r WHERE r.id = purchase.reservation_id FOR UPDATE;
+    IF NOT FOUND THEN  -- archived meanwhile
+        PERFORM dropstock._refuse_unknown_hold(purchase.reservation_id, purchase.user_id);
     END IF;
 
     IF hold.status = 'purchased' THEN
@@ -33,10 +43,19 @@ BEGIN
               DETAIL = format('The hold ran out at %s.', hold.expires_at), HINT = 'Reserve the item again.';
     END IF;
 
+    -- reserve_item never grants a hold past the limit, but a sale is what the limit is about: it is
+    -- checked here too, under the same buyer lock, so no path around reserve_item can pass it.
+    SELECT * INTO d FROM dropstock.drops x WHERE x.id = hold.drop_id;
+    IF (SELECT count(*) FROM dropstock.purchases p WHERE p.user_id = hold.user_id AND p.drop_id = hold.drop_id)
+       >= d.per_user_limit THEN
+        RAISE EXCEPTION 'limit of % per buyer reached for drop "%"', d.per_user_limit, d.name
+              USING ERRCODE = 'DS021', HINT = 'Cancel the reservation to give the unit back.';
+    END IF;
+
     UPDATE dropstock.reservations r SET status = 'purchased' WHERE r.id = hold.id;
     PERFORM dropstock._adjust_stock(hold.drop_id, 0, 1);
     INSERT INTO dropstock.purchases AS p (reservation_id, drop_id, user_id, price)
-    SELECT hold.id, hold.drop_id, hold.user_id, d.price FROM dropstock.drops d WHERE d.id = hold.drop_id
+    VALUES (hold.id, hold.drop_id, hold.user_id, d.price)
     RETURNING p.* INTO sale;
     RETURN sale;
 END

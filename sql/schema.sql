@@ -52,20 +52,59 @@ CREATE UNIQUE INDEX reservations_one_live_hold ON reservations (drop_id, user_id
 -- walk every live hold of the drop (tens of milliseconds on a drop of 60,000 holds) at the very moment
 -- a drop sells out.
 CREATE INDEX reservations_due ON reservations (expires_at) WHERE status = 'reserved';
-CREATE INDEX reservations_due_by_drop ON reservations (drop_id, expires_at) WHERE status = 'reserved';
+-- `expires_at IS NOT NULL` (always true) makes this index unusable to a query without a bound on
+-- expires_at: otherwise, on a new install, the look-up of a buyer's live hold by (drop_id, user_id)
+-- ties on cost with the unique index above while the table is empty, and the plan cached then walks
+-- every live hold of the drop on each call once the drop is busy.
+CREATE INDEX reservations_due_by_drop ON reservations (drop_id, expires_at)
+    WHERE status = 'reserved' AND expires_at IS NOT NULL;
 
+-- Ended holds that archive_holds moved out of `reservations` (expired and cancelled ones only: a
+-- purchased hold stays, its sale refers to it). Nothing reads this table on the hot path; purchase and
+-- cancel look here only to refuse an archived hold with the right code. Empty it at will.
+CREATE TABLE archived_holds (
+    id          uuid PRIMARY KEY,
+    drop_id     uuid NOT NULL,
+    user_id     uuid NOT NULL,
+    status      reservation_status NOT NULL CHECK (status IN ('expired', 'cancelled')),
+    expires_at  timestamptz NOT NULL,
+    created_at  timestamptz NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- A sale keeps its hold: the key has no ON DELETE CASCADE, so removing holds can never remove sales
+-- (and with them the per-buyer limits); archive_holds leaves purchased holds where they are.
 CREATE TABLE purchases (
     id             uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-    reservation_id uuid NOT NULL UNIQUE REFERENCES reservations (id) ON DELETE CASCADE,
+    reservation_id uuid NOT NULL UNIQUE REFERENCES reservations (id),
     drop_id        uuid NOT NULL,
     user_id        uuid NOT NULL,
     price          numeric(12, 2) NOT NULL,
-    created_at     timestamptz NOT NULL DEFAULT now()
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    -- The stock feed's publication that announced this sale; NULL until one has (see feed.sql).
+    feed_seq       bigint
 );
 -- The activity feed: the most recent buyers of a drop.
 CREATE INDEX purchases_feed ON purchases (drop_id, created_at DESC);
 -- The per-user limit counts a buyer's purchases of a drop.
 CREATE INDEX purchases_by_buyer ON purchases (user_id, drop_id);
+-- Sales the feed has not announced yet: small, whatever the number of sales behind it.
+CREATE INDEX purchases_unpublished ON purchases (drop_id) WHERE feed_seq IS NULL;
+
+-- What the stock feed last published per drop (see feed.sql). create_drop adds the row with `pending`
+-- set, so a new drop is published once; after that only drops with activity are looked at.
+CREATE TABLE feed_state (
+    drop_id      uuid PRIMARY KEY REFERENCES drops (id) ON DELETE CASCADE,
+    seq          bigint NOT NULL DEFAULT 0,
+    available    integer NOT NULL,
+    sold         integer NOT NULL DEFAULT 0,
+    held         integer NOT NULL DEFAULT 0,
+    pending      boolean NOT NULL DEFAULT true,
+    published_at timestamptz
+);
+-- The drops a tick must look at besides those with live holds: units held at the last publication
+-- (they may have ended since), or never published.
+CREATE INDEX feed_state_to_check ON feed_state (drop_id) WHERE held > 0 OR pending;
 
 -- What `active_drops` and `drop_status` answer: a drop, its exact stock and its three latest buyers.
 CREATE TYPE recent_purchase AS (

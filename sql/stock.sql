@@ -1,16 +1,61 @@
--- Striped stock: take a unit from, or give units back to, one of a drop's slot rows.
+-- Striped stock: take units from, or give units back to, a drop's slot rows; and the buyer lock.
 -- Internal helpers (leading underscore); the public API in reserve.sql, purchase.sql, cancel.sql and
 -- expiry.sql is what applications call.
+--
+-- Lock discipline. Every function of the API takes its locks in this order, and that order is what
+-- makes the API free of deadlocks and of "try again" answers:
+--   1. buyer locks (_lock_buyers), in ascending key order;
+--   2. hold rows (a buyer's own hold, by the function acting on it; the sweep takes due holds with
+--      SKIP LOCKED and so never waits for one);
+--   3. slot rows. A claimer first takes slots nobody is committing on (SKIP LOCKED, no waiting). When
+--      the only stock left sits in slots other transactions have locked, it waits for them, but only
+--      in ascending slot order and only for slots above every slot of that drop it already holds
+--      (it lets go of the ones its first pass locked before it waits, see _claim_units). Whoever gives units back waits
+--      for at most one slot of a drop, holding none of that drop, and takes drops in id order.
+-- A wait for a lock of a lower rank never happens while holding one of a higher rank, and waits within
+-- a rank follow one order, so no cycle of waits can form. Nothing polls, and the answer is known as
+-- soon as the transactions ahead in line end.
 
--- Lock discipline, which keeps slot locks free of deadlocks: a reserver never waits for a slot lock
--- (it skips busy slots and, at the very end of a drop, polls), and whoever gives units back waits for at
--- most one slot per drop, taking drops in id order. A slot whose stock ran out while this transaction
--- was skipping past it can stay locked by it until commit; that is why nothing may wait on slot locks
--- while holding one of the same drop.
+-- _lock_buyers: take the buyer lock of each (drop, buyer), in ascending key order, until the end of the
+-- transaction. Everything that decides what a buyer holds or has bought on a drop (reserve, purchase,
+-- cancel) takes it first, so those decisions for one buyer happen one at a time, each reading what the
+-- previous one committed: the per-buyer limit cannot be passed by two calls that overlap, and two calls
+-- of one buyer never race to insert the same hold. The lock is a transaction-level advisory lock on a
+-- 64-bit hash of the pair: cheap, held in memory only, released at commit or rollback. Two pairs that
+-- share a hash only wait for each other.
+CREATE FUNCTION _buyer_key(drop_id uuid, user_id uuid)
+RETURNS bigint
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$ SELECT pg_catalog.uuid_hash_extended(user_id, pg_catalog.uuid_hash_extended(drop_id, 0)) $$;
+
+CREATE FUNCTION _lock_buyers(drop_id uuid, user_ids uuid[])
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    -- The decisions read state with a fresh snapshot per statement after the lock is granted; under
+    -- REPEATABLE READ or SERIALIZABLE they would read the state from before the wait, and the limit
+    -- could be passed. So those isolation levels are refused rather than served wrongly.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'dropstock needs READ COMMITTED transactions, not %', current_setting('transaction_isolation')
+              USING ERRCODE = 'invalid_transaction_state',
+                    HINT = 'Call it outside an explicit REPEATABLE READ or SERIALIZABLE transaction.';
+    END IF;
+    IF cardinality(user_ids) = 1 THEN
+        PERFORM pg_advisory_xact_lock(dropstock._buyer_key(drop_id, user_ids[1]));
+    ELSE
+        PERFORM pg_advisory_xact_lock(k.key)
+           FROM (SELECT DISTINCT dropstock._buyer_key(_lock_buyers.drop_id, u) AS key
+                   FROM unnest(user_ids) AS u ORDER BY 1) AS k;
+    END IF;
+END
+$$;
 
 -- _adjust_stock: add `available_delta` free units and `sold_delta` sales to any one slot of the drop.
 -- Any slot will do because only the sums matter: take one nobody is committing on right now, and wait
--- for the first slot only when every slot is busy.
+-- for the first slot only when every slot is busy (the caller holds no slot of this drop then, or it
+-- would have found its own).
 CREATE FUNCTION _adjust_stock(drop_id uuid, available_delta integer, sold_delta integer)
 RETURNS void
 LANGUAGE plpgsql
@@ -32,61 +77,114 @@ BEGIN
 END
 $$;
 
--- _claim_unit: take one unit of the drop for a new hold; false means sold out.
--- In order of cost: a free unit from a slot nobody else is locking; the unit of a hold that is past due
--- but not yet swept (so a drop is never reported sold out while it has dead holds); and, when the only
--- units left sit in slots other buyers are committing on right now, a short poll until they commit or
--- roll back.
-CREATE FUNCTION _claim_unit(drop_id uuid)
-RETURNS boolean
+-- _claim_units: take up to `wanted` free units of the drop; returns how many it took. Fewer than
+-- wanted means no free unit is left (committed, and in no slot another transaction holds): the stock
+-- is exactly known to be gone, never guessed.
+-- First from slots nobody else is locking, starting at this backend's home slot so that concurrent
+-- buyers rarely even look at the same slot. When that comes up short, it waits for the slots that
+-- still have stock, in ascending order (see the discipline above). Before it waits it lets go of every
+-- slot the first pass locked, by undoing that pass (a subtransaction): a pass can keep a slot locked
+-- that it only skipped (a slot emptied by a commit after this statement's snapshot stays locked once
+-- the row lock is taken, although the row is then passed over), and two claimers that each kept one
+-- while waiting for the other's would deadlock.
+CREATE FUNCTION _claim_units(drop_id uuid, wanted integer)
+RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
     home constant smallint := pg_backend_pid() % 64;
-    due_by timestamptz;  -- a variable, so the index on expires_at bounds the reclaim (see expiry.sql)
+    granted integer := 0;
+    taken integer;
+    last_slot smallint := -1;
 BEGIN
-    FOR attempt IN 1..5000 LOOP
-        -- Each backend starts at its own home slot, so concurrent buyers rarely even look at a slot
-        -- another one holds; then it tries the slots below home.
-        UPDATE dropstock.stock_slots s
-           SET available = s.available - 1
-         WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                       WHERE f.drop_id = _claim_unit.drop_id AND f.slot >= home AND f.available > 0
-                                       ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
-        IF FOUND THEN
-            RETURN true;
-        END IF;
-        UPDATE dropstock.stock_slots s
-           SET available = s.available - 1
-         WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                       WHERE f.drop_id = _claim_unit.drop_id AND f.slot < home AND f.available > 0
-                                       ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
-        IF FOUND THEN
-            RETURN true;
-        END IF;
-
-        IF attempt = 1 THEN
-            due_by := clock_timestamp();
-            -- The past-due hold's unit passes straight to the new hold: stock totals do not move.
-            UPDATE dropstock.reservations r
-               SET status = 'expired'
-             WHERE r.id = (SELECT d.id FROM dropstock.reservations d
-                            WHERE d.drop_id = _claim_unit.drop_id AND d.status = 'reserved'
-                              AND d.expires_at <= due_by
-                            ORDER BY d.expires_at LIMIT 1 FOR UPDATE SKIP LOCKED);
+    IF wanted < 1 THEN
+        RETURN 0;
+    END IF;
+    BEGIN
+        IF wanted = 1 THEN
+            -- One unit: the hot path of a drop, two index probes at most.
+            UPDATE dropstock.stock_slots s
+               SET available = s.available - 1
+             WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
+                                           WHERE f.drop_id = _claim_units.drop_id AND f.slot >= home AND f.available > 0
+                                           ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
+            IF NOT FOUND THEN
+                UPDATE dropstock.stock_slots s
+                   SET available = s.available - 1
+                 WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
+                                               WHERE f.drop_id = _claim_units.drop_id AND f.slot < home AND f.available > 0
+                                               ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
+            END IF;
             IF FOUND THEN
-                RETURN true;
+                RETURN 1;
+            END IF;
+        ELSE
+            -- As many from one slot as it has, so a batch usually locks one or two.
+            WHILE granted < wanted LOOP
+                WITH pick AS (
+                    SELECT f.slot, f.available FROM dropstock.stock_slots f
+                     WHERE f.drop_id = _claim_units.drop_id AND f.available > 0
+                     ORDER BY f.slot >= home DESC, f.slot
+                     LIMIT 1 FOR UPDATE SKIP LOCKED
+                )
+                UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
+                  FROM pick WHERE s.drop_id = _claim_units.drop_id AND s.slot = pick.slot
+                RETURNING least(pick.available, wanted - granted) INTO taken;
+                EXIT WHEN NOT FOUND;
+                granted := granted + taken;
+            END LOOP;
+            IF granted = wanted THEN
+                RETURN granted;
             END IF;
         END IF;
+        RAISE EXCEPTION 'short' USING ERRCODE = 'DS9RT';  -- undo the pass, let its slots go
+    EXCEPTION WHEN SQLSTATE 'DS9RT' THEN
+        granted := 0;
+    END;
 
-        -- Committed stock left, all of it in busy slots: their holders finish within milliseconds.
-        IF NOT EXISTS (SELECT FROM dropstock.stock_slots f
-                        WHERE f.drop_id = _claim_unit.drop_id AND f.available > 0) THEN
-            RETURN false;
-        END IF;
-        PERFORM pg_sleep(0.001);
+    -- Stock is left only in slots other transactions hold, or nowhere: wait for those slots in
+    -- ascending order, holding no slot of this drop above the one waited for. A slot whose holder took
+    -- its last unit is passed over once that holder commits (the row is read again after the wait).
+    WHILE granted < wanted LOOP
+        WITH pick AS (
+            SELECT f.slot, f.available FROM dropstock.stock_slots f
+             WHERE f.drop_id = _claim_units.drop_id AND f.slot > last_slot AND f.available > 0
+             ORDER BY f.slot LIMIT 1 FOR UPDATE
+        )
+        UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
+          FROM pick WHERE s.drop_id = _claim_units.drop_id AND s.slot = pick.slot
+        RETURNING pick.slot, least(pick.available, wanted - granted) INTO last_slot, taken;
+        EXIT WHEN NOT FOUND;
+        granted := granted + taken;
     END LOOP;
-    RAISE EXCEPTION 'drop % is too busy to answer; try again', _claim_unit.drop_id
-          USING ERRCODE = 'lock_not_available';
+    RETURN granted;
+END
+$$;
+
+-- _reclaim_due: end up to `wanted` holds of the drop that are past due but not yet swept, oldest
+-- first, and return how many; their units pass straight to new holds (stock totals do not move), so a
+-- drop is never reported sold out while it has dead holds. Holds another transaction is deciding
+-- (a purchase, a cancel, the sweep) are skipped: their owner settles them.
+CREATE FUNCTION _reclaim_due(drop_id uuid, wanted integer)
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    due_by constant timestamptz := clock_timestamp();  -- a variable, so the index bounds the scan
+    reclaimed integer;
+BEGIN
+    IF wanted < 1 THEN
+        RETURN 0;
+    END IF;
+    WITH gone AS (
+        UPDATE dropstock.reservations r SET status = 'expired'
+         WHERE r.id IN (SELECT x.id FROM dropstock.reservations x
+                         WHERE x.drop_id = _reclaim_due.drop_id AND x.status = 'reserved'
+                           AND x.expires_at <= due_by
+                         ORDER BY x.expires_at LIMIT wanted FOR UPDATE SKIP LOCKED)
+        RETURNING 1
+    )
+    SELECT count(*) INTO reclaimed FROM gone;
+    RETURN reclaimed;
 END
 $$;

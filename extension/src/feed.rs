@@ -63,4 +63,50 @@ mod tests {
         assert_eq!(int("SELECT dropstock.publish_changes()"), 0);
         assert_eq!(seq(&drop), 1);
     }
+
+    #[pg_test]
+    fn every_sale_is_announced_exactly_once_even_many_in_one_tick() {
+        let drop = drop_with_stock(30);
+        run("SELECT dropstock.publish_changes()");
+        for i in 0..23 {
+            let who = buyer(&format!("buyer{i}"));
+            let hold = reserve(&drop, &who);
+            run(&format!("SELECT dropstock.purchase('{hold}', '{who}')"));
+        }
+        // 23 sales, at most 10 per notification: three notifications, seq 2, 3 and 4.
+        assert_eq!(int("SELECT dropstock.publish_changes()"), 3);
+        assert_eq!(seq(&drop), 4);
+        assert_eq!(
+            text(&format!(
+                "SELECT string_agg(n::text, ',' ORDER BY s) FROM (SELECT feed_seq s, count(*) n
+                   FROM dropstock.purchases WHERE drop_id = '{drop}' GROUP BY feed_seq) x"
+            )),
+            "10,10,3"
+        );
+        assert_eq!(
+            int("SELECT dropstock.publish_changes()"),
+            0,
+            "nothing twice"
+        );
+    }
+
+    #[pg_test]
+    fn a_quiet_drop_is_not_looked_at_again() {
+        let drop = drop_with_stock(5);
+        assert_eq!(int("SELECT dropstock.publish_changes()"), 1);
+        assert!(!boolean(&format!(
+            "SELECT held > 0 OR pending FROM dropstock.feed_state WHERE drop_id = '{drop}'"
+        )));
+        let hold = reserve(&drop, &buyer("ann"));
+        assert_eq!(int("SELECT dropstock.publish_changes()"), 1);
+        run(&format!(
+            "SELECT dropstock.cancel_reservation('{hold}', user_id) FROM dropstock.reservations WHERE id = '{hold}'"
+        ));
+        assert_eq!(
+            int("SELECT dropstock.publish_changes()"),
+            1,
+            "a hold that ended is seen through the held count of the last publication"
+        );
+        assert_eq!(int("SELECT dropstock.publish_changes()"), 0);
+    }
 }

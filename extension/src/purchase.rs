@@ -105,4 +105,56 @@ mod tests {
             "required",
         );
     }
+
+    #[pg_test]
+    fn purchase_refuses_a_sale_past_the_per_buyer_limit_whatever_made_the_hold() {
+        // reserve_item never grants such a hold; one made behind the API's back is still not sold.
+        let drop = drop_with_stock(3);
+        let ann = buyer("ann");
+        let first = reserve(&drop, &ann);
+        run(&format!("SELECT dropstock.purchase('{first}', '{ann}')"));
+        assert_eq!(
+            int(&format!("SELECT dropstock._claim_units('{drop}', 1)")),
+            1
+        );
+        let forged = text(&format!(
+            "INSERT INTO dropstock.reservations (drop_id, user_id, expires_at)
+             VALUES ('{drop}', '{ann}', now() + interval '1 minute') RETURNING id::text"
+        ));
+        assert_refused(
+            &format!("SELECT dropstock.purchase('{forged}', '{ann}')"),
+            "DS021",
+            "limit of 1",
+        );
+        assert_eq!(
+            int(&format!(
+                "SELECT count(*) FROM dropstock.purchases WHERE user_id = '{ann}'"
+            )),
+            1
+        );
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn purchase_refuses_an_archived_hold_as_it_ended() {
+        let drop = drop_with_stock(2);
+        let ann = buyer("ann");
+        let hold = reserve(&drop, &ann);
+        let_hold_run_out(&hold);
+        run("SELECT dropstock.expire_reservations()");
+        assert_eq!(
+            int("SELECT dropstock.archive_holds(now() + interval '1 minute')"),
+            1
+        );
+        assert_refused(
+            &format!("SELECT dropstock.purchase('{hold}', '{ann}')"),
+            "DS030",
+            "expired",
+        );
+        assert_refused(
+            &format!("SELECT dropstock.purchase('{hold}', '{}')", buyer("bob")),
+            "DS031",
+            "another buyer",
+        );
+    }
 }

@@ -245,4 +245,21 @@ mod tests {
             "required",
         );
     }
+
+    #[pg_test]
+    fn reserve_items_answers_in_the_order_buyers_are_named_and_serves_them_in_that_order() {
+        let drop = drop_with_stock(2);
+        let (ann, bob, cat) = (buyer("ann"), buyer("bob"), buyer("cat"));
+        let nobody = "00000000-0000-0000-0000-000000000000";
+        let answers = text(&format!(
+            "SELECT string_agg(coalesce(sqlstate, CASE WHEN fresh THEN 'new' ELSE 'kept' END), ',')
+               FROM dropstock.reserve_items('{drop}', ARRAY['{cat}', '{nobody}', '{ann}', '{cat}', '{bob}']::uuid[])"
+        ));
+        assert_eq!(answers, "new,DS002,new,DS020");
+        let order = text(&format!(
+            "SELECT string_agg(user_id::text, ',') FROM dropstock.reserve_items('{drop}', ARRAY['{bob}', '{ann}']::uuid[])"
+        ));
+        assert_eq!(order, format!("{bob},{ann}"));
+        assert_stock_invariant(&drop);
+    }
 }

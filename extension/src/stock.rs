@@ -36,7 +36,10 @@ mod tests {
     #[pg_test]
     fn a_unit_claimed_and_given_back_keeps_the_sum() {
         let drop = drop_with_stock(3);
-        assert!(boolean(&format!("SELECT dropstock._claim_unit('{drop}')")));
+        assert_eq!(
+            int(&format!("SELECT dropstock._claim_units('{drop}', 1)")),
+            1
+        );
         assert_eq!(available(&drop), 2);
         run(&format!("SELECT dropstock._adjust_stock('{drop}', 1, 0)"));
         assert_eq!(available(&drop), 3);
