@@ -271,7 +271,15 @@ pub async fn reserve_batch(
                FROM dropstock.reserve_items($1, $2)",
         )
         .await?;
-    let rows = client.query(&statement, &[&drop_id, &buyers]).await?;
+    let rows = {
+        let mut attempt = 1;
+        loop {
+            match client.query(&statement, &[&drop_id, &buyers]).await {
+                Err(error) if retry_again(&error, &mut attempt) => continue,
+                outcome => break outcome?,
+            }
+        }
+    };
     rows.iter()
         .map(|row| {
             let hold = match row.try_get::<_, Option<Uuid>>(1)? {
@@ -296,9 +304,16 @@ pub async fn cancel(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<Hol
                FROM dropstock.cancel_reservation($1, $2) r",
         )
         .await?;
-    Ok(hold_view(
-        &client.query_one(&statement, &[&hold_id, &user_id]).await?,
-    )?)
+    let row = {
+        let mut attempt = 1;
+        loop {
+            match client.query_one(&statement, &[&hold_id, &user_id]).await {
+                Err(error) if retry_again(&error, &mut attempt) => continue,
+                outcome => break outcome?,
+            }
+        }
+    };
+    Ok(hold_view(&row)?)
 }
 
 pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<SaleView, DbError> {
@@ -308,7 +323,15 @@ pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<S
                FROM dropstock.purchase($1, $2) p",
         )
         .await?;
-    let row = client.query_one(&statement, &[&hold_id, &user_id]).await?;
+    let row = {
+        let mut attempt = 1;
+        loop {
+            match client.query_one(&statement, &[&hold_id, &user_id]).await {
+                Err(error) if retry_again(&error, &mut attempt) => continue,
+                outcome => break outcome?,
+            }
+        }
+    };
     Ok(SaleView {
         id: row.try_get(0)?,
         reservation_id: row.try_get(1)?,
@@ -317,4 +340,26 @@ pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<S
         price: row.try_get(4)?,
         created_at: row.try_get(5)?,
     })
+}
+
+/// How many times a call that failed with a serialization failure or a deadlock is made again.
+const TRANSIENT_ATTEMPTS: usize = 3;
+
+/// Whether to make a call again that PostgreSQL ended with a serialization failure (40001) or a
+/// deadlock (40P01), counting the attempt. The extension's lock order makes both impossible through
+/// its API; this keeps one from ever reaching a buyer should an operator's own transaction get in the
+/// way. Every call retried this way is safe to repeat: a repeated reservation returns the hold made,
+/// a purchase the sale made, a cancel the hold as it is.
+fn retry_again(error: &tokio_postgres::Error, attempt: &mut usize) -> bool {
+    use tokio_postgres::error::SqlState;
+    let transient = matches!(
+        error.code(),
+        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    );
+    if !transient || *attempt >= TRANSIENT_ATTEMPTS {
+        return false;
+    }
+    tracing::warn!(%error, attempt = *attempt, "retrying a call the database rolled back");
+    *attempt += 1;
+    true
 }

@@ -162,9 +162,10 @@ pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
         "DS033" | "DS040" => StatusCode::CONFLICT,
         // invalid_parameter_value: the extension's own argument checks.
         "22023" => StatusCode::UNPROCESSABLE_ENTITY,
-        // The drop stayed too busy to answer (lock_not_available), or a hold changed while it was read
-        // (serialization_failure): nothing is wrong with the request, so "try again".
-        "55P03" | "40001" => StatusCode::SERVICE_UNAVAILABLE,
+        // A lock wait ran out (lock_not_available, only under an operator's lock_timeout), or the
+        // database rolled the call back (serialization_failure, deadlock_detected) even after the
+        // adapter retried it: nothing is wrong with the request, so "try again", never a 500.
+        "55P03" | "40001" | "40P01" => StatusCode::SERVICE_UNAVAILABLE,
         _ => return None,
     };
     Some(status)
