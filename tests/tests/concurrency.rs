@@ -345,3 +345,130 @@ async fn batches_and_single_calls_race_for_fifty_units() {
     assert_eq!(holds, 50, "one hold per holder");
     assert_invariant(&setup, drop).await;
 }
+
+/// Two batches name the same 8 buyers in opposite orders, 40 rounds, each on a drop of 4 units: no
+/// deadlock (40P01) and no other error, every buyer answered once per batch, exactly 4 holds. Before
+/// buyer locks were taken in one order, 3 rounds in 40 deadlocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crossed_batches_never_deadlock() {
+    let setup = connect().await;
+    let buyers = new_buyers(&setup, 8).await;
+    let mut reversed = buyers.clone();
+    reversed.reverse();
+    let lanes = [connect().await, connect().await];
+    let lanes: Vec<Arc<tokio_postgres::Client>> = lanes.into_iter().map(Arc::new).collect();
+    for round in 0..40 {
+        let drop = new_drop(&setup, 4, 60).await;
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let calls = [buyers.clone(), reversed.clone()]
+            .into_iter()
+            .zip(lanes.iter().cloned())
+            .map(|(names, db)| {
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    db.query(
+                        "SELECT user_id, sqlstate FROM dropstock.reserve_items($1, $2)",
+                        &[&drop, &names],
+                    )
+                    .await
+                    .map(|rows| {
+                        rows.iter()
+                            .map(|r| (r.get::<_, Uuid>(0), r.get::<_, Option<String>>(1)))
+                            .collect::<Vec<_>>()
+                    })
+                    .map_err(|e| sqlstate(&e))
+                })
+            });
+        for (lane, answers) in futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let answers = answers
+                .unwrap()
+                .unwrap_or_else(|code| panic!("round {round}, batch {lane}: {code}"));
+            assert_eq!(answers.len(), 8, "round {round}: one answer per buyer");
+            let names: Vec<Uuid> = answers.iter().map(|(u, _)| *u).collect();
+            let expected = if lane == 0 { &buyers } else { &reversed };
+            assert_eq!(&names, expected, "round {round}: answers in array order");
+            assert!(
+                answers
+                    .iter()
+                    .all(|(_, code)| code.is_none() || code.as_deref() == Some("DS020")),
+                "round {round}: a hold or sold out: {answers:?}"
+            );
+        }
+        assert_eq!(stock(&setup, drop).await, (0, 4, 0), "round {round}");
+        assert_invariant(&setup, drop).await;
+    }
+}
+
+/// The sell-out storm: 60 connections, 30 units. Batches that overlap each other and the single
+/// callers (every buyer is named by two lanes), each batch sent twice, singles retried: every answer is
+/// a hold or DS020, never 55P03 or 40P01; exactly the stock is held, once per holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sell_out_storm_answers_only_holds_and_sold_out() {
+    let setup = connect().await;
+    let drop = new_drop(&setup, 30, 60).await;
+    let buyers = new_buyers(&setup, 240).await;
+    let connections = connect_many(60).await;
+    let start = Arc::new(tokio::sync::Barrier::new(60));
+    let racers = connections.into_iter().enumerate().map(|(lane, db)| {
+        let start = start.clone();
+        // Lane k names buyers 4k..4k+8 (mod 240): each buyer is named by two neighbouring lanes.
+        let mine: Vec<Uuid> = (0..8).map(|i| buyers[(lane * 4 + i) % 240]).collect();
+        tokio::spawn(async move {
+            start.wait().await;
+            let mut answers: Vec<(Uuid, Result<(), String>)> = Vec::new();
+            if lane % 3 != 0 {
+                for _ in 0..2 {
+                    let rows = db
+                        .query(
+                            "SELECT user_id, sqlstate FROM dropstock.reserve_items($1, $2)",
+                            &[&drop, &mine],
+                        )
+                        .await
+                        .map_err(|e| sqlstate(&e));
+                    match rows {
+                        Ok(rows) => answers.extend(rows.iter().map(|r| {
+                            let code: Option<String> = r.get(1);
+                            (r.get(0), code.map_or(Ok(()), Err))
+                        })),
+                        Err(code) => answers.extend(mine.iter().map(|b| (*b, Err(code.clone())))),
+                    }
+                }
+            } else {
+                for buyer in mine.iter().chain(mine.iter()) {
+                    let outcome = db
+                        .query_one(
+                            "SELECT id FROM dropstock.reserve_item($1, $2)",
+                            &[&drop, buyer],
+                        )
+                        .await;
+                    answers.push((*buyer, outcome.map(|_| ()).map_err(|e| sqlstate(&e))));
+                }
+            }
+            answers
+        })
+    });
+    let answers: Vec<(Uuid, Result<(), String>)> = futures_util::future::join_all(racers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    let odd: Vec<&String> = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().err())
+        .filter(|code| *code != "DS020")
+        .collect();
+    assert!(odd.is_empty(), "only holds and sold out: {odd:?}");
+    let holders: HashSet<Uuid> = answers
+        .iter()
+        .filter(|(_, a)| a.is_ok())
+        .map(|(u, _)| *u)
+        .collect();
+    assert_eq!(holders.len(), 30, "exactly the stock is held");
+    assert_eq!(stock(&setup, drop).await, (0, 30, 0));
+    assert_invariant(&setup, drop).await;
+}
