@@ -16,7 +16,7 @@
 --       dropstock.create_user(text), dropstock.active_drops(), dropstock.drop_status(uuid) TO app;
 -- and for whoever runs drops and, without the worker, the schedule:
 --   GRANT EXECUTE ON FUNCTION dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer,
---       timestamptz), dropstock.expire_reservations(integer), dropstock.publish_changes(),
+--       timestamptz), dropstock.expire_reservations(integer, timestamptz), dropstock.publish_changes(),
 --       dropstock.archive_holds(timestamptz, integer) TO drop_admin;
 
 REVOKE ALL ON ALL TABLES IN SCHEMA dropstock FROM PUBLIC;
@@ -33,7 +33,7 @@ ALTER FUNCTION purchase(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalo
       SET enable_seqscan = off;
 ALTER FUNCTION cancel_reservation(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off;
-ALTER FUNCTION expire_reservations(integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ALTER FUNCTION expire_reservations(integer, timestamptz) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off;
 ALTER FUNCTION active_drops() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION drop_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -286,6 +286,7 @@ fn serve(database: &str) {
     let mut told_waiting = false;
     let mut trouble: Option<Trouble> = None;
     let mut pause = tick_interval();
+    let mut sweep = Sweep { last_full: None };
     while BackgroundWorker::wait_latch(Some(pause)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: called from the worker's main loop, outside any transaction, as postgres' own
@@ -323,7 +324,13 @@ fn serve(database: &str) {
                 }
             }
         }
-        match tick() {
+        let outcome = tick(&mut sweep);
+        // A long-lived process sends its table statistics only when asked (backends do it when they
+        // go idle): without this, autovacuum never learns of the rows the sweep ends and leaves their
+        // dead versions, and the index entries that point at them, in place.
+        // SAFETY: called between transactions, as PostgreSQL's own background processes do.
+        unsafe { pg_sys::pgstat_report_stat(false) };
+        match outcome {
             Ok(()) => {
                 if let Some(ended) = trouble.take() {
                     ended.report_recovery();
@@ -348,17 +355,46 @@ fn extension_installed() -> Result<bool, Failure> {
     })
 }
 
+/// A frequent tick: holds that fell due in the last 10 seconds; see `Sweep`.
+const SWEEP_RECENT: &str =
+    "SELECT dropstock.expire_reservations($1, now() - interval '10 seconds')";
+/// A full sweep: every due hold, however old.
+const SWEEP_ALL: &str = "SELECT dropstock.expire_reservations($1)";
+/// How often a tick looks at every due hold, however old; see `Sweep`.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Which due holds a tick looks at. Ended holds leave dead entries at the old end of the due-holds
+/// index until vacuum removes them, and a sweep from the oldest entry walks them all on every tick.
+/// So most ticks look only at holds that fell due in the last few seconds (a tick comes every 100 ms,
+/// so each hold falls in that window many times), and every `FULL_SWEEP_EVERY` one looks at all of
+/// them, for holds a purchase or cancel had locked, or that fell due while the worker was held up.
+struct Sweep {
+    last_full: Option<std::time::Instant>,
+}
+
+impl Sweep {
+    fn query(&mut self) -> &'static str {
+        let now = std::time::Instant::now();
+        if self
+            .last_full
+            .is_some_and(|at| now.duration_since(at) < FULL_SWEEP_EVERY)
+        {
+            return SWEEP_RECENT;
+        }
+        self.last_full = Some(now);
+        SWEEP_ALL
+    }
+}
+
 /// One tick: expire due holds in bounded batches, one transaction each, until fewer than a batch were
 /// due; then publish what changed. The first error ends the tick; what was committed stays.
-fn tick() -> Result<(), Failure> {
+fn tick(sweep: &mut Sweep) -> Result<(), Failure> {
     let batch = settings::SWEEP_BATCH.get().max(1);
     report_activity(STATE_RUNNING, "dropstock: expiring holds");
+    let query = sweep.query();
     loop {
         let ended = in_transaction("expiring holds", || {
-            Spi::get_one_with_args::<i32>(
-                "SELECT dropstock.expire_reservations($1)",
-                &[batch.into()],
-            )
+            Spi::get_one_with_args::<i32>(query, &[batch.into()])
         })?
         .unwrap_or(0);
         if ended < batch || BackgroundWorker::sigterm_received() {
