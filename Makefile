@@ -156,15 +156,22 @@ IN_BENCH_CLUSTER := $(MAKE) --no-print-directory $(call cluster-vars,$(BENCH_PG_
 TEST_CLUSTER_STOP := if [ -s $(TEST_PG_DIR)/data/postmaster.pid ]; then \
   $(AS_PG) $(PG_BIN)/pg_ctl -D $(TEST_PG_DIR)/data -m immediate -w stop >/dev/null || true; fi
 
+# Several people may run tests in one working tree; the test cluster, its port and pgrx's scratch cluster
+# are one each, so a second run waits for the first instead of removing its cluster under it. The lock is
+# held by the recipe's shell alone (9>&- keeps it out of servers its children start).
+TAKE_TEST_LOCK = exec 9>$(ROOT)/target/.test.lock; \
+  flock -n 9 || { echo "$@: waiting for another test run in this working tree"; flock 9; }
+
 # $(call in-test-cluster,TARGETS): makes TARGETS against a new test cluster, then removes it (or, when they
 # failed or were interrupted, stops it and keeps it).
 define in-test-cluster
-$(MAKE) --no-print-directory test-db-remove; \
+$(TAKE_TEST_LOCK); \
+$(MAKE) --no-print-directory test-db-remove 9>&-; \
 trap '$(TEST_CLUSTER_STOP); [ ! -d $(TEST_PG_DIR) ] || \
   echo "test: failed; the test cluster is stopped and kept in $(TEST_PG_DIR) (see its postgresql.log)"' EXIT; \
 trap 'exit 130' INT TERM; \
-$(IN_TEST_CLUSTER) db $(1); \
-trap - EXIT; $(MAKE) --no-print-directory test-db-remove
+$(IN_TEST_CLUSTER) db $(1) 9>&-; \
+trap - EXIT; $(MAKE) --no-print-directory test-db-remove 9>&-
 endef
 
 test: setup check pg-test
@@ -180,9 +187,10 @@ check: setup
 # `make install` had installed is put back afterwards, passed or not.
 pg-test: setup pg-access $(SUDO_SHIM)/sudo
 	@mkdir -p target/pgrx-test && chown postgres: target/pgrx-test
-	@trap 'if [ -e $(ROOT)/target/.installed ] && [ -s $(INSTALLED_COPY)/dropstock.so ]; then $(RESTORE_INSTALLED); \
+	@$(TAKE_TEST_LOCK); \
+	trap 'if [ -e $(ROOT)/target/.installed ] && [ -s $(INSTALLED_COPY)/dropstock.so ]; then $(RESTORE_INSTALLED); \
 	         else rm -f $(ROOT)/target/.installed; fi' EXIT; \
-	  cd extension && $(WITH_SHIM) cargo pgrx test pg15 --runas postgres --pgdata $(ROOT)/target/pgrx-test/data
+	  cd extension && $(WITH_SHIM) cargo pgrx test pg15 --runas postgres --pgdata $(ROOT)/target/pgrx-test/data 9>&-
 
 # A test cluster left running, to run single tests by hand (the tests' default DATABASE_URL points at it).
 test-db:
