@@ -9,15 +9,7 @@
 -- scanning it whole after it has grown, until statistics catch up. Every statement they run has an
 -- index made for it, so this only takes a bad choice away.
 --
--- Nothing is granted to PUBLIC. For an application (README, "Running it in production"):
---   GRANT USAGE ON SCHEMA dropstock TO app;
---   GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid), dropstock.reserve_items(uuid, uuid[]),
---       dropstock.purchase(uuid, uuid), dropstock.cancel_reservation(uuid, uuid),
---       dropstock.create_user(text), dropstock.active_drops(), dropstock.drop_status(uuid) TO app;
--- and for whoever runs drops and, without the worker, the schedule:
---   GRANT EXECUTE ON FUNCTION dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer,
---       timestamptz), dropstock.expire_reservations(integer, timestamptz), dropstock.publish_changes(),
---       dropstock.archive_holds(timestamptz, integer) TO drop_admin;
+-- Nothing is granted to PUBLIC. grant_access below is the one list of what a role may call.
 
 REVOKE ALL ON ALL TABLES IN SCHEMA dropstock FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dropstock FROM PUBLIC;
@@ -40,3 +32,31 @@ ALTER FUNCTION drop_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, 
 ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off;
 ALTER FUNCTION archive_holds(timestamptz, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- grant_access: let `role` call the API, and nothing else: the buyer-facing functions, and with
+-- `runs_drops` also creating drops and the worker's two calls (for a scheduler when the worker is not
+-- preloaded) and archiving. The one place the grant list is written; the README and the tests call
+-- it. It runs with the caller's rights, so only the extension's owner (or a superuser) can use it.
+CREATE FUNCTION grant_access(role regrole, runs_drops boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF role IS NULL OR runs_drops IS NULL THEN
+        RAISE EXCEPTION 'role and runs_drops are required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA dropstock TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid), '
+                   'dropstock.reserve_items(uuid, uuid[]), dropstock.purchase(uuid, uuid), '
+                   'dropstock.cancel_reservation(uuid, uuid), dropstock.create_user(text), '
+                   'dropstock.active_drops(), dropstock.drop_status(uuid) TO %s', role);
+    IF runs_drops THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION '
+                       'dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz), '
+                       'dropstock.expire_reservations(integer, timestamptz), dropstock.publish_changes(), '
+                       'dropstock.archive_holds(timestamptz, integer) TO %s', role);
+    END IF;
+END
+$$;
+REVOKE EXECUTE ON FUNCTION grant_access(regrole, boolean) FROM PUBLIC;

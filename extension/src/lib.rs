@@ -28,7 +28,13 @@ use pgrx::prelude::*;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::register();
-    // SAFETY: a plain read of a flag PostgreSQL sets while it loads shared_preload_libraries.
+    // No worker during pg_upgrade, which starts the server in binary-upgrade mode to restore the
+    // schema: the worker would write to a database that is still being restored (pg_cron does the same).
+    // SAFETY: plain reads of flags PostgreSQL sets before it loads shared_preload_libraries.
+    if unsafe { pg_sys::IsBinaryUpgrade } {
+        return;
+    }
+    // SAFETY: as above.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         worker::register();
     }

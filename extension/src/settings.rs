@@ -6,7 +6,9 @@ use std::ffi::CString;
 /// The database the background worker serves (`dropstock.database`); fixed at server start. One that
 /// does not exist yet is waited for, not an error: databases are often created after the server starts.
 pub static DATABASE: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_DATABASE));
+/// `dropstock.database` when postgresql.conf does not set it.
+pub const DEFAULT_DATABASE: &std::ffi::CStr = c"postgres";
 /// Milliseconds between the worker's ticks (`dropstock.tick_ms`); reloaded on SIGHUP.
 pub static TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Holds one expiry batch ends in one transaction (`dropstock.sweep_batch`); reloaded on SIGHUP.
@@ -20,7 +22,9 @@ pub fn register() {
           If the database does not exist, the worker logs it once and starts when it is created.",
         &DATABASE,
         GucContext::Postmaster,
-        GucFlags::default(),
+        // Which database the worker writes to is the server administrator's business, as pg_cron's
+        // cron.database_name is: ordinary roles cannot even read it.
+        GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_int_guc(
         c"dropstock.tick_ms",

@@ -101,8 +101,9 @@ pub extern "C-unwind" fn dropstock_worker_main(_arg: pg_sys::Datum) {
 fn database_name() -> String {
     settings::DATABASE
         .get()
-        .and_then(|name| name.into_string().ok())
-        .unwrap_or_else(|| "postgres".into())
+        .unwrap_or_else(|| settings::DEFAULT_DATABASE.to_owned())
+        .into_string()
+        .unwrap_or_else(|_| settings::DEFAULT_DATABASE.to_string_lossy().into_owned())
 }
 
 fn tick_interval() -> Duration {

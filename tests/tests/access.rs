@@ -1,5 +1,5 @@
-//! Access: an application role with nothing but EXECUTE on the buyer-facing functions (the grants the
-//! README documents) can reserve and buy, and cannot change a table, call an internal helper, or create
+//! Access: an application role given `dropstock.grant_access(role)` (the README's way: EXECUTE on the
+//! buyer-facing functions and nothing else) can reserve and buy, and cannot change a table, call an internal helper, or create
 //! a drop. Holds are only ever acted on by their owner.
 
 mod common;
@@ -8,12 +8,7 @@ use common::*;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-const GRANTS: &str = "GRANT USAGE ON SCHEMA dropstock TO {role};
-    GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid), dropstock.reserve_items(uuid, uuid[]),
-        dropstock.purchase(uuid, uuid), dropstock.cancel_reservation(uuid, uuid),
-        dropstock.create_user(text), dropstock.active_drops(), dropstock.drop_status(uuid) TO {role};";
-
-/// A connection as a new LOGIN role given exactly the documented grants (the local cluster trusts
+/// A connection as a new LOGIN role given exactly what `dropstock.grant_access` grants (the cluster trusts
 /// loopback connections, so no password is needed).
 async fn connect_as_app(admin: &tokio_postgres::Client) -> (tokio_postgres::Client, String) {
     let role = format!("dropstock_app_{}", Uuid::new_v4().simple());
@@ -22,7 +17,7 @@ async fn connect_as_app(admin: &tokio_postgres::Client) -> (tokio_postgres::Clie
         .await
         .unwrap();
     admin
-        .batch_execute(&GRANTS.replace("{role}", &role))
+        .batch_execute(&format!("SELECT dropstock.grant_access('{role}')"))
         .await
         .unwrap();
     let url = database_url().replacen("postgres@", &format!("{role}@"), 1);
