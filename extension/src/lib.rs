@@ -6,6 +6,23 @@
 //! Rust frame sits between the `RAISE` and the client (pgrx maps unknown codes to XX000), and plpgsql
 //! caches the plans of the hot path the same way a Rust SPI caller would. Rust runs what SQL cannot:
 //! the settings and the background worker (`worker`).
+//!
+//! # Glossary
+//! One word per thing, in code, comments and docs. The SQL API keeps the names of the system dropstock
+//! replaces (`users`, `reservations`, `purchases`, `reserve_item`), so where a name says otherwise the
+//! word is given with it.
+//! - **drop**: a product released at a set time with a fixed number of **units** (`drops`).
+//! - **slot**: one of up to 64 rows a drop's stock is striped over (`stock_slots`); stock is their sum.
+//! - **buyer**: someone who may hold and buy units (a row of `users`, a `user_id`).
+//! - **hold**: one unit set aside for one buyer until it runs out (a row of `reservations`, made by
+//!   `reserve_item`); **live** while `reserved` and not past due; it **ends** as a sale, a cancel or an
+//!   expiry.
+//! - **sale**: a hold turned into a purchase (a row of `purchases`).
+//! - **sweep**: ending past-due holds and giving their units back (`expire_reservations`, the worker).
+//! - **reclaim**: a reserver taking over a past-due hold's unit before the sweep has seen it.
+//! - **buyer lock**: the per-(drop, buyer) lock every decision about a buyer's holds takes first.
+//! - **feed**: the stream of stock changes the worker publishes with `NOTIFY dropstock`; one **notice**
+//!   is one notification's payload; a **publication** is one `publish_changes` run.
 
 ::pgrx::pg_module_magic!(name, version);
 
