@@ -113,7 +113,13 @@ BEGIN
         PERFORM dropstock._adjust_stock(d.id, in_hand - granted, 0);
     END IF;
     granted := granted + dropstock._claim_units(d.id, wanted - granted);
-    granted := granted + dropstock._reclaim_due(d.id, wanted - granted);
+    IF granted < wanted THEN
+        BEGIN
+            granted := granted + dropstock._reclaim_due(d.id, wanted - granted);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- see _reclaim_due
+        END;
+    END IF;
 
     IF granted < wanted THEN
         sold_out_message := format('drop "%s" is sold out', d.name);

@@ -77,22 +77,71 @@ BEGIN
 END
 $$;
 
+-- _claim_free: the first pass of _claim_units: up to `wanted` units from slots nobody else is locking,
+-- starting at this backend's home slot so that concurrent buyers rarely even look at the same slot.
+-- It is meant never to wait, but SKIP LOCKED does not cover everything: locking a slot row whose newer
+-- version another transaction is still writing waits for that transaction ("while locking updated
+-- version"), and such a wait, taken out of slot order, could close a cycle with claimers waiting in
+-- order. The short lock_timeout turns any such wait into 55P03, which _claim_units catches: it undoes
+-- this pass and waits in order instead.
+CREATE FUNCTION _claim_free(drop_id uuid, wanted integer)
+RETURNS integer
+LANGUAGE plpgsql
+SET lock_timeout = '20ms'
+AS $$
+DECLARE
+    home constant smallint := pg_backend_pid() % 64;
+    granted integer := 0;
+    taken integer;
+BEGIN
+    IF wanted = 1 THEN
+        -- One unit: the hot path of a drop, two index probes at most.
+        UPDATE dropstock.stock_slots s
+           SET available = s.available - 1
+         WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
+                                       WHERE f.drop_id = _claim_free.drop_id AND f.slot >= home AND f.available > 0
+                                       ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
+        IF NOT FOUND THEN
+            UPDATE dropstock.stock_slots s
+               SET available = s.available - 1
+             WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
+                                           WHERE f.drop_id = _claim_free.drop_id AND f.slot < home AND f.available > 0
+                                           ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
+        END IF;
+        RETURN CASE WHEN FOUND THEN 1 ELSE 0 END;
+    END IF;
+    -- As many from one slot as it has, so a batch usually locks one or two.
+    WHILE granted < wanted LOOP
+        WITH pick AS (
+            SELECT f.slot, f.available FROM dropstock.stock_slots f
+             WHERE f.drop_id = _claim_free.drop_id AND f.available > 0
+             ORDER BY f.slot >= home DESC, f.slot
+             LIMIT 1 FOR UPDATE SKIP LOCKED
+        )
+        UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
+          FROM pick WHERE s.drop_id = _claim_free.drop_id AND s.slot = pick.slot
+        RETURNING least(pick.available, wanted - granted) INTO taken;
+        EXIT WHEN NOT FOUND;
+        granted := granted + taken;
+    END LOOP;
+    RETURN granted;
+END
+$$;
+
 -- _claim_units: take up to `wanted` free units of the drop; returns how many it took. Fewer than
 -- wanted means no free unit is left (committed, and in no slot another transaction holds): the stock
 -- is exactly known to be gone, never guessed.
--- First from slots nobody else is locking, starting at this backend's home slot so that concurrent
--- buyers rarely even look at the same slot. When that comes up short, it waits for the slots that
--- still have stock, in ascending order (see the discipline above). Before it waits it lets go of every
--- slot the first pass locked, by undoing that pass (a subtransaction): a pass can keep a slot locked
--- that it only skipped (a slot emptied by a commit after this statement's snapshot stays locked once
--- the row lock is taken, although the row is then passed over), and two claimers that each kept one
--- while waiting for the other's would deadlock.
+-- First _claim_free. When that comes up short, it waits for the slots that still have stock, in
+-- ascending order (see the discipline above). Before it waits it lets go of every slot the first pass
+-- locked, by undoing that pass (a subtransaction): a pass can keep a slot locked that it only skipped
+-- (a slot emptied by a commit after the statement's snapshot stays locked once the row lock is taken,
+-- although the row is then passed over), and two claimers that each kept one while waiting for the
+-- other's would deadlock.
 CREATE FUNCTION _claim_units(drop_id uuid, wanted integer)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    home constant smallint := pg_backend_pid() % 64;
     granted integer := 0;
     taken integer;
     last_slot smallint := -1;
@@ -101,44 +150,12 @@ BEGIN
         RETURN 0;
     END IF;
     BEGIN
-        IF wanted = 1 THEN
-            -- One unit: the hot path of a drop, two index probes at most.
-            UPDATE dropstock.stock_slots s
-               SET available = s.available - 1
-             WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                           WHERE f.drop_id = _claim_units.drop_id AND f.slot >= home AND f.available > 0
-                                           ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
-            IF NOT FOUND THEN
-                UPDATE dropstock.stock_slots s
-                   SET available = s.available - 1
-                 WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                               WHERE f.drop_id = _claim_units.drop_id AND f.slot < home AND f.available > 0
-                                               ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
-            END IF;
-            IF FOUND THEN
-                RETURN 1;
-            END IF;
-        ELSE
-            -- As many from one slot as it has, so a batch usually locks one or two.
-            WHILE granted < wanted LOOP
-                WITH pick AS (
-                    SELECT f.slot, f.available FROM dropstock.stock_slots f
-                     WHERE f.drop_id = _claim_units.drop_id AND f.available > 0
-                     ORDER BY f.slot >= home DESC, f.slot
-                     LIMIT 1 FOR UPDATE SKIP LOCKED
-                )
-                UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
-                  FROM pick WHERE s.drop_id = _claim_units.drop_id AND s.slot = pick.slot
-                RETURNING least(pick.available, wanted - granted) INTO taken;
-                EXIT WHEN NOT FOUND;
-                granted := granted + taken;
-            END LOOP;
-            IF granted = wanted THEN
-                RETURN granted;
-            END IF;
+        granted := dropstock._claim_free(_claim_units.drop_id, wanted);
+        IF granted = wanted THEN
+            RETURN granted;
         END IF;
         RAISE EXCEPTION 'short' USING ERRCODE = 'DS9RT';  -- undo the pass, let its slots go
-    EXCEPTION WHEN SQLSTATE 'DS9RT' THEN
+    EXCEPTION WHEN SQLSTATE 'DS9RT' OR lock_not_available THEN
         granted := 0;
     END;
 
@@ -165,9 +182,14 @@ $$;
 -- first, and return how many; their units pass straight to new holds (stock totals do not move), so a
 -- drop is never reported sold out while it has dead holds. Holds another transaction is deciding
 -- (a purchase, a cancel, the sweep) are skipped: their owner settles them.
+-- It may run while the caller holds slots of the drop, and the transaction deciding a hold may be
+-- waiting for one of them (a cancel giving its unit back), so it must not wait for hold rows: the same
+-- short lock_timeout as _claim_free, and the caller counts a timeout as nothing reclaimed (the unit is
+-- on its way back to stock through that other transaction).
 CREATE FUNCTION _reclaim_due(drop_id uuid, wanted integer)
 RETURNS integer
 LANGUAGE plpgsql
+SET lock_timeout = '20ms'
 AS $$
 DECLARE
     due_by constant timestamptz := clock_timestamp();  -- a variable, so the index bounds the scan
