@@ -1,5 +1,5 @@
 //! Concurrency storms against the real cluster: many connections at once, outcomes counted exactly.
-//! Run by `make test` (after `make db`); DATABASE_URL picks the cluster.
+//! Run by `make test` and `make test-repeat` in the test cluster; DATABASE_URL picks the cluster.
 
 mod common;
 

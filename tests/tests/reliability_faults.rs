@@ -4,8 +4,8 @@
 //! doubled, nothing is oversold, and the adapter answered (503 rather than hanging) throughout.
 //!
 //! These tests stop the cluster they run against: `DROPSTOCK_PGDATA` names its data directory and
-//! `DATABASE_URL` its address (`make test-reliability` runs them against the local cluster after the other
-//! tests). Without `DROPSTOCK_PGDATA` they fail with a message saying so.
+//! `DATABASE_URL` its address (`make test` runs them against its throwaway test cluster, never the one
+//! `make run` uses). Without `DROPSTOCK_PGDATA` they fail with a message saying so.
 
 mod adapter_support;
 mod common;
