@@ -8,9 +8,9 @@
 --   2. hold rows (a buyer's own hold, by the function acting on it; the sweep takes due holds with
 --      SKIP LOCKED and so never waits for one);
 --   3. slot rows. A claimer first takes slots nobody is committing on (SKIP LOCKED, no waiting). When
---      the only stock left sits in slots other transactions have locked, it waits for them, but only
---      in ascending slot order and only for slots above every slot of that drop it already holds
---      (it lets go of the ones its first pass locked before it waits, see _claim_units). Whoever gives units back waits
+--      the only stock left sits in slots other transactions have locked, it lets go of every slot its
+--      first pass locked and then waits: for one unit, on one slot while holding none; for several,
+--      in ascending slot order, only for slots above every slot of that drop it holds (_claim_units). Whoever gives units back waits
 --      for at most one slot of a drop, holding none of that drop, and takes drops in id order.
 -- A wait for a lock of a lower rank never happens while holding one of a higher rank, and waits within
 -- a rank follow one order, so no cycle of waits can form. Nothing polls, and the answer is known as
@@ -131,8 +131,9 @@ $$;
 -- _claim_units: take up to `wanted` free units of the drop; returns how many it took. Fewer than
 -- wanted means no free unit is left (committed, and in no slot another transaction holds): the stock
 -- is exactly known to be gone, never guessed.
--- First _claim_free. When that comes up short, it waits for the slots that still have stock, in
--- ascending order (see the discipline above). Before it waits it lets go of every slot the first pass
+-- First _claim_free. When that comes up short, it waits for a slot that still has stock: for one
+-- unit, any one such slot while holding none; for several, such slots in ascending order (see the
+-- discipline above). Before it waits it lets go of every slot the first pass
 -- locked, by undoing that pass (a subtransaction): a pass can keep a slot locked that it only skipped
 -- (a slot emptied by a commit after the statement's snapshot stays locked once the row lock is taken,
 -- although the row is then passed over), and two claimers that each kept one while waiting for the
@@ -150,18 +151,55 @@ BEGIN
         RETURN 0;
     END IF;
     BEGIN
-        granted := dropstock._claim_free(_claim_units.drop_id, wanted);
-        IF granted = wanted THEN
-            RETURN granted;
-        END IF;
+        FOR attempt IN 1..10 LOOP
+            granted := dropstock._claim_free(_claim_units.drop_id, wanted);
+            IF granted = wanted THEN
+                RETURN granted;
+            END IF;
+            -- One unit while every slot with stock is busy: with many buyers per slot this is common
+            -- long before a sell-out, and a slot frees up within a commit. A few short tries pick
+            -- whichever frees first, where queueing on one slot would wait out its holder's commit
+            -- (and chain the waiters' commits one after the other: 0.4x the throughput, measured).
+            EXIT WHEN wanted > 1 OR NOT EXISTS (SELECT FROM dropstock.stock_slots f
+                                                 WHERE f.drop_id = _claim_units.drop_id AND f.available > 0);
+            PERFORM pg_sleep(0.0005 + random() * 0.001);
+        END LOOP;
         RAISE EXCEPTION 'short' USING ERRCODE = 'DS9RT';  -- undo the pass, let its slots go
     EXCEPTION WHEN SQLSTATE 'DS9RT' OR lock_not_available THEN
         granted := 0;
     END;
 
-    -- Stock is left only in slots other transactions hold, or nowhere: wait for those slots in
-    -- ascending order, holding no slot of this drop above the one waited for. A slot whose holder took
-    -- its last unit is passed over once that holder commits (the row is read again after the wait).
+    -- Stock is left only in slots other transactions hold, or nowhere.
+    IF wanted = 1 THEN
+        -- One unit: queue on one slot that has stock, chosen from home like the first pass so that
+        -- waiters spread over the slots instead of all queueing on the first one, and hold nothing else
+        -- while waiting (a waiter that holds nothing cannot be part of a cycle). If the slot's holder took
+        -- its last unit, the row stays locked after the wait although nothing was taken: undo that and
+        -- choose again. Each round waits for another transaction to end, so stock runs out or a unit is
+        -- had; the answer is never a guess.
+        LOOP
+            SELECT f.slot INTO last_slot FROM dropstock.stock_slots f
+             WHERE f.drop_id = _claim_units.drop_id AND f.available > 0
+             ORDER BY f.slot >= pg_backend_pid() % 64 DESC, f.slot LIMIT 1;
+            IF NOT FOUND THEN
+                RETURN 0;
+            END IF;
+            BEGIN
+                UPDATE dropstock.stock_slots s SET available = s.available - 1
+                 WHERE s.drop_id = _claim_units.drop_id AND s.slot = last_slot AND s.available > 0;
+                IF FOUND THEN
+                    RETURN 1;
+                END IF;
+                RAISE EXCEPTION 'emptied' USING ERRCODE = 'DS9RT';  -- let the emptied slot go
+            EXCEPTION WHEN SQLSTATE 'DS9RT' THEN
+                NULL;
+            END;
+        END LOOP;
+    END IF;
+
+    -- Several units: wait for the slots that have stock in ascending order, holding no slot of this
+    -- drop above the one waited for. A slot whose holder took its last unit is passed over once that
+    -- holder commits (the row is read again after the wait).
     WHILE granted < wanted LOOP
         WITH pick AS (
             SELECT f.slot, f.available FROM dropstock.stock_slots f
