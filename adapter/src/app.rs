@@ -4,12 +4,12 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Access;
-use crate::batch::Batcher;
-use crate::cors::Cors;
-use crate::fanout::Feed;
-use crate::metrics::Metrics;
-use crate::ratelimit::RateLimits;
+use crate::db::batching::Batcher;
+use crate::feed::hub::Feed;
+use crate::http::access::Access;
+use crate::http::cors::Cors;
+use crate::http::limits::RateLimits;
+use crate::http::metrics::Metrics;
 
 pub struct App {
     pub pool: Pool,

@@ -4,24 +4,10 @@
 //! pool and its own LISTEN connection.
 
 mod app;
-mod auth;
-mod batch;
 mod config;
-mod cors;
 mod db;
-mod error;
-mod fanout;
-mod input;
-mod listen;
-mod metrics;
-mod model;
-mod openapi;
-mod page;
-mod ratelimit;
-mod respond;
-mod routes;
-mod server;
-mod ws;
+mod feed;
+mod http;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,13 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
-use crate::auth::Access;
-use crate::batch::Batcher;
 use crate::config::Config;
-use crate::cors::Cors;
+use crate::db::batching::Batcher;
 use crate::db::StartupError;
-use crate::fanout::Feed;
-use crate::metrics::Metrics;
+use crate::feed::hub::Feed;
+use crate::http::access::Access;
+use crate::http::cors::Cors;
+use crate::http::metrics::Metrics;
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -93,7 +79,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
         shutdown: CancellationToken::new(),
         sockets: TaskTracker::new(),
     });
-    let listen_task = tokio::spawn(listen::run(
+    let listen_task = tokio::spawn(feed::relay::run(
         database.clone(),
         app.clone(),
         app.shutdown.clone(),
@@ -106,7 +92,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
         jwt = app.access.jwt_mode(),
         "dropstock-http listening on http://{address} (live feed at ws://{address}/ws)"
     );
-    server::serve(listener, app.clone(), config.drain()).await;
+    http::server::serve(listener, app.clone(), config.drain()).await;
     let _ = listen_task.await;
     app.pool.close();
     Ok(())

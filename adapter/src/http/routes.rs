@@ -12,11 +12,12 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::db;
-use crate::error::ApiError;
-use crate::input::{parse_uuid, Fields};
-use crate::model::NewDrop;
-use crate::respond::{self, Body};
-use crate::{openapi, page, ws};
+use crate::db::models::NewDrop;
+use crate::feed::websocket as ws;
+use crate::http::errors::ApiError;
+use crate::http::input::{parse_uuid, Fields};
+use crate::http::respond::{self, Body};
+use crate::http::{openapi, page};
 
 /// Every path the adapter answers. Path parameters borrow from the request path.
 #[derive(Debug, Clone, Copy)]

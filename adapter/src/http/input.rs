@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::errors::ApiError;
 
 /// The request body of a POST, field by field.
 pub struct Fields(pub Map<String, Value>);

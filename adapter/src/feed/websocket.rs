@@ -25,10 +25,10 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::db;
-use crate::error::ApiError;
-use crate::fanout::{self, FeedEvent, RESYNC_FRAME};
-use crate::input::parse_uuid;
-use crate::respond::{self, Body};
+use crate::feed::hub::{self as fanout, FeedEvent, RESYNC_FRAME};
+use crate::http::errors::ApiError;
+use crate::http::input::parse_uuid;
+use crate::http::respond::{self, Body};
 
 /// How often the server pings; browsers answer pings by themselves.
 const PING_EVERY: Duration = Duration::from_secs(20);

@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
-use crate::model::DropView;
+use crate::db::models::DropView;
 
 /// About ten seconds of a busy cluster: one notification per changed drop per 100 ms tick.
 const CAPACITY: usize = 1024;
@@ -38,7 +38,7 @@ pub struct NoticePurchase {
     pub id: Uuid,
     /// The worker writes PostgreSQL's JSON timestamp (`2026-11-27T21:30:00.123456+00:00`); clients get the
     /// same spelling as from the REST API.
-    #[serde(serialize_with = "crate::model::timestamp")]
+    #[serde(serialize_with = "crate::db::models::timestamp")]
     pub created_at: DateTime<Utc>,
     pub user: NoticeBuyer,
 }
@@ -81,7 +81,7 @@ struct StockMessage {
 struct PurchaseMessage<'a> {
     drop_id: Uuid,
     id: Uuid,
-    #[serde(serialize_with = "crate::model::timestamp")]
+    #[serde(serialize_with = "crate::db::models::timestamp")]
     created_at: DateTime<Utc>,
     user: &'a NoticeBuyer,
     seq: u64,

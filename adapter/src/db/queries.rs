@@ -11,7 +11,7 @@ use deadpool_postgres::{
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
-use crate::model::{DropView, HoldView, NewDrop, RecentPurchases, SaleView, UserView};
+use crate::db::models::{DropView, HoldView, NewDrop, RecentPurchases, SaleView, UserView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

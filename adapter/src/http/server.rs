@@ -11,8 +11,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::ratelimit::ClientAddr;
-use crate::routes;
+use crate::http::limits::ClientAddr;
+use crate::http::routes;
 
 /// A client that has not sent its request headers by then is holding a connection for nothing.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);

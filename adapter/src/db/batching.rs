@@ -19,9 +19,9 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::db::{self, BatchAnswer};
-use crate::error::ApiError;
-use crate::model::{HoldStatus, HoldView};
+use crate::db::models::{HoldStatus, HoldView};
+use crate::db::{self, queries::BatchAnswer};
+use crate::http::errors::ApiError;
 
 /// Buyers one call serves at most: beyond this a call holds its slot locks longer than it saves.
 const MAX_BATCH: usize = 128;

@@ -15,7 +15,7 @@ use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::fanout::{FeedEvent, Notice};
+use crate::feed::hub::{FeedEvent, Notice};
 
 /// The worker's channel.
 const CHANNEL: &str = "dropstock";

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::errors::ApiError;
 
 /// Keys a table remembers at most (about 40 bytes each).
 const MAX_KEYS: usize = 100_000;

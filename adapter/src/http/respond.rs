@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::http::errors::ApiError;
 
 /// Every response body the adapter sends is complete before it is sent: the largest is the drop list.
 pub type Body = Full<Bytes>;

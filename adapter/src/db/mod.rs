@@ -1,0 +1,5 @@
+pub mod batching;
+pub mod models;
+pub mod queries;
+
+pub use queries::*;

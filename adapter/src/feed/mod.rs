@@ -1,0 +1,3 @@
+pub mod hub;
+pub mod relay;
+pub mod websocket;
