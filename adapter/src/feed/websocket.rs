@@ -27,7 +27,7 @@ use crate::app::App;
 use crate::db;
 use crate::feed::hub::{self as fanout, FeedEvent, RESYNC_FRAME};
 use crate::http::errors::ApiError;
-use crate::http::input::parse_uuid;
+use crate::http::input::drop_filter;
 use crate::http::respond::{self, Body};
 
 /// How often the server pings; browsers answer pings by themselves.
@@ -51,19 +51,6 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|part| part.trim().eq_ignore_ascii_case(token))
-}
-
-/// The `drop` query parameter, if any: the client wants one drop's feed only.
-fn drop_filter(query: Option<&str>) -> Result<Option<Uuid>, ApiError> {
-    let Some(query) = query else {
-        return Ok(None);
-    };
-    for pair in query.split('&') {
-        if let Some(("drop", value)) = pair.split_once('=') {
-            return parse_uuid("drop", value).map(Some);
-        }
-    }
-    Ok(None)
 }
 
 /// Checks the handshake, reads the snapshot while still able to answer with a plain HTTP error (404 for an
@@ -246,25 +233,5 @@ async fn serve(
             }
             Err(SendFailed::Closed) => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_drop_filter() {
-        assert_eq!(drop_filter(None).unwrap(), None);
-        assert_eq!(drop_filter(Some("x=1")).unwrap(), None);
-        let id = Uuid::new_v4();
-        assert_eq!(
-            drop_filter(Some(&format!("x=1&drop={id}"))).unwrap(),
-            Some(id)
-        );
-        assert_eq!(
-            drop_filter(Some("drop=42")).unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
     }
 }

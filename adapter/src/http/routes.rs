@@ -154,17 +154,6 @@ async fn dispatch(
     }
 }
 
-async fn body(request: Request<Incoming>) -> Result<Fields, ApiError> {
-    let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse().ok());
-    let object = respond::read_json_object(body, declared).await?;
-    Ok(Fields(object))
-}
-
 async fn health(app: &App) -> Result<Response<Body>, ApiError> {
     #[derive(Serialize)]
     struct Health {
@@ -209,7 +198,7 @@ async fn show_drop(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
 async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     app.access
         .require_admin(request.headers(), "creating drops")?;
-    let fields = body(request).await?;
+    let fields = Fields::read(request).await?;
     let drop = NewDrop {
         name: fields.string("name")?,
         price: fields.decimal("price")?,
@@ -232,7 +221,7 @@ async fn create_user(request: Request<Incoming>, app: &App) -> Result<Response<B
         app.access
             .require_admin(request.headers(), "creating buyers (in JWT mode)")?;
     }
-    let fields = body(request).await?;
+    let fields = Fields::read(request).await?;
     let username = fields.string("username")?;
     let client = db::connection(&app.pool).await?;
     Ok(respond::success(
@@ -243,7 +232,7 @@ async fn create_user(request: Request<Incoming>, app: &App) -> Result<Response<B
 
 async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     let buyer = app.access.authenticate(request.headers())?;
-    let fields = body(request).await?;
+    let fields = Fields::read(request).await?;
     let drop_id = fields.uuid("dropId")?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(user_id)?;
@@ -260,7 +249,7 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
 
 async fn purchase(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     let buyer = app.access.authenticate(request.headers())?;
-    let fields = body(request).await?;
+    let fields = Fields::read(request).await?;
     let hold_id = fields.uuid("reservationId")?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(user_id)?;
@@ -280,7 +269,7 @@ async fn cancel(
 ) -> Result<Response<Body>, ApiError> {
     let hold_id = parse_uuid("reservation id", id)?;
     let buyer = app.access.authenticate(request.headers())?;
-    let fields = body(request).await?;
+    let fields = Fields::read(request).await?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(user_id)?;
     let client = db::connection(&app.pool).await?;
