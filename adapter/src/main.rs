@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::App;
 use crate::config::Config;
 use crate::db::batching::Batcher;
-use crate::db::StartupError;
+use crate::db::pool::StartupError;
 use crate::feed::hub::Feed;
 use crate::http::access::Access;
 use crate::http::cors::Cors;
@@ -57,9 +57,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), StartupError> {
-    let database = db::parse_url(&config.database_url)?;
-    let pool = db::pool(&database, usize::from(config.pool_size))?;
-    db::check(&pool, &database).await?;
+    let database = db::pool::parse_url(&config.database_url)?;
+    let pool = db::pool::pool(&database, usize::from(config.pool_size))?;
+    db::pool::check(&pool, &database).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartupError::Bind {
@@ -87,7 +87,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
 
     let address = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        database = %db::describe(&database),
+        database = %db::pool::describe(&database),
         admin = app.access.admin_enabled(),
         jwt = app.access.jwt_mode(),
         "dropstock-http listening on http://{address} (live feed at ws://{address}/ws)"

@@ -24,7 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use crate::app::App;
-use crate::db;
+use crate::db::{pool, queries};
 use crate::feed::hub::{self as fanout, FeedEvent, RESYNC_FRAME};
 use crate::http::errors::ApiError;
 use crate::http::input::drop_filter;
@@ -83,10 +83,10 @@ pub async fn upgrade(
     // Subscribe first: a change that lands while the snapshot is read is then delivered, not lost.
     let events = app.feed.subscribe();
     let drops = {
-        let client = db::connection(&app.pool).await?;
+        let client = pool::connection(&app.pool).await?;
         match filter {
-            Some(drop_id) => vec![db::drop_status(&client, drop_id).await?],
-            None => db::active_drops(&client).await?,
+            Some(drop_id) => vec![queries::drop_status(&client, drop_id).await?],
+            None => queries::active_drops(&client).await?,
         }
     };
     let snapshot = fanout::snapshot_frame(&drops);

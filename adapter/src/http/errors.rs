@@ -7,7 +7,7 @@ use deadpool_postgres::PoolError;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
-use crate::db::queries::DbError;
+use crate::db::DbError;
 use crate::http::respond::{self, Body};
 
 /// What a request failed with. `message` is shown to the client, so it is always written for people and

@@ -11,8 +11,8 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::app::App;
-use crate::db;
 use crate::db::models::NewDrop;
+use crate::db::{pool, queries};
 use crate::feed::websocket as ws;
 use crate::http::errors::ApiError;
 use crate::http::input::{parse_uuid, Fields};
@@ -161,8 +161,8 @@ async fn health(app: &App) -> Result<Response<Body>, ApiError> {
         database: &'static str,
         listening: bool,
     }
-    let client = db::connection(&app.pool).await?;
-    if !db::extension_installed(&client).await? {
+    let client = pool::connection(&app.pool).await?;
+    if !queries::extension_installed(&client).await? {
         return Err(ApiError::unavailable(
             "the dropstock extension is not installed in the database",
         ));
@@ -179,19 +179,19 @@ async fn health(app: &App) -> Result<Response<Body>, ApiError> {
 }
 
 async fn list_drops(app: &App) -> Result<Response<Body>, ApiError> {
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,
-        db::active_drops(&client).await?,
+        queries::active_drops(&client).await?,
     ))
 }
 
 async fn show_drop(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
     let drop_id = parse_uuid("drop id", id)?;
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,
-        db::drop_status(&client, drop_id).await?,
+        queries::drop_status(&client, drop_id).await?,
     ))
 }
 
@@ -208,10 +208,10 @@ async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<B
         hold_seconds: fields.optional_integer("holdSeconds")?,
         per_user_limit: fields.optional_integer("perUserLimit")?,
     };
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::CREATED,
-        db::create_drop(&client, &drop).await?,
+        queries::create_drop(&client, &drop).await?,
     ))
 }
 
@@ -223,10 +223,10 @@ async fn create_user(request: Request<Incoming>, app: &App) -> Result<Response<B
     }
     let fields = Fields::read(request).await?;
     let username = fields.string("username")?;
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::CREATED,
-        db::create_user(&client, &username).await?,
+        queries::create_user(&client, &username).await?,
     ))
 }
 
@@ -237,14 +237,14 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(user_id)?;
     // Batched with whoever else is reserving this drop right now: one commit serves them all.
-    let (hold, fresh) = app.reservations.reserve(drop_id, user_id).await?;
+    let reserved = app.reservations.reserve(drop_id, user_id).await?;
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
-    let status = if fresh {
+    let status = if reserved.fresh {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(respond::success(status, hold))
+    Ok(respond::success(status, reserved.hold))
 }
 
 async fn purchase(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
@@ -253,8 +253,8 @@ async fn purchase(request: Request<Incoming>, app: &App) -> Result<Response<Body
     let hold_id = fields.uuid("reservationId")?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(user_id)?;
-    let client = db::connection(&app.pool).await?;
-    let sale = db::purchase(&client, hold_id, user_id).await?;
+    let client = pool::connection(&app.pool).await?;
+    let sale = queries::purchase(&client, hold_id, user_id).await?;
     Ok(respond::success_with_message(
         StatusCode::OK,
         "Purchased successfully",
@@ -272,10 +272,10 @@ async fn cancel(
     let fields = Fields::read(request).await?;
     let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(user_id)?;
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,
-        db::cancel(&client, hold_id, user_id).await?,
+        queries::cancel(&client, hold_id, user_id).await?,
     ))
 }
 
