@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::db::batching::Batcher;
-use crate::feed::hub::Feed;
+use crate::feed::hub::Hub;
 use crate::http::access::Access;
 use crate::http::cors::Cors;
 use crate::http::limits::RateLimits;
@@ -17,7 +17,7 @@ pub struct App {
     pub reservations: Batcher,
     pub access: Access,
     pub cors: Cors,
-    pub feed: Feed,
+    pub hub: Hub,
     pub metrics: Metrics,
     /// Per client address and per buyer: abuse gets 429 before it reaches the database.
     pub limits: RateLimits,

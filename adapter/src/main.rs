@@ -21,7 +21,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::db::batching::Batcher;
 use crate::db::pool::StartupError;
-use crate::feed::hub::Feed;
+use crate::feed::hub::Hub;
 use crate::http::access::Access;
 use crate::http::cors::Cors;
 use crate::http::metrics::Metrics;
@@ -73,7 +73,7 @@ async fn run(config: Config) -> Result<(), StartupError> {
         pool,
         access,
         cors: Cors::new(&config.cors_origins),
-        feed: Feed::new(),
+        hub: Hub::new(),
         metrics: Metrics::new(),
         limits: config.rate_limits(),
         shutdown: CancellationToken::new(),

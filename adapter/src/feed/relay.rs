@@ -15,7 +15,8 @@ use tokio_postgres::{AsyncMessage, NoTls, Notification};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::feed::hub::{FeedEvent, Notice};
+use crate::feed::hub::FeedEvent;
+use crate::feed::notice::Notice;
 
 /// The worker's channel.
 const CHANNEL: &str = "dropstock";
@@ -60,7 +61,7 @@ pub async fn run(mut config: tokio_postgres::Config, app: Arc<App>, shutdown: Ca
             _ = shutdown.cancelled() => return,
             lost = listen(&config, &app, listened_before) => lost,
         };
-        app.feed.set_listening(false);
+        app.hub.set_listening(false);
         if lost.was_listening {
             listened_before = true;
             failures = 0;
@@ -114,10 +115,10 @@ async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Los
     if let Err(error) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         return Lost::before(error);
     }
-    app.feed.set_listening(true);
+    app.hub.set_listening(true);
     if resync {
         app.metrics.listen_reconnects.inc();
-        app.feed.publish(FeedEvent::Resync);
+        app.hub.publish(FeedEvent::Resync);
         tracing::info!("LISTEN re-established; clients told to resync");
     } else {
         tracing::info!(channel = CHANNEL, "listening for stock changes");
@@ -180,7 +181,7 @@ fn relay(app: &App, payload: &str) {
     match serde_json::from_str::<Notice>(payload) {
         Ok(notice) => {
             app.metrics.notifications.inc();
-            app.feed.publish(FeedEvent::from_notice(&notice));
+            app.hub.publish(FeedEvent::from_notice(&notice));
         }
         Err(error) => {
             app.metrics.bad_notifications.inc();

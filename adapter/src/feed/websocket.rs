@@ -25,7 +25,8 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::db::{pool, queries};
-use crate::feed::hub::{self as fanout, FeedEvent, RESYNC_FRAME};
+use crate::feed::hub::FeedEvent;
+use crate::feed::messages::{self, RESYNC_FRAME};
 use crate::http::errors::ApiError;
 use crate::http::input::drop_filter;
 use crate::http::respond::{self, Body};
@@ -81,7 +82,7 @@ pub async fn upgrade(
     let filter = drop_filter(request.uri().query())?;
 
     // Subscribe first: a change that lands while the snapshot is read is then delivered, not lost.
-    let events = app.feed.subscribe();
+    let events = app.hub.subscribe();
     let drops = {
         let client = pool::connection(&app.pool).await?;
         match filter {
@@ -89,7 +90,7 @@ pub async fn upgrade(
             None => queries::active_drops(&client).await?,
         }
     };
-    let snapshot = fanout::snapshot_frame(&drops);
+    let snapshot = messages::snapshot_frame(&drops);
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     let client_app = app.clone();

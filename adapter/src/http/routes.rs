@@ -173,7 +173,7 @@ async fn health(app: &App) -> Result<Response<Body>, ApiError> {
             status: "ok",
             database: "ok",
             // Requests are served without LISTEN; only the live feed waits for it.
-            listening: app.feed.is_listening(),
+            listening: app.hub.is_listening(),
         },
     ))
 }
