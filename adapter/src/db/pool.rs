@@ -25,11 +25,6 @@ pub enum StartupError {
         "the dropstock extension is not installed in database {database}; run CREATE EXTENSION dropstock there first"
     )]
     NoExtension { database: String },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
 }
 
 /// The waits a request may spend on the database before it gets a 503 rather than hanging.
@@ -61,7 +56,7 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{database}")
 }
 
-pub fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StartupError> {
+pub fn open(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StartupError> {
     let mut config = config.clone();
     config.application_name("dropstock-http");
     let manager = Manager::from_config(

@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
-use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::feed::hub::FeedEvent;
@@ -51,9 +50,11 @@ impl Lost {
     }
 }
 
-/// Runs until shutdown, keeping a LISTEN connection up.
-pub async fn run(mut config: tokio_postgres::Config, app: Arc<App>, shutdown: CancellationToken) {
+/// Runs until the app shuts down, keeping a LISTEN connection up.
+pub async fn run(app: Arc<App>) {
+    let mut config = app.database.clone();
     config.application_name(APPLICATION_NAME);
+    let shutdown = &app.shutdown;
     let mut failures: u32 = 0;
     let mut listened_before = false;
     loop {

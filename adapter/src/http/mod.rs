@@ -1,3 +1,5 @@
+//! The HTTP side: the server, the router and what it needs to turn a request into a response.
+
 pub mod access;
 pub mod cors;
 pub mod errors;
