@@ -177,3 +177,115 @@ pub struct NewDrop {
     pub hold_seconds: Option<i32>,
     pub per_user_limit: Option<i32>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(value: &serde_json::Value) -> Vec<&str> {
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Clients of the replaced API read these names; the Rust names may say hold, buyer and sale, the
+    /// wire must not.
+    #[test]
+    fn views_keep_the_replaced_api_field_names() {
+        let at = DateTime::parse_from_rfc3339("2026-11-27T21:30:00.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = Uuid::nil();
+        let drop = serde_json::to_value(DropView {
+            id,
+            name: "hoodie".to_owned(),
+            price: 65.0,
+            total_stock: 50,
+            available_stock: 49,
+            held_stock: 0,
+            sold_stock: 1,
+            starts_at: at,
+            ends_at: None,
+            hold_seconds: 60,
+            per_user_limit: 1,
+            created_at: at,
+            purchases: vec![PurchaseView::from(RecentPurchase {
+                id,
+                user_id: id,
+                username: "ada".to_owned(),
+                created_at: at,
+            })],
+        })
+        .unwrap();
+        assert_eq!(
+            keys(&drop),
+            [
+                "availableStock",
+                "createdAt",
+                "endsAt",
+                "heldStock",
+                "holdSeconds",
+                "id",
+                "name",
+                "perUserLimit",
+                "price",
+                "purchases",
+                "soldStock",
+                "startsAt",
+                "totalStock"
+            ]
+        );
+        assert_eq!(drop["startsAt"], "2026-11-27T21:30:00.500Z");
+        assert_eq!(keys(&drop["purchases"][0]), ["createdAt", "id", "user"]);
+        assert_eq!(keys(&drop["purchases"][0]["user"]), ["id", "username"]);
+
+        let hold = serde_json::to_value(HoldView {
+            id,
+            drop_id: id,
+            user_id: id,
+            status: HoldStatus::Purchased,
+            expires_at: at,
+            created_at: at,
+        })
+        .unwrap();
+        assert_eq!(
+            keys(&hold),
+            ["createdAt", "dropId", "expiresAt", "id", "status", "userId"]
+        );
+        assert_eq!(hold["status"], "purchased");
+
+        let sale = serde_json::to_value(SaleView {
+            id,
+            reservation_id: id,
+            drop_id: id,
+            user_id: id,
+            price: 65.0,
+            created_at: at,
+        })
+        .unwrap();
+        assert_eq!(
+            keys(&sale),
+            [
+                "createdAt",
+                "dropId",
+                "id",
+                "price",
+                "reservationId",
+                "userId"
+            ]
+        );
+
+        let buyer = serde_json::to_value(UserView {
+            id,
+            username: "ada".to_owned(),
+            created_at: at,
+        })
+        .unwrap();
+        assert_eq!(keys(&buyer), ["createdAt", "id", "username"]);
+    }
+}
