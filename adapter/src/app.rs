@@ -26,7 +26,7 @@ pub struct App {
     pub database: tokio_postgres::Config,
     pub pool: Pool,
     /// Reservations, grouped per drop into one `reserve_items` call each.
-    pub reservations: Batcher,
+    pub holds: Batcher,
     pub access: Access,
     pub cors: Cors,
     pub hub: Hub,
@@ -51,7 +51,7 @@ impl App {
         pool::check(&pool, &database).await?;
         Ok(Arc::new(App {
             database,
-            reservations: Batcher::new(pool.clone()),
+            holds: Batcher::new(pool.clone()),
             pool,
             access: Access::new(config.admin_token(), config.jwt_secret()),
             cors: Cors::new(&config.cors_origins),

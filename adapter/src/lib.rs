@@ -42,7 +42,7 @@
 //! - [`db`]: everything about the database.
 //!   - [`db::pool`]: the connection pool and the start-up checks.
 //!   - [`db::queries`]: one function per SQL call the API makes.
-//!   - [`db::batching`]: concurrent reservations of one drop share one `reserve_items` call.
+//!   - [`db::batching`]: requests to reserve in one drop share one `reserve_items` call.
 //!   - [`db::models`]: the JSON views rows are read into, with the replaced API's field names.
 //! - [`feed`]: the live feed of stock changes.
 //!   - [`feed::relay`]: the one LISTEN connection, reconnected with backoff.

@@ -1,4 +1,4 @@
-//! Reservation batching: concurrent `POST /api/reservations` for the same drop share one
+//! Batching: concurrent `POST /api/reservations` for the same drop share one
 //! `dropstock.reserve_items` call, so one transaction and one commit (one disk flush) serve them all,
 //! and each buyer still gets exactly the answer `reserve_item` would have given them.
 //!
@@ -31,7 +31,7 @@ const FLUSHERS_PER_DROP: usize = 4;
 /// A drop's queue closes after this long without a request, and opens again on the next one.
 const IDLE: Duration = Duration::from_secs(5);
 
-/// What a buyer's reservation came to.
+/// What reserving came to for one buyer.
 #[derive(Debug, Clone)]
 pub struct Reserved {
     pub hold: HoldView,
@@ -208,7 +208,7 @@ impl Flushers {
                 hold: HoldView {
                     id: hold.id,
                     drop_id: self.drop,
-                    user_id: answer.buyer,
+                    buyer_id: answer.buyer,
                     status: HoldStatus::Reserved,
                     expires_at: hold.expires_at,
                     created_at: hold.created_at,

@@ -1,5 +1,5 @@
-//! The database side: the pool and its start-up checks, one function per SQL call, the reservation
-//! batcher, and the JSON views the rows are read into.
+//! The database side: the pool and its start-up checks, one function per SQL call, the batcher
+//! of holds, and the JSON views the rows are read into.
 
 use deadpool_postgres::PoolError;
 

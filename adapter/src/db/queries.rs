@@ -6,7 +6,7 @@ use deadpool_postgres::Object;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::db::models::{DropView, HoldView, NewDrop, RecentPurchases, SaleView, UserView};
+use crate::db::models::{BuyerView, DropView, HoldView, NewDrop, RecentSales, SaleView};
 use crate::db::DbError;
 
 pub async fn extension_installed(client: &Object) -> Result<bool, DbError> {
@@ -25,7 +25,7 @@ const SUMMARY_COLUMNS: &str =
      starts_at, ends_at, hold_seconds, per_user_limit, created_at, recent_purchases";
 
 fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
-    let purchases: RecentPurchases = row.try_get(12)?;
+    let sales: RecentSales = row.try_get(12)?;
     Ok(DropView {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -37,9 +37,9 @@ fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
         starts_at: row.try_get(7)?,
         ends_at: row.try_get(8)?,
         hold_seconds: row.try_get(9)?,
-        per_user_limit: row.try_get(10)?,
+        per_buyer_limit: row.try_get(10)?,
         created_at: row.try_get(11)?,
-        purchases: purchases.0.into_iter().map(Into::into).collect(),
+        sales: sales.0.into_iter().map(Into::into).collect(),
     })
 }
 
@@ -80,7 +80,7 @@ pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, Db
         ("hold_seconds", drop.hold_seconds.as_ref().map(|v| v as _)),
         (
             "per_user_limit",
-            drop.per_user_limit.as_ref().map(|v| v as _),
+            drop.per_buyer_limit.as_ref().map(|v| v as _),
         ),
     ];
     for (name, value) in optional {
@@ -101,12 +101,13 @@ pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, Db
     Ok(drop_view(&client.query_one(&statement, &values).await?)?)
 }
 
-pub async fn create_user(client: &Object, username: &str) -> Result<UserView, DbError> {
+/// Calls `create_user`.
+pub async fn create_buyer(client: &Object, username: &str) -> Result<BuyerView, DbError> {
     let statement = client
         .prepare_cached("SELECT u.id, u.username, u.created_at FROM dropstock.create_user($1) u")
         .await?;
     let row = client.query_one(&statement, &[&username]).await?;
-    Ok(UserView {
+    Ok(BuyerView {
         id: row.try_get(0)?,
         username: row.try_get(1)?,
         created_at: row.try_get(2)?,
@@ -117,7 +118,7 @@ fn hold_view(row: &Row) -> Result<HoldView, tokio_postgres::Error> {
     Ok(HoldView {
         id: row.try_get(0)?,
         drop_id: row.try_get(1)?,
-        user_id: row.try_get(2)?,
+        buyer_id: row.try_get(2)?,
         status: row.try_get(3)?,
         expires_at: row.try_get(4)?,
         created_at: row.try_get(5)?,
@@ -186,7 +187,8 @@ pub async fn reserve_batch(
         .map_err(DbError::from)
 }
 
-pub async fn cancel(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<HoldView, DbError> {
+/// Calls `cancel_reservation`: the buyer gives their hold back.
+pub async fn cancel(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
     let statement = client
         .prepare_cached(
             "SELECT r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at \
@@ -196,7 +198,7 @@ pub async fn cancel(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<Hol
     let row = {
         let mut attempt = 1;
         loop {
-            match client.query_one(&statement, &[&hold_id, &user_id]).await {
+            match client.query_one(&statement, &[&hold_id, &buyer]).await {
                 Err(error) if retry_again(&error, &mut attempt) => continue,
                 outcome => break outcome?,
             }
@@ -205,7 +207,8 @@ pub async fn cancel(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<Hol
     Ok(hold_view(&row)?)
 }
 
-pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<SaleView, DbError> {
+/// Calls `purchase`: the buyer turns their hold into a sale.
+pub async fn buy(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
     let statement = client
         .prepare_cached(
             "SELECT p.id, p.reservation_id, p.drop_id, p.user_id, p.price::float8, p.created_at \
@@ -215,7 +218,7 @@ pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<S
     let row = {
         let mut attempt = 1;
         loop {
-            match client.query_one(&statement, &[&hold_id, &user_id]).await {
+            match client.query_one(&statement, &[&hold_id, &buyer]).await {
                 Err(error) if retry_again(&error, &mut attempt) => continue,
                 outcome => break outcome?,
             }
@@ -223,9 +226,9 @@ pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<S
     };
     Ok(SaleView {
         id: row.try_get(0)?,
-        reservation_id: row.try_get(1)?,
+        hold_id: row.try_get(1)?,
         drop_id: row.try_get(2)?,
-        user_id: row.try_get(3)?,
+        buyer_id: row.try_get(3)?,
         price: row.try_get(4)?,
         created_at: row.try_get(5)?,
     })
@@ -237,8 +240,8 @@ const TRANSIENT_ATTEMPTS: usize = 3;
 /// Whether to make a call again that PostgreSQL ended with a serialization failure (40001) or a
 /// deadlock (40P01), counting the attempt. The extension's lock order makes both impossible through
 /// its API; this keeps one from ever reaching a buyer should an operator's own transaction get in the
-/// way. Every call retried this way is safe to repeat: a repeated reservation returns the hold made,
-/// a purchase the sale made, a cancel the hold as it is.
+/// way. Every call retried this way is safe to repeat: reserving again returns the hold made, buying
+/// again the sale made, cancelling again the hold as it is.
 fn retry_again(error: &tokio_postgres::Error, attempt: &mut usize) -> bool {
     use tokio_postgres::error::SqlState;
     let transient = matches!(

@@ -1,4 +1,4 @@
-//! The one LISTEN connection: notifications from the background worker go into the fan-out.
+//! The one LISTEN connection: notices from the background worker go into the fan-out.
 //!
 //! The connection is dedicated (a pooled connection would stop delivering as soon as it went back to the
 //! pool) and its `Connection` half is polled with `poll_message` by a task of its own, because a
@@ -103,8 +103,9 @@ async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Los
                         return Ok(());
                     }
                 }
-                Ok(AsyncMessage::Notice(notice)) => {
-                    tracing::debug!(%notice, "notice on the LISTEN connection")
+                // The server's own NOTICE messages (warnings and the like), not the worker's notices.
+                Ok(AsyncMessage::Notice(server_notice)) => {
+                    tracing::debug!(notice = %server_notice, "notice on the LISTEN connection")
                 }
                 Ok(_) => {}
                 Err(error) => return Err(error),
@@ -126,7 +127,7 @@ async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Los
     }
 
     // The health probe runs beside the relay loop, not inside it: while a probe waits for its answer the
-    // loop keeps draining notifications, so the pump never blocks on a full channel with the answer
+    // loop keeps draining notices, so the pump never blocks on a full channel with the answer
     // stuck behind it.
     let (lost_sender, mut probe_failed) = oneshot::channel::<String>();
     let _probe =
@@ -181,11 +182,11 @@ impl<T> Drop for AbortOnDrop<T> {
 fn relay(app: &App, payload: &str) {
     match serde_json::from_str::<Notice>(payload) {
         Ok(notice) => {
-            app.metrics.notifications.inc();
+            app.metrics.notices.inc();
             app.hub.publish(FeedEvent::from_notice(&notice));
         }
         Err(error) => {
-            app.metrics.bad_notifications.inc();
+            app.metrics.bad_notices.inc();
             tracing::warn!(%error, payload = %payload.chars().take(200).collect::<String>(), "unreadable notification");
         }
     }

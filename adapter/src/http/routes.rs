@@ -30,10 +30,10 @@ enum Route<'a> {
     Feed,
     Drops,
     Drop(&'a str),
-    Reservations,
+    Holds,
     CancelHold(&'a str),
-    Purchases,
-    Users,
+    Sales,
+    Buyers,
 }
 
 impl<'a> Route<'a> {
@@ -48,10 +48,10 @@ impl<'a> Route<'a> {
             ["ws"] => Route::Feed,
             ["api", "drops"] => Route::Drops,
             ["api", "drops", id] if !id.is_empty() => Route::Drop(id),
-            ["api", "reservations"] => Route::Reservations,
+            ["api", "reservations"] => Route::Holds,
             ["api", "reservations", id, "cancel"] if !id.is_empty() => Route::CancelHold(id),
-            ["api", "purchases"] => Route::Purchases,
-            ["api", "users"] => Route::Users,
+            ["api", "purchases"] => Route::Sales,
+            ["api", "users"] => Route::Buyers,
             _ => return None,
         };
         Some(route)
@@ -68,10 +68,10 @@ impl<'a> Route<'a> {
             Route::Feed => "/ws",
             Route::Drops => "/api/drops",
             Route::Drop(_) => "/api/drops/{id}",
-            Route::Reservations => "/api/reservations",
+            Route::Holds => "/api/reservations",
             Route::CancelHold(_) => "/api/reservations/{id}/cancel",
-            Route::Purchases => "/api/purchases",
-            Route::Users => "/api/users",
+            Route::Sales => "/api/purchases",
+            Route::Buyers => "/api/users",
         }
     }
 
@@ -79,9 +79,7 @@ impl<'a> Route<'a> {
     fn allow(self) -> &'static str {
         match self {
             Route::Drops => "GET, POST, OPTIONS",
-            Route::Reservations | Route::CancelHold(_) | Route::Purchases | Route::Users => {
-                "POST, OPTIONS"
-            }
+            Route::Holds | Route::CancelHold(_) | Route::Sales | Route::Buyers => "POST, OPTIONS",
             _ => "GET, OPTIONS",
         }
     }
@@ -146,10 +144,10 @@ async fn dispatch(
         (Route::Drops, Method::GET) => list_drops(app).await,
         (Route::Drops, Method::POST) => create_drop(request, app).await,
         (Route::Drop(id), Method::GET) => show_drop(id, app).await,
-        (Route::Reservations, Method::POST) => reserve(request, app).await,
+        (Route::Holds, Method::POST) => reserve(request, app).await,
         (Route::CancelHold(id), Method::POST) => cancel(id, request, app).await,
-        (Route::Purchases, Method::POST) => purchase(request, app).await,
-        (Route::Users, Method::POST) => create_user(request, app).await,
+        (Route::Sales, Method::POST) => buy(request, app).await,
+        (Route::Buyers, Method::POST) => create_buyer(request, app).await,
         (route, method) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
     }
 }
@@ -206,7 +204,7 @@ async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<B
         starts_at: fields.optional_timestamp("startsAt")?,
         ends_at: fields.optional_timestamp("endsAt")?,
         hold_seconds: fields.optional_integer("holdSeconds")?,
-        per_user_limit: fields.optional_integer("perUserLimit")?,
+        per_buyer_limit: fields.optional_integer("perUserLimit")?,
     };
     let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
@@ -215,7 +213,7 @@ async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<B
     ))
 }
 
-async fn create_user(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+async fn create_buyer(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     // With buyer tokens, the host application issues them and so decides who the buyers are.
     if app.access.jwt_mode() {
         app.access
@@ -226,18 +224,18 @@ async fn create_user(request: Request<Incoming>, app: &App) -> Result<Response<B
     let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::CREATED,
-        queries::create_user(&client, &username).await?,
+        queries::create_buyer(&client, &username).await?,
     ))
 }
 
 async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
-    let buyer = app.access.authenticate(request.headers())?;
+    let identity = app.access.authenticate(request.headers())?;
     let fields = Fields::read(request).await?;
     let drop_id = fields.uuid("dropId")?;
-    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
-    app.limits.check_buyer(user_id)?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
     // Batched with whoever else is reserving this drop right now: one commit serves them all.
-    let reserved = app.reservations.reserve(drop_id, user_id).await?;
+    let reserved = app.holds.reserve(drop_id, buyer).await?;
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
     let status = if reserved.fresh {
         StatusCode::CREATED
@@ -247,14 +245,14 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
     Ok(respond::success(status, reserved.hold))
 }
 
-async fn purchase(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
-    let buyer = app.access.authenticate(request.headers())?;
+async fn buy(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+    let identity = app.access.authenticate(request.headers())?;
     let fields = Fields::read(request).await?;
     let hold_id = fields.uuid("reservationId")?;
-    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
-    app.limits.check_buyer(user_id)?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
     let client = pool::connection(&app.pool).await?;
-    let sale = queries::purchase(&client, hold_id, user_id).await?;
+    let sale = queries::buy(&client, hold_id, buyer).await?;
     Ok(respond::success_with_message(
         StatusCode::OK,
         "Purchased successfully",
@@ -268,14 +266,14 @@ async fn cancel(
     app: &App,
 ) -> Result<Response<Body>, ApiError> {
     let hold_id = parse_uuid("reservation id", id)?;
-    let buyer = app.access.authenticate(request.headers())?;
+    let identity = app.access.authenticate(request.headers())?;
     let fields = Fields::read(request).await?;
-    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
-    app.limits.check_buyer(user_id)?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
     let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,
-        queries::cancel(&client, hold_id, user_id).await?,
+        queries::cancel(&client, hold_id, buyer).await?,
     ))
 }
 
