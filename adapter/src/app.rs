@@ -24,12 +24,17 @@ use crate::http::server;
 pub struct App {
     /// Where the database is: the LISTEN connection is opened from it, outside the pool.
     pub database: tokio_postgres::Config,
+    /// Connections for requests; the LISTEN connection is not among them.
     pub pool: Pool,
     /// Reservations, grouped per drop into one `reserve_items` call each.
     pub holds: Batcher,
+    /// Who may create drops and act for which buyer.
     pub access: Access,
+    /// Which browser origins may call the API.
     pub cors: Cors,
+    /// The feed's fan-out: the relay publishes into it, each WebSocket client reads from it.
     pub hub: Hub,
+    /// What `/metrics` reports, counted by requests, the relay and WebSocket clients alike.
     pub metrics: Metrics,
     /// Per client address and per buyer: abuse gets 429 before it reaches the database.
     pub limits: RateLimits,
