@@ -1,29 +1,81 @@
-//! What every request handler and WebSocket client shares.
+//! The adapter as a whole: what every request handler and WebSocket client shares, how it is built from
+//! the configuration, and how it runs until shut down.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Access;
-use crate::batch::Batcher;
-use crate::cors::Cors;
-use crate::fanout::Feed;
-use crate::metrics::Metrics;
-use crate::ratelimit::RateLimits;
+use crate::config::Config;
+use crate::db::batching::Batcher;
+use crate::db::pool::{self, StartupError};
+use crate::feed::hub::Hub;
+use crate::feed::relay;
+use crate::http::access::Access;
+use crate::http::cors::Cors;
+use crate::http::limits::RateLimits;
+use crate::http::metrics::Metrics;
+use crate::http::server;
 
 pub struct App {
+    /// Where the database is: the LISTEN connection is opened from it, outside the pool.
+    pub database: tokio_postgres::Config,
+    /// Connections for requests; the LISTEN connection is not among them.
     pub pool: Pool,
     /// Reservations, grouped per drop into one `reserve_items` call each.
-    pub reservations: Batcher,
+    pub holds: Batcher,
+    /// Who may create drops and act for which buyer.
     pub access: Access,
+    /// Which browser origins may call the API.
     pub cors: Cors,
-    pub feed: Feed,
+    /// The feed's fan-out: the relay publishes into it, each WebSocket client reads from it.
+    pub hub: Hub,
+    /// What `/metrics` reports, counted by requests, the relay and WebSocket clients alike.
     pub metrics: Metrics,
     /// Per client address and per buyer: abuse gets 429 before it reaches the database.
     pub limits: RateLimits,
-    /// Cancelled on SIGTERM: WebSocket clients close with 1001 and the LISTEN task stops.
+    /// How long shutdown waits for in-flight requests and WebSocket closes before giving up on them.
+    pub drain: Duration,
+    /// Cancelled on shutdown: WebSocket clients close with 1001 and the LISTEN task stops.
     pub shutdown: CancellationToken,
     /// WebSocket client tasks. Once upgraded they are no longer hyper connections, so the graceful
     /// shutdown of the HTTP server does not wait for them; this does.
     pub sockets: TaskTracker,
+}
+
+impl App {
+    /// Opens the pool and checks that the database answers and has the extension, so a misconfigured
+    /// adapter says what is wrong at once instead of answering 503 to every request.
+    pub async fn connect(config: &Config) -> Result<Arc<App>, StartupError> {
+        let database = pool::parse_url(&config.database_url)?;
+        let pool = pool::open(&database, usize::from(config.pool_size))?;
+        pool::check(&pool, &database).await?;
+        Ok(Arc::new(App {
+            database,
+            holds: Batcher::new(pool.clone()),
+            pool,
+            access: Access::new(config.admin_token(), config.jwt_secret()),
+            cors: Cors::new(&config.cors_origins),
+            hub: Hub::new(),
+            metrics: Metrics::new(),
+            limits: config.rate_limits(),
+            drain: config.drain(),
+            shutdown: CancellationToken::new(),
+            sockets: TaskTracker::new(),
+        }))
+    }
+}
+
+/// Runs the adapter on `listener` (HTTP, the WebSocket feed and its LISTEN relay) until `shutdown`
+/// completes, then drains and closes the pool. Tests start it on a free port and stop it by completing
+/// `shutdown`.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let relay = tokio::spawn(relay::run(app.clone()));
+    server::run(listener, app.clone(), shutdown).await;
+    let _ = relay.await;
+    app.pool.close();
 }

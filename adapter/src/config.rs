@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::ratelimit::{Rate, RateLimits};
+use crate::http::limits::{Rate, RateLimits};
 
 /// The HTTP and WebSocket front of the dropstock PostgreSQL extension.
 ///

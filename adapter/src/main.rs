@@ -1,44 +1,12 @@
-//! dropstock-http: the HTTP adapter in front of the dropstock extension (REST, WebSocket feed, live page).
-//!
-//! The adapter holds no state that matters: any number of copies can run side by side, each with its own
-//! pool and its own LISTEN connection.
-
-mod app;
-mod auth;
-mod batch;
-mod config;
-mod cors;
-mod db;
-mod error;
-mod fanout;
-mod input;
-mod listen;
-mod metrics;
-mod model;
-mod openapi;
-mod page;
-mod ratelimit;
-mod respond;
-mod routes;
-mod server;
-mod ws;
+//! The `dropstock-http` binary: flags and environment, logging and signals. The adapter itself is the
+//! `dropstock_http` library, so tests run the same code in-process.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
+use dropstock_http::db::pool;
+use dropstock_http::{serve, App, Config};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-use crate::app::App;
-use crate::auth::Access;
-use crate::batch::Batcher;
-use crate::config::Config;
-use crate::cors::Cors;
-use crate::db::StartupError;
-use crate::fanout::Feed;
-use crate::metrics::Metrics;
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -70,44 +38,42 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> Result<(), StartupError> {
-    let database = db::parse_url(&config.database_url)?;
-    let pool = db::pool(&database, usize::from(config.pool_size))?;
-    db::check(&pool, &database).await?;
+/// Everything that can stop the adapter from starting is one line on stderr and exit code 1.
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let app = App::connect(&config).await?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartupError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-
-    let access = Access::new(config.admin_token(), config.jwt_secret());
-    let app = Arc::new(App {
-        reservations: Batcher::new(pool.clone()),
-        pool,
-        access,
-        cors: Cors::new(&config.cors_origins),
-        feed: Feed::new(),
-        metrics: Metrics::new(),
-        limits: config.rate_limits(),
-        shutdown: CancellationToken::new(),
-        sockets: TaskTracker::new(),
-    });
-    let listen_task = tokio::spawn(listen::run(
-        database.clone(),
-        app.clone(),
-        app.shutdown.clone(),
-    ));
-
+        .map_err(|source| format!("cannot listen on {}: {source}", config.listen))?;
     let address = listener.local_addr().unwrap_or(config.listen);
     tracing::info!(
-        database = %db::describe(&database),
+        database = %pool::describe(&app.database),
         admin = app.access.admin_enabled(),
         jwt = app.access.jwt_mode(),
         "dropstock-http listening on http://{address} (live feed at ws://{address}/ws)"
     );
-    server::serve(listener, app.clone(), config.drain()).await;
-    let _ = listen_task.await;
-    app.pool.close();
+    serve(listener, app, shutdown_signal()).await;
     Ok(())
+}
+
+/// SIGTERM (how service managers and orchestrators stop a process) or Ctrl-C.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(terminate) => terminate,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the adapter");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
 }

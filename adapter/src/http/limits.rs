@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::errors::ApiError;
 
 /// Keys a table remembers at most (about 40 bytes each).
 const MAX_KEYS: usize = 100_000;
@@ -99,7 +99,7 @@ impl RateLimits {
             .map_err(|wait| refusal("from this address", wait))
     }
 
-    /// Counts one reserve, purchase or cancel by `buyer`.
+    /// Counts one reserve, buy or cancel by `buyer`.
     pub fn check_buyer(&self, buyer: Uuid) -> Result<(), ApiError> {
         let Some(table) = &self.per_buyer else {
             return Ok(());

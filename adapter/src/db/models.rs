@@ -17,19 +17,21 @@ pub enum HoldStatus {
     #[postgres(name = "reserved")]
     Reserved,
     #[postgres(name = "purchased")]
-    Purchased,
+    #[serde(rename = "purchased")]
+    Sold,
     #[postgres(name = "expired")]
     Expired,
     #[postgres(name = "cancelled")]
     Cancelled,
 }
 
-/// `dropstock.recent_purchase`: one entry of a drop's activity feed.
+/// `dropstock.recent_purchase`: one of a drop's latest sales.
 #[derive(Debug, Clone, FromSql)]
 #[postgres(name = "recent_purchase")]
-pub struct RecentPurchase {
+pub struct RecentSale {
     pub id: Uuid,
-    pub user_id: Uuid,
+    #[postgres(name = "user_id")]
+    pub buyer_id: Uuid,
     pub username: String,
     pub created_at: DateTime<Utc>,
 }
@@ -38,24 +40,24 @@ pub struct RecentPurchase {
 /// join, so it holds no NULLs today; skipping them rather than failing keeps one odd row from turning a
 /// whole drop list into an error.
 #[derive(Debug, Clone, Default)]
-pub struct RecentPurchases(pub Vec<RecentPurchase>);
+pub struct RecentSales(pub Vec<RecentSale>);
 
-impl<'a> FromSql<'a> for RecentPurchases {
+impl<'a> FromSql<'a> for RecentSales {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
         let Kind::Array(member) = ty.kind() else {
             return Err(format!("expected an array of recent_purchase, got {ty}").into());
         };
         let array = postgres_protocol::types::array_from_sql(raw)?;
-        let purchases = array
+        let sales = array
             .values()
             .filter_map(Ok)
-            .map(|element| RecentPurchase::from_sql(member, element))
+            .map(|element| RecentSale::from_sql(member, element))
             .collect()?;
-        Ok(RecentPurchases(purchases))
+        Ok(RecentSales(sales))
     }
 
     fn accepts(ty: &Type) -> bool {
-        matches!(ty.kind(), Kind::Array(member) if <RecentPurchase as FromSql>::accepts(member))
+        matches!(ty.kind(), Kind::Array(member) if <RecentSale as FromSql>::accepts(member))
     }
 }
 
@@ -91,36 +93,41 @@ pub struct DropView {
     #[serde(serialize_with = "optional_timestamp")]
     pub ends_at: Option<DateTime<Utc>>,
     pub hold_seconds: i32,
-    pub per_user_limit: i32,
+    #[serde(rename = "perUserLimit")]
+    pub per_buyer_limit: i32,
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
-    pub purchases: Vec<PurchaseView>,
+    /// The three latest sales, newest first.
+    #[serde(rename = "purchases")]
+    pub sales: Vec<RecentSaleView>,
 }
 
 /// One entry of a drop's `purchases` list.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PurchaseView {
+pub struct RecentSaleView {
     pub id: Uuid,
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
-    pub user: UserRef,
+    #[serde(rename = "user")]
+    pub buyer: BuyerRef,
 }
 
+/// A buyer as a sale names them: id and name.
 #[derive(Debug, Clone, Serialize)]
-pub struct UserRef {
+pub struct BuyerRef {
     pub id: Uuid,
     pub username: String,
 }
 
-impl From<RecentPurchase> for PurchaseView {
-    fn from(purchase: RecentPurchase) -> Self {
-        PurchaseView {
-            id: purchase.id,
-            created_at: purchase.created_at,
-            user: UserRef {
-                id: purchase.user_id,
-                username: purchase.username,
+impl From<RecentSale> for RecentSaleView {
+    fn from(sale: RecentSale) -> Self {
+        RecentSaleView {
+            id: sale.id,
+            created_at: sale.created_at,
+            buyer: BuyerRef {
+                id: sale.buyer_id,
+                username: sale.username,
             },
         }
     }
@@ -132,7 +139,8 @@ impl From<RecentPurchase> for PurchaseView {
 pub struct HoldView {
     pub id: Uuid,
     pub drop_id: Uuid,
-    pub user_id: Uuid,
+    #[serde(rename = "userId")]
+    pub buyer_id: Uuid,
     pub status: HoldStatus,
     #[serde(serialize_with = "timestamp")]
     pub expires_at: DateTime<Utc>,
@@ -145,9 +153,12 @@ pub struct HoldView {
 #[serde(rename_all = "camelCase")]
 pub struct SaleView {
     pub id: Uuid,
-    pub reservation_id: Uuid,
+    /// The hold the sale was made from.
+    #[serde(rename = "reservationId")]
+    pub hold_id: Uuid,
     pub drop_id: Uuid,
-    pub user_id: Uuid,
+    #[serde(rename = "userId")]
+    pub buyer_id: Uuid,
     pub price: f64,
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
@@ -156,7 +167,7 @@ pub struct SaleView {
 /// A buyer, as `POST /api/users` answers.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct UserView {
+pub struct BuyerView {
     pub id: Uuid,
     pub username: String,
     #[serde(serialize_with = "timestamp")]
@@ -175,5 +186,117 @@ pub struct NewDrop {
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub hold_seconds: Option<i32>,
-    pub per_user_limit: Option<i32>,
+    pub per_buyer_limit: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(value: &serde_json::Value) -> Vec<&str> {
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Clients of the replaced API read these names; the Rust names may say hold, buyer and sale, the
+    /// wire must not.
+    #[test]
+    fn views_keep_the_replaced_api_field_names() {
+        let at = DateTime::parse_from_rfc3339("2026-11-27T21:30:00.5Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let id = Uuid::nil();
+        let drop = serde_json::to_value(DropView {
+            id,
+            name: "hoodie".to_owned(),
+            price: 65.0,
+            total_stock: 50,
+            available_stock: 49,
+            held_stock: 0,
+            sold_stock: 1,
+            starts_at: at,
+            ends_at: None,
+            hold_seconds: 60,
+            per_buyer_limit: 1,
+            created_at: at,
+            sales: vec![RecentSaleView::from(RecentSale {
+                id,
+                buyer_id: id,
+                username: "ada".to_owned(),
+                created_at: at,
+            })],
+        })
+        .unwrap();
+        assert_eq!(
+            keys(&drop),
+            [
+                "availableStock",
+                "createdAt",
+                "endsAt",
+                "heldStock",
+                "holdSeconds",
+                "id",
+                "name",
+                "perUserLimit",
+                "price",
+                "purchases",
+                "soldStock",
+                "startsAt",
+                "totalStock"
+            ]
+        );
+        assert_eq!(drop["startsAt"], "2026-11-27T21:30:00.500Z");
+        assert_eq!(keys(&drop["purchases"][0]), ["createdAt", "id", "user"]);
+        assert_eq!(keys(&drop["purchases"][0]["user"]), ["id", "username"]);
+
+        let hold = serde_json::to_value(HoldView {
+            id,
+            drop_id: id,
+            buyer_id: id,
+            status: HoldStatus::Sold,
+            expires_at: at,
+            created_at: at,
+        })
+        .unwrap();
+        assert_eq!(
+            keys(&hold),
+            ["createdAt", "dropId", "expiresAt", "id", "status", "userId"]
+        );
+        assert_eq!(hold["status"], "purchased");
+
+        let sale = serde_json::to_value(SaleView {
+            id,
+            hold_id: id,
+            drop_id: id,
+            buyer_id: id,
+            price: 65.0,
+            created_at: at,
+        })
+        .unwrap();
+        assert_eq!(
+            keys(&sale),
+            [
+                "createdAt",
+                "dropId",
+                "id",
+                "price",
+                "reservationId",
+                "userId"
+            ]
+        );
+
+        let buyer = serde_json::to_value(BuyerView {
+            id,
+            username: "ada".to_owned(),
+            created_at: at,
+        })
+        .unwrap();
+        assert_eq!(keys(&buyer), ["createdAt", "id", "username"]);
+    }
 }

@@ -1,17 +1,35 @@
-//! Reading request fields out of a JSON object, with a 400 that names the field whenever one is missing
-//! or of the wrong type. Values that are well-formed but out of range (a negative price) are left to the
+//! Reading requests: a JSON body within the size limit, its fields one by one with a 400 that names the
+//! field whenever one is missing or of the wrong type, and the query of `/ws`. Values that are well-formed but out of range (a negative price) are left to the
 //! extension, which refuses them with SQLSTATE 22023 and a message of its own.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use http::{header, Request};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::errors::ApiError;
+
+/// Request bodies are a handful of ids and names; anything bigger is a mistake or an attack.
+pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// The request body of a POST, field by field.
 pub struct Fields(pub Map<String, Value>);
 
 impl Fields {
+    /// Reads the request's body, which must be a JSON object (an empty body reads as `{}`).
+    pub async fn read(request: Request<Incoming>) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+        let object = read_json_object(body, declared).await?;
+        Ok(Fields(object))
+    }
+
     /// A present, non-null field. `null` counts as missing, as it did in the replaced API.
     fn get(&self, name: &str) -> Option<&Value> {
         self.0.get(name).filter(|value| !value.is_null())
@@ -98,9 +116,55 @@ impl Fields {
     }
 }
 
+/// Reads the body as a JSON object. A declared length over the limit is refused before reading a byte;
+/// a body that streams past the limit is cut off there, so memory per request stays bounded.
+async fn read_json_object(
+    body: Incoming,
+    declared_length: Option<u64>,
+) -> Result<Map<String, Value>, ApiError> {
+    if declared_length.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return Err(ApiError::payload_too_large(BODY_LIMIT));
+    }
+    let bytes = match Limited::new(body, BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<LengthLimitError>() => {
+            return Err(ApiError::payload_too_large(BODY_LIMIT))
+        }
+        Err(error) => {
+            return Err(ApiError::bad_request(format!(
+                "could not read the request body: {error}"
+            )))
+        }
+    };
+    // No body at all reads as `{}`, so the answer names the first missing field.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(_) => Err(ApiError::bad_request("request body must be a JSON object")),
+        Err(error) => Err(ApiError::bad_request(format!(
+            "request body is not valid JSON: {error}"
+        ))),
+    }
+}
+
 pub fn parse_uuid(name: &str, text: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(text.trim())
         .map_err(|_| ApiError::bad_request(format!("{name} must be a UUID, got {text:?}")))
+}
+
+/// The `drop` query parameter of `/ws`, if any: the client wants one drop's feed only.
+pub fn drop_filter(query: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    for pair in query.split('&') {
+        if let Some(("drop", value)) = pair.split_once('=') {
+            return parse_uuid("drop", value).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// RFC 3339, or the replaced API's `"DD-MM-YYYY, hh:mm A"`, which carries no zone and is read as UTC.
@@ -156,6 +220,21 @@ mod tests {
         assert_eq!(
             nul.string("name").unwrap_err().message,
             "name must not contain NUL characters"
+        );
+    }
+
+    #[test]
+    fn reads_the_drop_filter() {
+        assert_eq!(drop_filter(None).unwrap(), None);
+        assert_eq!(drop_filter(Some("x=1")).unwrap(), None);
+        let id = Uuid::new_v4();
+        assert_eq!(
+            drop_filter(Some(&format!("x=1&drop={id}"))).unwrap(),
+            Some(id)
+        );
+        assert_eq!(
+            drop_filter(Some("drop=42")).unwrap_err().status,
+            http::StatusCode::BAD_REQUEST
         );
     }
 }

@@ -8,7 +8,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
 use crate::db::DbError;
-use crate::respond::{self, Body};
+use crate::http::respond::{self, Body};
 
 /// What a request failed with. `message` is shown to the client, so it is always written for people and
 /// never carries internals; `code` is stable for programs to match on (the SQLSTATE when the database

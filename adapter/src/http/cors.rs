@@ -3,8 +3,8 @@
 
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
-use crate::error::ApiError;
-use crate::respond::{self, Body};
+use crate::http::errors::ApiError;
+use crate::http::respond::{self, Body};
 
 pub struct Cors {
     any: bool,

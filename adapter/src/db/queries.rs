@@ -1,135 +1,13 @@
-//! The connection pool and one function per SQL call the API makes. Every decision (stock, limits,
-//! expiry, ownership) is made by the extension; this module only passes arguments and reads rows.
-
-use std::str::FromStr;
-use std::time::Duration;
+//! One function per SQL call the API makes. Every decision (stock, limits, expiry, ownership) is made by
+//! the extension; these only pass arguments and read rows.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
-};
-use tokio_postgres::{NoTls, Row};
+use deadpool_postgres::Object;
+use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::model::{DropView, HoldView, NewDrop, RecentPurchases, SaleView, UserView};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error(transparent)]
-    Pool(#[from] PoolError),
-    #[error(transparent)]
-    Postgres(#[from] tokio_postgres::Error),
-}
-
-/// Why the adapter cannot start; each is printed as one line before a non-zero exit.
-#[derive(Debug, thiserror::Error)]
-pub enum StartupError {
-    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
-    BadUrl(tokio_postgres::Error),
-    #[error("cannot build the connection pool: {0}")]
-    Pool(String),
-    #[error("cannot reach the database at {target}: {reason}")]
-    Unreachable { target: String, reason: String },
-    #[error(
-        "the dropstock extension is not installed in database {database}; run CREATE EXTENSION dropstock there first"
-    )]
-    NoExtension { database: String },
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-}
-
-/// The waits a request may spend on the database before it gets a 503 rather than hanging.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StartupError> {
-    let mut config = tokio_postgres::Config::from_str(url).map_err(StartupError::BadUrl)?;
-    config.connect_timeout(CONNECT_TIMEOUT);
-    // TCP keepalives let a connection to a vanished server fail instead of waiting forever.
-    config.keepalives(true);
-    config.keepalives_idle(Duration::from_secs(30));
-    Ok(config)
-}
-
-/// Where the database is, for messages: host, port and database name, never the password.
-pub fn describe(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let database = config
-        .get_dbname()
-        .or(config.get_user())
-        .unwrap_or("postgres");
-    format!("{host}:{port}/{database}")
-}
-
-pub fn pool(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StartupError> {
-    let mut config = config.clone();
-    config.application_name("dropstock-http");
-    let manager = Manager::from_config(
-        config,
-        NoTls,
-        // Fast recycling skips a round trip per checkout; a connection the server closed is noticed by
-        // `is_closed` and replaced, and a query on one that died unnoticed answers 503 once.
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(CHECKOUT_TIMEOUT))
-        .create_timeout(Some(CONNECT_TIMEOUT))
-        .recycle_timeout(Some(CONNECT_TIMEOUT))
-        .build()
-        .map_err(|error| StartupError::Pool(error.to_string()))
-}
-
-/// The startup check: the database answers and the extension is installed in it.
-pub async fn check(pool: &Pool, config: &tokio_postgres::Config) -> Result<(), StartupError> {
-    let unreachable = |reason: String| StartupError::Unreachable {
-        target: describe(config),
-        reason,
-    };
-    let client = pool.get().await.map_err(|error| {
-        unreachable(match error {
-            PoolError::Backend(error) => first_line(&error),
-            PoolError::Timeout(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-            other => first_line(&other),
-        })
-    })?;
-    if !extension_installed(&client)
-        .await
-        .map_err(|error| unreachable(first_line(&error)))?
-    {
-        return Err(StartupError::NoExtension {
-            database: config.get_dbname().unwrap_or("postgres").to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// deadpool and tokio-postgres say "error connecting to server" and keep the reason (connection refused,
-/// timed out) in the source chain; the one-line startup error names both so it says what to fix.
-fn first_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text = format!("{text}: {cause_text}");
-        }
-        source = cause.source();
-    }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+use crate::db::models::{BuyerView, DropView, HoldView, NewDrop, RecentSales, SaleView};
+use crate::db::DbError;
 
 pub async fn extension_installed(client: &Object) -> Result<bool, DbError> {
     let statement = client
@@ -140,10 +18,6 @@ pub async fn extension_installed(client: &Object) -> Result<bool, DbError> {
     Ok(client.query_one(&statement, &[]).await?.get(0))
 }
 
-pub async fn connection(pool: &Pool) -> Result<Object, DbError> {
-    Ok(pool.get().await?)
-}
-
 /// The columns of `dropstock.drop_summaries`, with the price as float8: JSON has only one kind of number,
 /// and prices of at most 12 digits with 2 decimals survive the trip exactly.
 const SUMMARY_COLUMNS: &str =
@@ -151,7 +25,7 @@ const SUMMARY_COLUMNS: &str =
      starts_at, ends_at, hold_seconds, per_user_limit, created_at, recent_purchases";
 
 fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
-    let purchases: RecentPurchases = row.try_get(12)?;
+    let sales: RecentSales = row.try_get(12)?;
     Ok(DropView {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -163,9 +37,9 @@ fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
         starts_at: row.try_get(7)?,
         ends_at: row.try_get(8)?,
         hold_seconds: row.try_get(9)?,
-        per_user_limit: row.try_get(10)?,
+        per_buyer_limit: row.try_get(10)?,
         created_at: row.try_get(11)?,
-        purchases: purchases.0.into_iter().map(Into::into).collect(),
+        sales: sales.0.into_iter().map(Into::into).collect(),
     })
 }
 
@@ -206,7 +80,7 @@ pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, Db
         ("hold_seconds", drop.hold_seconds.as_ref().map(|v| v as _)),
         (
             "per_user_limit",
-            drop.per_user_limit.as_ref().map(|v| v as _),
+            drop.per_buyer_limit.as_ref().map(|v| v as _),
         ),
     ];
     for (name, value) in optional {
@@ -227,12 +101,13 @@ pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, Db
     Ok(drop_view(&client.query_one(&statement, &values).await?)?)
 }
 
-pub async fn create_user(client: &Object, username: &str) -> Result<UserView, DbError> {
+/// Calls `create_user`.
+pub async fn create_buyer(client: &Object, username: &str) -> Result<BuyerView, DbError> {
     let statement = client
         .prepare_cached("SELECT u.id, u.username, u.created_at FROM dropstock.create_user($1) u")
         .await?;
     let row = client.query_one(&statement, &[&username]).await?;
-    Ok(UserView {
+    Ok(BuyerView {
         id: row.try_get(0)?,
         username: row.try_get(1)?,
         created_at: row.try_get(2)?,
@@ -243,20 +118,30 @@ fn hold_view(row: &Row) -> Result<HoldView, tokio_postgres::Error> {
     Ok(HoldView {
         id: row.try_get(0)?,
         drop_id: row.try_get(1)?,
-        user_id: row.try_get(2)?,
+        buyer_id: row.try_get(2)?,
         status: row.try_get(3)?,
         expires_at: row.try_get(4)?,
         created_at: row.try_get(5)?,
     })
 }
 
-/// One buyer's row from `reserve_items`: their hold (id, expiry, creation, whether it is new) or their
-/// refusal's SQLSTATE and message.
+/// One buyer's row from `reserve_items`: their hold, or their refusal's SQLSTATE and message.
 pub struct BatchAnswer {
-    pub user_id: Uuid,
-    pub hold: Option<(Uuid, DateTime<Utc>, DateTime<Utc>, bool)>,
+    pub buyer: Uuid,
+    pub hold: Option<BatchHold>,
     pub sqlstate: Option<String>,
     pub message: Option<String>,
+}
+
+/// The hold a row of `reserve_items` gives a buyer. The drop and the buyer are the batch's, so they are
+/// not repeated here.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchHold {
+    pub id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    /// Made by this call (true), or the buyer's live hold from before, handed back as to a retry.
+    pub fresh: bool,
 }
 
 /// Reserves for many buyers of one drop in one transaction (see `batch`).
@@ -283,11 +168,16 @@ pub async fn reserve_batch(
     rows.iter()
         .map(|row| {
             let hold = match row.try_get::<_, Option<Uuid>>(1)? {
-                Some(id) => Some((id, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?)),
+                Some(id) => Some(BatchHold {
+                    id,
+                    expires_at: row.try_get(2)?,
+                    created_at: row.try_get(3)?,
+                    fresh: row.try_get(4)?,
+                }),
                 None => None,
             };
             Ok(BatchAnswer {
-                user_id: row.try_get(0)?,
+                buyer: row.try_get(0)?,
                 hold,
                 sqlstate: row.try_get(5)?,
                 message: row.try_get(6)?,
@@ -297,7 +187,8 @@ pub async fn reserve_batch(
         .map_err(DbError::from)
 }
 
-pub async fn cancel(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<HoldView, DbError> {
+/// Calls `cancel_reservation`: the buyer gives their hold back.
+pub async fn cancel(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
     let statement = client
         .prepare_cached(
             "SELECT r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at \
@@ -307,7 +198,7 @@ pub async fn cancel(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<Hol
     let row = {
         let mut attempt = 1;
         loop {
-            match client.query_one(&statement, &[&hold_id, &user_id]).await {
+            match client.query_one(&statement, &[&hold_id, &buyer]).await {
                 Err(error) if retry_again(&error, &mut attempt) => continue,
                 outcome => break outcome?,
             }
@@ -316,7 +207,8 @@ pub async fn cancel(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<Hol
     Ok(hold_view(&row)?)
 }
 
-pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<SaleView, DbError> {
+/// Calls `purchase`: the buyer turns their hold into a sale.
+pub async fn buy(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
     let statement = client
         .prepare_cached(
             "SELECT p.id, p.reservation_id, p.drop_id, p.user_id, p.price::float8, p.created_at \
@@ -326,7 +218,7 @@ pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<S
     let row = {
         let mut attempt = 1;
         loop {
-            match client.query_one(&statement, &[&hold_id, &user_id]).await {
+            match client.query_one(&statement, &[&hold_id, &buyer]).await {
                 Err(error) if retry_again(&error, &mut attempt) => continue,
                 outcome => break outcome?,
             }
@@ -334,9 +226,9 @@ pub async fn purchase(client: &Object, hold_id: Uuid, user_id: Uuid) -> Result<S
     };
     Ok(SaleView {
         id: row.try_get(0)?,
-        reservation_id: row.try_get(1)?,
+        hold_id: row.try_get(1)?,
         drop_id: row.try_get(2)?,
-        user_id: row.try_get(3)?,
+        buyer_id: row.try_get(3)?,
         price: row.try_get(4)?,
         created_at: row.try_get(5)?,
     })
@@ -348,8 +240,8 @@ const TRANSIENT_ATTEMPTS: usize = 3;
 /// Whether to make a call again that PostgreSQL ended with a serialization failure (40001) or a
 /// deadlock (40P01), counting the attempt. The extension's lock order makes both impossible through
 /// its API; this keeps one from ever reaching a buyer should an operator's own transaction get in the
-/// way. Every call retried this way is safe to repeat: a repeated reservation returns the hold made,
-/// a purchase the sale made, a cancel the hold as it is.
+/// way. Every call retried this way is safe to repeat: reserving again returns the hold made, buying
+/// again the sale made, cancelling again the hold as it is.
 fn retry_again(error: &tokio_postgres::Error, attempt: &mut usize) -> bool {
     use tokio_postgres::error::SqlState;
     let transient = matches!(

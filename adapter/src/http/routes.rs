@@ -11,12 +11,13 @@ use hyper::body::Incoming;
 use serde::Serialize;
 
 use crate::app::App;
-use crate::db;
-use crate::error::ApiError;
-use crate::input::{parse_uuid, Fields};
-use crate::model::NewDrop;
-use crate::respond::{self, Body};
-use crate::{openapi, page, ws};
+use crate::db::models::NewDrop;
+use crate::db::{pool, queries};
+use crate::feed::websocket as ws;
+use crate::http::errors::ApiError;
+use crate::http::input::{parse_uuid, Fields};
+use crate::http::respond::{self, Body};
+use crate::http::{openapi, page};
 
 /// Every path the adapter answers. Path parameters borrow from the request path.
 #[derive(Debug, Clone, Copy)]
@@ -29,10 +30,10 @@ enum Route<'a> {
     Feed,
     Drops,
     Drop(&'a str),
-    Reservations,
+    Holds,
     CancelHold(&'a str),
-    Purchases,
-    Users,
+    Sales,
+    Buyers,
 }
 
 impl<'a> Route<'a> {
@@ -47,10 +48,10 @@ impl<'a> Route<'a> {
             ["ws"] => Route::Feed,
             ["api", "drops"] => Route::Drops,
             ["api", "drops", id] if !id.is_empty() => Route::Drop(id),
-            ["api", "reservations"] => Route::Reservations,
+            ["api", "reservations"] => Route::Holds,
             ["api", "reservations", id, "cancel"] if !id.is_empty() => Route::CancelHold(id),
-            ["api", "purchases"] => Route::Purchases,
-            ["api", "users"] => Route::Users,
+            ["api", "purchases"] => Route::Sales,
+            ["api", "users"] => Route::Buyers,
             _ => return None,
         };
         Some(route)
@@ -67,10 +68,10 @@ impl<'a> Route<'a> {
             Route::Feed => "/ws",
             Route::Drops => "/api/drops",
             Route::Drop(_) => "/api/drops/{id}",
-            Route::Reservations => "/api/reservations",
+            Route::Holds => "/api/reservations",
             Route::CancelHold(_) => "/api/reservations/{id}/cancel",
-            Route::Purchases => "/api/purchases",
-            Route::Users => "/api/users",
+            Route::Sales => "/api/purchases",
+            Route::Buyers => "/api/users",
         }
     }
 
@@ -78,9 +79,7 @@ impl<'a> Route<'a> {
     fn allow(self) -> &'static str {
         match self {
             Route::Drops => "GET, POST, OPTIONS",
-            Route::Reservations | Route::CancelHold(_) | Route::Purchases | Route::Users => {
-                "POST, OPTIONS"
-            }
+            Route::Holds | Route::CancelHold(_) | Route::Sales | Route::Buyers => "POST, OPTIONS",
             _ => "GET, OPTIONS",
         }
     }
@@ -145,23 +144,12 @@ async fn dispatch(
         (Route::Drops, Method::GET) => list_drops(app).await,
         (Route::Drops, Method::POST) => create_drop(request, app).await,
         (Route::Drop(id), Method::GET) => show_drop(id, app).await,
-        (Route::Reservations, Method::POST) => reserve(request, app).await,
+        (Route::Holds, Method::POST) => reserve(request, app).await,
         (Route::CancelHold(id), Method::POST) => cancel(id, request, app).await,
-        (Route::Purchases, Method::POST) => purchase(request, app).await,
-        (Route::Users, Method::POST) => create_user(request, app).await,
+        (Route::Sales, Method::POST) => buy(request, app).await,
+        (Route::Buyers, Method::POST) => create_buyer(request, app).await,
         (route, method) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
     }
-}
-
-async fn body(request: Request<Incoming>) -> Result<Fields, ApiError> {
-    let (parts, body) = request.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse().ok());
-    let object = respond::read_json_object(body, declared).await?;
-    Ok(Fields(object))
 }
 
 async fn health(app: &App) -> Result<Response<Body>, ApiError> {
@@ -171,8 +159,8 @@ async fn health(app: &App) -> Result<Response<Body>, ApiError> {
         database: &'static str,
         listening: bool,
     }
-    let client = db::connection(&app.pool).await?;
-    if !db::extension_installed(&client).await? {
+    let client = pool::connection(&app.pool).await?;
+    if !queries::extension_installed(&client).await? {
         return Err(ApiError::unavailable(
             "the dropstock extension is not installed in the database",
         ));
@@ -183,32 +171,32 @@ async fn health(app: &App) -> Result<Response<Body>, ApiError> {
             status: "ok",
             database: "ok",
             // Requests are served without LISTEN; only the live feed waits for it.
-            listening: app.feed.is_listening(),
+            listening: app.hub.is_listening(),
         },
     ))
 }
 
 async fn list_drops(app: &App) -> Result<Response<Body>, ApiError> {
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,
-        db::active_drops(&client).await?,
+        queries::active_drops(&client).await?,
     ))
 }
 
 async fn show_drop(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
     let drop_id = parse_uuid("drop id", id)?;
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,
-        db::drop_status(&client, drop_id).await?,
+        queries::drop_status(&client, drop_id).await?,
     ))
 }
 
 async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     app.access
         .require_admin(request.headers(), "creating drops")?;
-    let fields = body(request).await?;
+    let fields = Fields::read(request).await?;
     let drop = NewDrop {
         name: fields.string("name")?,
         price: fields.decimal("price")?,
@@ -216,55 +204,55 @@ async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<B
         starts_at: fields.optional_timestamp("startsAt")?,
         ends_at: fields.optional_timestamp("endsAt")?,
         hold_seconds: fields.optional_integer("holdSeconds")?,
-        per_user_limit: fields.optional_integer("perUserLimit")?,
+        per_buyer_limit: fields.optional_integer("perUserLimit")?,
     };
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::CREATED,
-        db::create_drop(&client, &drop).await?,
+        queries::create_drop(&client, &drop).await?,
     ))
 }
 
-async fn create_user(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+async fn create_buyer(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     // With buyer tokens, the host application issues them and so decides who the buyers are.
     if app.access.jwt_mode() {
         app.access
             .require_admin(request.headers(), "creating buyers (in JWT mode)")?;
     }
-    let fields = body(request).await?;
+    let fields = Fields::read(request).await?;
     let username = fields.string("username")?;
-    let client = db::connection(&app.pool).await?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::CREATED,
-        db::create_user(&client, &username).await?,
+        queries::create_buyer(&client, &username).await?,
     ))
 }
 
 async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
-    let buyer = app.access.authenticate(request.headers())?;
-    let fields = body(request).await?;
+    let identity = app.access.authenticate(request.headers())?;
+    let fields = Fields::read(request).await?;
     let drop_id = fields.uuid("dropId")?;
-    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
-    app.limits.check_buyer(user_id)?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
     // Batched with whoever else is reserving this drop right now: one commit serves them all.
-    let (hold, fresh) = app.reservations.reserve(drop_id, user_id).await?;
+    let reserved = app.holds.reserve(drop_id, buyer).await?;
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
-    let status = if fresh {
+    let status = if reserved.fresh {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(respond::success(status, hold))
+    Ok(respond::success(status, reserved.hold))
 }
 
-async fn purchase(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
-    let buyer = app.access.authenticate(request.headers())?;
-    let fields = body(request).await?;
+async fn buy(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+    let identity = app.access.authenticate(request.headers())?;
+    let fields = Fields::read(request).await?;
     let hold_id = fields.uuid("reservationId")?;
-    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
-    app.limits.check_buyer(user_id)?;
-    let client = db::connection(&app.pool).await?;
-    let sale = db::purchase(&client, hold_id, user_id).await?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
+    let client = pool::connection(&app.pool).await?;
+    let sale = queries::buy(&client, hold_id, buyer).await?;
     Ok(respond::success_with_message(
         StatusCode::OK,
         "Purchased successfully",
@@ -278,14 +266,14 @@ async fn cancel(
     app: &App,
 ) -> Result<Response<Body>, ApiError> {
     let hold_id = parse_uuid("reservation id", id)?;
-    let buyer = app.access.authenticate(request.headers())?;
-    let fields = body(request).await?;
-    let user_id = buyer.resolve(fields.optional_uuid("userId")?)?;
-    app.limits.check_buyer(user_id)?;
-    let client = db::connection(&app.pool).await?;
+    let identity = app.access.authenticate(request.headers())?;
+    let fields = Fields::read(request).await?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
+    let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,
-        db::cancel(&client, hold_id, user_id).await?,
+        queries::cancel(&client, hold_id, buyer).await?,
     ))
 }
 

@@ -3,8 +3,8 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::error::ApiError;
-use crate::respond::{self, Body};
+use crate::http::errors::ApiError;
+use crate::http::respond::{self, Body};
 
 const INDEX: &str = include_str!("index.html");
 

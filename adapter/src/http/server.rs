@@ -1,6 +1,8 @@
-//! Accepting connections and shutting down gracefully: on SIGTERM (or Ctrl-C) the adapter stops
-//! accepting, lets in-flight requests finish, closes WebSockets with 1001 "going away", and exits.
+//! Accepting connections and shutting down gracefully: when `shutdown` completes (the binary ties it to
+//! SIGTERM and Ctrl-C) the server stops accepting, lets in-flight requests finish, closes WebSockets with
+//! 1001 "going away", and returns.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,21 +13,22 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::ratelimit::ClientAddr;
-use crate::routes;
+use crate::http::limits::ClientAddr;
+use crate::http::routes;
 
 /// A client that has not sent its request headers by then is holding a connection for nothing.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn serve(listener: TcpListener, app: Arc<App>, drain: Duration) {
+/// Serves HTTP on `listener` until `shutdown` completes, then drains for at most `app.drain`.
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let drain = app.drain;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    let stop = shutdown_signal();
-    tokio::pin!(stop);
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -52,7 +55,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, drain: Duration) {
                     }
                 });
             }
-            _ = &mut stop => break,
+            _ = &mut shutdown => break,
         }
     }
 
@@ -72,26 +75,4 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, drain: Duration) {
             "requests still running after the drain time; exiting anyway"
         ),
     }
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(terminate) => terminate,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the adapter");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }

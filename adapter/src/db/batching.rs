@@ -1,4 +1,4 @@
-//! Reservation batching: concurrent `POST /api/reservations` for the same drop share one
+//! Batching: concurrent `POST /api/reservations` for the same drop share one
 //! `dropstock.reserve_items` call, so one transaction and one commit (one disk flush) serve them all,
 //! and each buyer still gets exactly the answer `reserve_item` would have given them.
 //!
@@ -19,9 +19,10 @@ use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::db::{self, BatchAnswer};
-use crate::error::ApiError;
-use crate::model::{HoldStatus, HoldView};
+use crate::db::models::{HoldStatus, HoldView};
+use crate::db::pool;
+use crate::db::queries::{self, BatchAnswer};
+use crate::http::errors::ApiError;
 
 /// Buyers one call serves at most: beyond this a call holds its slot locks longer than it saves.
 const MAX_BATCH: usize = 128;
@@ -30,8 +31,13 @@ const FLUSHERS_PER_DROP: usize = 4;
 /// A drop's queue closes after this long without a request, and opens again on the next one.
 const IDLE: Duration = Duration::from_secs(5);
 
-/// A new hold (true) or the buyer's existing live hold (false).
-pub type Reserved = (HoldView, bool);
+/// What reserving came to for one buyer.
+#[derive(Debug, Clone)]
+pub struct Reserved {
+    pub hold: HoldView,
+    /// A new hold (answered 201), or the buyer's existing live hold handed back (200).
+    pub fresh: bool,
+}
 
 struct Request {
     buyer: Uuid,
@@ -158,24 +164,25 @@ impl Flushers {
 
     async fn flush(&self, batch: Vec<Request>) {
         let buyers: Vec<Uuid> = batch.iter().map(|request| request.buyer).collect();
-        let answers = match db::connection(&self.pool).await {
-            Ok(client) => db::reserve_batch(&client, self.drop, &buyers).await,
+        let answers = match pool::connection(&self.pool).await {
+            Ok(client) => queries::reserve_batch(&client, self.drop, &buyers).await,
             Err(error) => Err(error),
         };
         match answers {
             Ok(answers) => {
                 let by_buyer: HashMap<Uuid, BatchAnswer> = answers
                     .into_iter()
-                    .map(|answer| (answer.user_id, answer))
+                    .map(|answer| (answer.buyer, answer))
                     .collect();
                 // A buyer named twice in one batch (a double click) has one hold: the first request
                 // made it (201), the others get it back as a retry would (200).
                 let mut answered = std::collections::HashSet::new();
                 for request in batch {
                     let outcome = match by_buyer.get(&request.buyer) {
-                        Some(answer) => self
-                            .outcome(answer)
-                            .map(|(hold, fresh)| (hold, fresh && answered.insert(request.buyer))),
+                        Some(answer) => self.outcome(answer).map(|reserved| Reserved {
+                            fresh: reserved.fresh && answered.insert(request.buyer),
+                            ..reserved
+                        }),
                         None => Err(ApiError::internal(&format_args!(
                             "reserve_items gave no answer for buyer {}",
                             request.buyer
@@ -197,17 +204,17 @@ impl Flushers {
 
     fn outcome(&self, answer: &BatchAnswer) -> Result<Reserved, ApiError> {
         match (&answer.sqlstate, answer.hold) {
-            (None, Some((id, expires_at, created_at, fresh))) => Ok((
-                HoldView {
-                    id,
+            (None, Some(hold)) => Ok(Reserved {
+                hold: HoldView {
+                    id: hold.id,
                     drop_id: self.drop,
-                    user_id: answer.user_id,
+                    buyer_id: answer.buyer,
                     status: HoldStatus::Reserved,
-                    expires_at,
-                    created_at,
+                    expires_at: hold.expires_at,
+                    created_at: hold.created_at,
                 },
-                fresh,
-            )),
+                fresh: hold.fresh,
+            }),
             (Some(sqlstate), _) => Err(ApiError::from_sqlstate(
                 sqlstate,
                 answer.message.as_deref().unwrap_or("refused"),

@@ -30,16 +30,22 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     pub ws_clients: Gauge,
-    pub notifications: Counter,
-    pub bad_notifications: Counter,
+    pub notices: Counter,
+    pub bad_notices: Counter,
     pub resyncs: Counter,
     pub slow_clients_dropped: Counter,
     pub listen_reconnects: Counter,
 }
 
 fn latency_histogram() -> Histogram {
-    // 0.25 ms to about 4 s: a reservation takes about a millisecond, a pool wait may take seconds.
+    // 0.25 ms to about 4 s: reserving takes about a millisecond, a pool wait may take seconds.
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
@@ -65,17 +71,17 @@ impl Metrics {
             "WebSocket clients connected now",
             ws_clients.clone(),
         );
-        let notifications = Counter::default();
+        let notices = Counter::default();
         registry.register(
             "notifications_relayed",
             "Stock notifications received on LISTEN dropstock and relayed to clients",
-            notifications.clone(),
+            notices.clone(),
         );
-        let bad_notifications = Counter::default();
+        let bad_notices = Counter::default();
         registry.register(
             "notifications_rejected",
             "Notifications on LISTEN dropstock whose payload could not be read",
-            bad_notifications.clone(),
+            bad_notices.clone(),
         );
         let resyncs = Counter::default();
         registry.register(
@@ -100,8 +106,8 @@ impl Metrics {
             requests,
             latency,
             ws_clients,
-            notifications,
-            bad_notifications,
+            notices,
+            bad_notices,
             resyncs,
             slow_clients_dropped,
             listen_reconnects,

@@ -1,4 +1,4 @@
-//! The one LISTEN connection: notifications from the background worker go into the fan-out.
+//! The one LISTEN connection: notices from the background worker go into the fan-out.
 //!
 //! The connection is dedicated (a pooled connection would stop delivering as soon as it went back to the
 //! pool) and its `Connection` half is polled with `poll_message` by a task of its own, because a
@@ -12,10 +12,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
-use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::fanout::{FeedEvent, Notice};
+use crate::feed::hub::FeedEvent;
+use crate::feed::notice::Notice;
 
 /// The worker's channel.
 const CHANNEL: &str = "dropstock";
@@ -50,9 +50,11 @@ impl Lost {
     }
 }
 
-/// Runs until shutdown, keeping a LISTEN connection up.
-pub async fn run(mut config: tokio_postgres::Config, app: Arc<App>, shutdown: CancellationToken) {
+/// Runs until the app shuts down, keeping a LISTEN connection up.
+pub async fn run(app: Arc<App>) {
+    let mut config = app.database.clone();
     config.application_name(APPLICATION_NAME);
+    let shutdown = &app.shutdown;
     let mut failures: u32 = 0;
     let mut listened_before = false;
     loop {
@@ -60,7 +62,7 @@ pub async fn run(mut config: tokio_postgres::Config, app: Arc<App>, shutdown: Ca
             _ = shutdown.cancelled() => return,
             lost = listen(&config, &app, listened_before) => lost,
         };
-        app.feed.set_listening(false);
+        app.hub.set_listening(false);
         if lost.was_listening {
             listened_before = true;
             failures = 0;
@@ -101,8 +103,9 @@ async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Los
                         return Ok(());
                     }
                 }
-                Ok(AsyncMessage::Notice(notice)) => {
-                    tracing::debug!(%notice, "notice on the LISTEN connection")
+                // The server's own NOTICE messages (warnings and the like), not the worker's notices.
+                Ok(AsyncMessage::Notice(server_notice)) => {
+                    tracing::debug!(notice = %server_notice, "notice on the LISTEN connection")
                 }
                 Ok(_) => {}
                 Err(error) => return Err(error),
@@ -114,17 +117,17 @@ async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Los
     if let Err(error) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
         return Lost::before(error);
     }
-    app.feed.set_listening(true);
+    app.hub.set_listening(true);
     if resync {
         app.metrics.listen_reconnects.inc();
-        app.feed.publish(FeedEvent::Resync);
+        app.hub.publish(FeedEvent::Resync);
         tracing::info!("LISTEN re-established; clients told to resync");
     } else {
         tracing::info!(channel = CHANNEL, "listening for stock changes");
     }
 
     // The health probe runs beside the relay loop, not inside it: while a probe waits for its answer the
-    // loop keeps draining notifications, so the pump never blocks on a full channel with the answer
+    // loop keeps draining notices, so the pump never blocks on a full channel with the answer
     // stuck behind it.
     let (lost_sender, mut probe_failed) = oneshot::channel::<String>();
     let _probe =
@@ -179,11 +182,11 @@ impl<T> Drop for AbortOnDrop<T> {
 fn relay(app: &App, payload: &str) {
     match serde_json::from_str::<Notice>(payload) {
         Ok(notice) => {
-            app.metrics.notifications.inc();
-            app.feed.publish(FeedEvent::from_notice(&notice));
+            app.metrics.notices.inc();
+            app.hub.publish(FeedEvent::from_notice(&notice));
         }
         Err(error) => {
-            app.metrics.bad_notifications.inc();
+            app.metrics.bad_notices.inc();
             tracing::warn!(%error, payload = %payload.chars().take(200).collect::<String>(), "unreadable notification");
         }
     }

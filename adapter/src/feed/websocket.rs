@@ -24,11 +24,12 @@ use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use crate::app::App;
-use crate::db;
-use crate::error::ApiError;
-use crate::fanout::{self, FeedEvent, RESYNC_FRAME};
-use crate::input::parse_uuid;
-use crate::respond::{self, Body};
+use crate::db::{pool, queries};
+use crate::feed::hub::FeedEvent;
+use crate::feed::messages::{self, RESYNC_FRAME};
+use crate::http::errors::ApiError;
+use crate::http::input::drop_filter;
+use crate::http::respond::{self, Body};
 
 /// How often the server pings; browsers answer pings by themselves.
 const PING_EVERY: Duration = Duration::from_secs(20);
@@ -51,19 +52,6 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
         .any(|part| part.trim().eq_ignore_ascii_case(token))
-}
-
-/// The `drop` query parameter, if any: the client wants one drop's feed only.
-fn drop_filter(query: Option<&str>) -> Result<Option<Uuid>, ApiError> {
-    let Some(query) = query else {
-        return Ok(None);
-    };
-    for pair in query.split('&') {
-        if let Some(("drop", value)) = pair.split_once('=') {
-            return parse_uuid("drop", value).map(Some);
-        }
-    }
-    Ok(None)
 }
 
 /// Checks the handshake, reads the snapshot while still able to answer with a plain HTTP error (404 for an
@@ -94,15 +82,15 @@ pub async fn upgrade(
     let filter = drop_filter(request.uri().query())?;
 
     // Subscribe first: a change that lands while the snapshot is read is then delivered, not lost.
-    let events = app.feed.subscribe();
+    let events = app.hub.subscribe();
     let drops = {
-        let client = db::connection(&app.pool).await?;
+        let client = pool::connection(&app.pool).await?;
         match filter {
-            Some(drop_id) => vec![db::drop_status(&client, drop_id).await?],
-            None => db::active_drops(&client).await?,
+            Some(drop_id) => vec![queries::drop_status(&client, drop_id).await?],
+            None => queries::active_drops(&client).await?,
         }
     };
-    let snapshot = fanout::snapshot_frame(&drops);
+    let snapshot = messages::snapshot_frame(&drops);
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     let client_app = app.clone();
@@ -246,25 +234,5 @@ async fn serve(
             }
             Err(SendFailed::Closed) => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_drop_filter() {
-        assert_eq!(drop_filter(None).unwrap(), None);
-        assert_eq!(drop_filter(Some("x=1")).unwrap(), None);
-        let id = Uuid::new_v4();
-        assert_eq!(
-            drop_filter(Some(&format!("x=1&drop={id}"))).unwrap(),
-            Some(id)
-        );
-        assert_eq!(
-            drop_filter(Some("drop=42")).unwrap_err().status,
-            StatusCode::BAD_REQUEST
-        );
     }
 }

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::http::errors::ApiError;
 
 pub struct Access {
     admin_token: Option<String>,
@@ -75,9 +75,9 @@ impl Access {
 
     /// Who the request says it acts for, checked before its body is read. In JWT mode a valid buyer token
     /// is required; otherwise nothing is known yet and the body's `userId` will decide.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Buyer, ApiError> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
         let Some(tokens) = &self.buyer_tokens else {
-            return Ok(Buyer(None));
+            return Ok(Identity(None));
         };
         let token = bearer(headers).ok_or_else(|| {
             ApiError::unauthorized("a buyer token is required: send 'Authorization: Bearer <jwt>' (HS256, sub = user id)")
@@ -96,27 +96,27 @@ impl Access {
                 })
             })?
             .claims;
-        let user = Uuid::try_parse(&claims.sub).map_err(|_| {
+        let buyer = Uuid::try_parse(&claims.sub).map_err(|_| {
             ApiError::unauthorized("the buyer token's sub must be a user id (UUID)")
         })?;
-        Ok(Buyer(Some(user)))
+        Ok(Identity(Some(buyer)))
     }
 }
 
 /// The buyer a token proved, if JWT mode is on.
-pub struct Buyer(Option<Uuid>);
+pub struct Identity(Option<Uuid>);
 
-impl Buyer {
+impl Identity {
     /// The buyer the request acts for. In JWT mode that is the token's `sub`, and a `userId` in the body
     /// must name the same buyer (it may be left out); otherwise it is the body's `userId`.
-    pub fn resolve(self, body_user: Option<Uuid>) -> Result<Uuid, ApiError> {
-        match (self.0, body_user) {
-            (None, Some(user)) => Ok(user),
+    pub fn resolve(self, body_buyer: Option<Uuid>) -> Result<Uuid, ApiError> {
+        match (self.0, body_buyer) {
+            (None, Some(buyer)) => Ok(buyer),
             (None, None) => Err(ApiError::bad_request("userId is required")),
-            (Some(token_user), Some(user)) if user != token_user => Err(ApiError::forbidden(
+            (Some(token_buyer), Some(buyer)) if buyer != token_buyer => Err(ApiError::forbidden(
                 "userId does not match the buyer the token was issued to",
             )),
-            (Some(token_user), _) => Ok(token_user),
+            (Some(token_buyer), _) => Ok(token_buyer),
         }
     }
 }

@@ -1,20 +1,13 @@
-//! Small helpers for HTTP bodies: the success envelope, JSON and text responses, and reading a JSON
-//! request body within the size limit.
+//! Writing responses: the success envelope, JSON, text and empty bodies. Reading requests is `input`'s
+//! job, so this module depends on nothing else in the adapter and everything can answer through it.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use serde::Serialize;
-use serde_json::{Map, Value};
-
-use crate::error::ApiError;
 
 /// Every response body the adapter sends is complete before it is sent: the largest is the drop list.
 pub type Body = Full<Bytes>;
-
-/// Request bodies are a handful of ids and names; anything bigger is a mistake or an attack.
-pub const BODY_LIMIT: usize = 64 * 1024;
 
 #[derive(Serialize)]
 struct Success<'a, T> {
@@ -75,37 +68,4 @@ pub fn empty(status: StatusCode) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
-}
-
-/// Reads the body as a JSON object. A declared length over the limit is refused before reading a byte;
-/// a body that streams past the limit is cut off there, so memory per request stays bounded.
-pub async fn read_json_object(
-    body: Incoming,
-    declared_length: Option<u64>,
-) -> Result<Map<String, Value>, ApiError> {
-    if declared_length.is_some_and(|length| length > BODY_LIMIT as u64) {
-        return Err(ApiError::payload_too_large(BODY_LIMIT));
-    }
-    let bytes = match Limited::new(body, BODY_LIMIT).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => {
-            return Err(ApiError::payload_too_large(BODY_LIMIT))
-        }
-        Err(error) => {
-            return Err(ApiError::bad_request(format!(
-                "could not read the request body: {error}"
-            )))
-        }
-    };
-    // No body at all reads as `{}`, so the answer names the first missing field.
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(ApiError::bad_request("request body must be a JSON object")),
-        Err(error) => Err(ApiError::bad_request(format!(
-            "request body is not valid JSON: {error}"
-        ))),
-    }
 }

@@ -1,0 +1,18 @@
+//! The database side: the pool and its start-up checks, one function per SQL call, the batcher
+//! of holds, and the JSON views the rows are read into.
+
+use deadpool_postgres::PoolError;
+
+pub mod batching;
+pub mod models;
+pub mod pool;
+pub mod queries;
+
+/// What a database call failed with; `http::errors` turns it into a status and a message for people.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+}

@@ -1,0 +1,122 @@
+//! The connection pool and the start-up checks: what must hold before the adapter takes its first
+//! request. Queries live in `queries`; this module only opens and hands out connections.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use tokio_postgres::NoTls;
+
+use crate::db::queries::extension_installed;
+use crate::db::DbError;
+
+/// Why the adapter cannot start; each is printed as one line before a non-zero exit.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    BadUrl(tokio_postgres::Error),
+    #[error("cannot build the connection pool: {0}")]
+    Pool(String),
+    #[error("cannot reach the database at {target}: {reason}")]
+    Unreachable { target: String, reason: String },
+    #[error(
+        "the dropstock extension is not installed in database {database}; run CREATE EXTENSION dropstock there first"
+    )]
+    NoExtension { database: String },
+}
+
+/// The waits a request may spend on the database before it gets a 503 rather than hanging.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, StartupError> {
+    let mut config = tokio_postgres::Config::from_str(url).map_err(StartupError::BadUrl)?;
+    config.connect_timeout(CONNECT_TIMEOUT);
+    // TCP keepalives let a connection to a vanished server fail instead of waiting forever.
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(30));
+    Ok(config)
+}
+
+/// Where the database is, for messages: host, port and database name, never the password.
+pub fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{database}")
+}
+
+pub fn open(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StartupError> {
+    let mut config = config.clone();
+    config.application_name("dropstock-http");
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        // Fast recycling skips a round trip per checkout; a connection the server closed is noticed by
+        // `is_closed` and replaced, and a query on one that died unnoticed answers 503 once.
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CHECKOUT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|error| StartupError::Pool(error.to_string()))
+}
+
+/// The startup check: the database answers and the extension is installed in it.
+pub async fn check(pool: &Pool, config: &tokio_postgres::Config) -> Result<(), StartupError> {
+    let unreachable = |reason: String| StartupError::Unreachable {
+        target: describe(config),
+        reason,
+    };
+    let client = pool.get().await.map_err(|error| {
+        unreachable(match error {
+            PoolError::Backend(error) => first_line(&error),
+            PoolError::Timeout(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            other => first_line(&other),
+        })
+    })?;
+    if !extension_installed(&client)
+        .await
+        .map_err(|error| unreachable(first_line(&error)))?
+    {
+        return Err(StartupError::NoExtension {
+            database: config.get_dbname().unwrap_or("postgres").to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// deadpool and tokio-postgres say "error connecting to server" and keep the reason (connection refused,
+/// timed out) in the source chain; the one-line startup error names both so it says what to fix.
+fn first_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+pub async fn connection(pool: &Pool) -> Result<Object, DbError> {
+    Ok(pool.get().await?)
+}

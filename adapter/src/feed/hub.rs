@@ -1,0 +1,79 @@
+//! The in-process fan-out from the one LISTEN connection to every WebSocket client.
+//!
+//! A `tokio::sync::broadcast` channel holds the last `CAPACITY` events once, shared by all clients: memory
+//! stays bounded however many clients connect or how slow they are. A client that falls more than
+//! `CAPACITY` events behind loses the oldest ones and is told to `resync` (reload its state over REST).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use crate::feed::messages;
+use crate::feed::notice::Notice;
+
+/// About ten seconds of a busy cluster: one notice per changed drop per 100 ms tick.
+const CAPACITY: usize = 1024;
+
+/// One thing every client is told, its frames already serialised.
+#[derive(Debug)]
+pub enum FeedEvent {
+    Drop {
+        /// Lets a client that watches one drop skip the others without reading their frames.
+        drop_id: Uuid,
+        frames: Vec<Utf8Bytes>,
+    },
+    Resync,
+}
+
+impl FeedEvent {
+    pub fn from_notice(notice: &Notice) -> Self {
+        FeedEvent::Drop {
+            drop_id: notice.drop_id,
+            frames: messages::notice_frames(notice),
+        }
+    }
+}
+
+pub struct Hub {
+    sender: broadcast::Sender<Arc<FeedEvent>>,
+    /// Whether the LISTEN connection is up, for `/healthz`.
+    listening: AtomicBool,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Hub {
+            sender: broadcast::Sender::new(CAPACITY),
+            listening: AtomicBool::new(false),
+        }
+    }
+
+    /// Clients subscribe before they read their snapshot, so no change between the two is lost (at worst a
+    /// change already in the snapshot arrives once more, and `seq` tells).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedEvent>> {
+        self.sender.subscribe()
+    }
+
+    pub fn publish(&self, event: FeedEvent) {
+        // An error only means nobody is connected right now.
+        let _ = self.sender.send(Arc::new(event));
+    }
+
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Relaxed);
+    }
+
+    /// Whether the LISTEN connection is up, for `/healthz`.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+}

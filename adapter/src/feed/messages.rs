@@ -1,0 +1,108 @@
+//! What WebSocket clients receive, as text frames: `snapshot` on connect, then `stock` and `purchase` per
+//! notice, and `resync` when changes may have been missed. Frames are serialised once here, not once per
+//! client.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use crate::db::models::DropView;
+use crate::feed::notice::{Notice, NoticeBuyer};
+
+/// Tells a client to reload its state over REST: the LISTEN connection was lost, or it fell behind.
+pub const RESYNC_FRAME: &str = r#"{"type":"resync"}"#;
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "snapshot")]
+struct Snapshot<'a> {
+    drops: &'a [DropView],
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "stock", rename_all = "camelCase")]
+struct StockMessage {
+    drop_id: Uuid,
+    available_stock: i64,
+    total_stock: i64,
+    seq: u64,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "purchase", rename_all = "camelCase")]
+struct SaleMessage<'a> {
+    drop_id: Uuid,
+    id: Uuid,
+    #[serde(serialize_with = "crate::db::models::timestamp")]
+    created_at: DateTime<Utc>,
+    #[serde(rename = "user")]
+    buyer: &'a NoticeBuyer,
+    seq: u64,
+}
+
+/// The first frame a client gets: the drops it watches, as `GET /api/drops` lists them.
+pub fn snapshot_frame(drops: &[DropView]) -> Utf8Bytes {
+    to_frame(&Snapshot { drops })
+}
+
+/// The stock change first (it is what every screen shows), then one `purchase` per new sale, oldest
+/// first, so a client that prepends each to its feed ends with the newest on top.
+pub fn notice_frames(notice: &Notice) -> Vec<Utf8Bytes> {
+    let mut frames = Vec::with_capacity(1 + notice.sales.len());
+    frames.push(to_frame(&StockMessage {
+        drop_id: notice.drop_id,
+        available_stock: notice.available_stock,
+        total_stock: notice.total_stock,
+        seq: notice.seq,
+    }));
+    for sale in notice.sales.iter().rev() {
+        frames.push(to_frame(&SaleMessage {
+            drop_id: notice.drop_id,
+            id: sale.id,
+            created_at: sale.created_at,
+            buyer: &sale.buyer,
+            seq: notice.seq,
+        }));
+    }
+    frames
+}
+
+fn to_frame(message: &impl Serialize) -> Utf8Bytes {
+    // Our own message structs always serialise.
+    serde_json::to_string(message).unwrap_or_default().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turns_a_notice_into_stock_then_purchases_oldest_first() {
+        let notice: Notice = serde_json::from_str(
+            r#"{"dropId":"6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11","availableStock":12,"totalStock":100,"seq":57,
+                "purchases":[
+                  {"id":"00000000-0000-0000-0000-000000000002","createdAt":"2026-11-27T21:30:01.5+00:00",
+                   "user":{"id":"00000000-0000-0000-0000-0000000000b2","username":"grace"}},
+                  {"id":"00000000-0000-0000-0000-000000000001","createdAt":"2026-11-27T21:30:00.000Z",
+                   "user":{"id":"00000000-0000-0000-0000-0000000000b1","username":"ada"}}]}"#,
+        )
+        .unwrap();
+        let messages: Vec<serde_json::Value> = notice_frames(&notice)
+            .iter()
+            .map(|frame| serde_json::from_str(frame.as_str()).unwrap())
+            .collect();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0]["type"], "stock");
+        assert_eq!(messages[0]["availableStock"], 12);
+        assert_eq!(messages[0]["totalStock"], 100);
+        assert_eq!(messages[0]["seq"], 57);
+        assert_eq!(messages[1]["type"], "purchase");
+        assert_eq!(messages[1]["user"]["username"], "ada");
+        assert_eq!(messages[2]["user"]["username"], "grace");
+        assert_eq!(messages[2]["createdAt"], "2026-11-27T21:30:01.500Z");
+        assert_eq!(
+            messages[2]["dropId"],
+            "6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11"
+        );
+    }
+}

@@ -1,0 +1,8 @@
+//! The live feed: the LISTEN relay, the fan-out hub, the WebSocket endpoint, and the two wire formats
+//! (the worker's notices in, the clients' messages out).
+
+pub mod hub;
+pub mod messages;
+pub mod notice;
+pub mod relay;
+pub mod websocket;

@@ -1,0 +1,41 @@
+//! The worker's wire format: what `dropstock.publish_changes()` sends with `NOTIFY dropstock, '<json>'`,
+//! once per changed drop per tick. It is the extension's format, not the clients': `messages` turns it
+//! into what clients receive.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One notice: a drop's stock now, and the sales not announced before.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notice {
+    pub drop_id: Uuid,
+    pub available_stock: i64,
+    pub total_stock: i64,
+    /// Rises by one per notice of a drop, so a client can tell a repeat or a gap.
+    pub seq: u64,
+    /// New sales since the previous notice of this drop, newest first.
+    #[serde(default, rename = "purchases")]
+    pub sales: Vec<NoticeSale>,
+}
+
+/// One sale in a notice.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NoticeSale {
+    pub id: Uuid,
+    /// The worker writes PostgreSQL's JSON timestamp (`2026-11-27T21:30:00.123456+00:00`); clients get the
+    /// same spelling as from the REST API.
+    #[serde(serialize_with = "crate::db::models::timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(rename = "user")]
+    pub buyer: NoticeBuyer,
+}
+
+/// The buyer of a sale, as the feed shows them: id and name only.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct NoticeBuyer {
+    pub id: Uuid,
+    pub username: String,
+}
