@@ -125,12 +125,13 @@ sweep=$(psql -tAc "DO \$\$ BEGIN
 wait "$busy_pid" || { cat "${TMPDIR:-/tmp}/dropstock-bench-busy.log" >&2; exit 1; }
 busy_tps=$(grep -oP 'tps = \K[0-9.]+(?= \(without)' "${TMPDIR:-/tmp}/dropstock-bench-busy.log")
 
-# tick_ms: the average cost of one idle worker tick (sweep, then feed), QUIET_TICKS of them in one session,
-# with the worker itself idled so that only this session does the work.
+# tick_ms [SCRIPT]: the average cost of one idle worker tick (tick.sql: sweep, then feed; tick-full.sql: the
+# full sweep the worker runs every 30 s), QUIET_TICKS of them in one session, with the worker itself idled
+# so that only this session does the work.
 tick_ms() {
     set_tick 60000
     local out
-    out=$("$PG_BIN/pgbench" -n -M prepared -c 1 -t "$QUIET_TICKS" -f tick.sql "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
+    out=$("$PG_BIN/pgbench" -n -M prepared -c 1 -t "$QUIET_TICKS" -f "${1:-tick.sql}" "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
     set_tick 100
     grep -oP 'latency average = \K[0-9.]+' <<<"$out"
 }
@@ -171,6 +172,7 @@ while :; do
 done
 echo "bench-sql:   swept $(( $(date +%s) - sweep_start ))s after the last hold was made; reservations: $av_before before, $(autovacuums) now" >&2
 day2_tick_churned=$(tick_ms)
+day2_full_churned=$(tick_ms tick-full.sql)
 churned=$(run "(h) reserve_item on a new drop after the churn" reserve.sql)
 echo "bench-sql: (h) VACUUM ANALYZE" >&2
 psql -c "VACUUM ANALYZE"
@@ -203,7 +205,7 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     -v s="$sweep" -v t="$busy_tps" -v f="$batch" -v tba="$TARGET_BA" -v tbc="$TARGET_BC" \
     -v gc="$cold" -v gw="$warm" -v ge="$cold_early" -v gen="$COLD_EARLY" -v gb="$COLD_BUYERS" \
     -v hc="$churned" -v hv="$vacuumed" -v hn="$((day2_calls * DAY2_CLIENTS * DAY2_BATCH))" \
-    -v htc="$day2_tick_churned" -v htv="$day2_tick_vacuumed" -v qn="$QUIET_DROPS" -v qt="$quiet_tick" -v qk="$QUIET_TICKS" 'BEGIN {
+    -v htc="$day2_tick_churned" -v htv="$day2_tick_vacuumed" -v hfc="$day2_full_churned" -v qn="$QUIET_DROPS" -v qt="$quiet_tick" -v qk="$QUIET_TICKS" 'BEGIN {
     printf "| %-58s | %10s |\n", "pattern (" n " clients, one hot drop, synchronous_commit on)", "tps"
     printf "| %-58s | %10s |\n", "----------------------------------------------------------", "---------:"
     printf "| %-58s | %10.0f |\n", "(a) replaced system: BEGIN; SELECT FOR UPDATE; UPDATE; INSERT; COMMIT", a
@@ -227,5 +229,6 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     printf "| %-58s | %9.2fx |\n", "churned / vacuumed (target >= 0.8x)", hc / hv
     printf "| %-58s | %8.2fms |\n", "(h) idle worker tick, churned / vacuumed: churned", htc
     printf "| %-58s | %8.2fms |\n", "(h) idle worker tick, churned / vacuumed: vacuumed", htv
+    printf "| %-58s | %8.2fms |\n", "(h) the full sweep every 30 s, churned", hfc
     printf "| %-58s | %8.2fms |\n", "(i) one worker tick, " qn " open drops, nothing changing (avg of " qk ") (target < 5 ms)", qt
 }'

@@ -1,4 +1,5 @@
--- One background-worker tick with nothing to do: the sweep's look for due holds, then the feed's look
--- for changed drops, each in its own transaction as the worker runs them.
-SELECT dropstock.expire_reservations(1000);
+-- One background-worker tick with nothing to do, as the worker runs most of them: the sweep's look for
+-- holds that fell due in the last 10 seconds, then the feed's look for changed drops, each in its own
+-- transaction.
+SELECT dropstock.expire_reservations(1000, now() - interval '10 seconds');
 SELECT dropstock.publish_changes();
