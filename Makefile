@@ -102,7 +102,7 @@ db: install pg-access
 	  echo "db: creating a cluster in $(PG_DATA)"; \
 	  mkdir -p $(PG_DIR) && chown postgres: $(PG_DIR); \
 	  $(AS_PG) $(PG_BIN)/initdb -D $(PG_DATA) -U postgres --auth=trust -E UTF8 >/dev/null; \
-	  cp sql/postgresql.conf $(PG_DATA)/dropstock.conf && chown postgres: $(PG_DATA)/dropstock.conf; \
+	  cp sql/dev/postgresql.conf $(PG_DATA)/dropstock.conf && chown postgres: $(PG_DATA)/dropstock.conf; \
 	  echo "include 'dropstock.conf'" >> $(PG_DATA)/postgresql.conf; \
 	  echo "port = $(DB_PORT)" >> $(PG_DATA)/postgresql.conf; \
 	  echo "unix_socket_directories = '$(PG_DIR)'" >> $(PG_DATA)/postgresql.conf; \
@@ -134,7 +134,7 @@ adapter:
 # The adapter runs in the foreground (Ctrl-C stops it; the database keeps running until `make db-stop`).
 # A local admin token is made once and kept in target/admin-token.
 run: db adapter
-	@$(PSQL) -o /dev/null -f sql/sample.sql
+	@$(PSQL) -o /dev/null -f sql/dev/sample.sql
 	@[ -s target/admin-token ] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > target/admin-token
 	@echo "run: database  $(DATABASE_URL)  (psql: $(PG_BIN)/psql $(DATABASE_URL))"
 	@echo "run: open      http://$(HTTP_LISTEN)/"
@@ -274,10 +274,10 @@ BENCH_ENV := DATABASE_URL=postgresql://postgres@127.0.0.1:$(BENCH_DB_PORT)/postg
 
 bench-sql:
 	@$(IN_BENCH_CLUSTER) db
-	@$(BENCH_ENV) sql/bench/bench-sql.sh
+	@$(BENCH_ENV) tests/bench/sql/bench-sql.sh
 
 # The README's performance table in one run (bench-sql's rows included): release builds of the adapter and
-# of the load tools in tests/src/bin; each tool's report is kept in target/bench/.
+# of the load tools in tests/bench; each tool's report is kept in target/bench/.
 bench:
 	@$(IN_BENCH_CLUSTER) db
 	@cargo build --release -p dropstock-http -p dropstock-tests --bins --quiet

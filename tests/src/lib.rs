@@ -1,4 +1,4 @@
-//! Shared code of the load generators in `src/bin` (`dropstock-load`, `dropstock-watch`), which
+//! Shared code of the load generators in `bench/` (`dropstock-load`, `dropstock-watch`), which
 //! `make bench` runs against a live adapter. The integration tests keep their helpers in their own files.
 
 pub mod load;
