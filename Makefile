@@ -195,7 +195,7 @@ pg-test: setup pg-access $(SUDO_SHIM)/sudo
 # A test cluster left running, to run single tests by hand (the tests' default DATABASE_URL points at it).
 test-db:
 	@$(IN_TEST_CLUSTER) db
-	@echo "test-db: DROPSTOCK_PGDATA=$(TEST_PG_DIR)/data DROPSTOCK_HTTP_BIN=$(ADAPTER) cargo test -p dropstock-tests"
+	@echo "test-db: DROPSTOCK_PGDATA=$(TEST_PG_DIR)/data DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PG_BIN=$(PG_BIN) cargo test -p dropstock-tests"
 
 test-db-remove:
 	@$(TEST_CLUSTER_STOP)
@@ -214,7 +214,8 @@ RUN_ISOLATION = rm -rf target/isolation && mkdir -p target/isolation && \
       > target/isolation/summary.txt 2>&1 \
     || { cat target/isolation/summary.txt; cat target/isolation/regression.diffs 2>/dev/null; false; }; }
 
-CONCURRENCY_TESTS = cargo test -p dropstock-tests --test concurrency
+# The concurrency storms are the `concurrency` module of the `sql` test target (tests/tests/sql).
+CONCURRENCY_TESTS = cargo test -p dropstock-tests --test sql
 
 # The drop page's test drives headless Chromium (Debian's, from setup) with playwright-core from a
 # project-local node_modules; screenshots land in target/browser/.
@@ -226,13 +227,13 @@ $(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
 	@touch $@
 
 ifeq ($(PG_DIR),$(TEST_PG_DIR))
-# Concurrency, worker, access, adapter and reliability tests: real connections against the test cluster,
+# The test targets by layer (tests/tests/{sql,http,faults}): real connections against the test cluster,
 # and the adapter binary run as a child process (DROPSTOCK_HTTP_BIN). The fault tests stop and start this
-# cluster (pg_ctl -m immediate, DROPSTOCK_PGDATA), which is why everything runs one test at a time.
-# Reliability figures land in target/reliability.txt.
+# cluster (pg_ctl -m immediate, DROPSTOCK_PGDATA, server binaries from DROPSTOCK_PG_BIN), which is why
+# everything runs one test at a time. Reliability figures land in target/reliability.txt.
 integration-test: db adapter
 	@cargo test -p dropstock-http --quiet
-	@DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PGDATA=$(PG_DATA) \
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PGDATA=$(PG_DATA) DROPSTOCK_PG_BIN=$(PG_BIN) \
 	  cargo test -p dropstock-tests --quiet -- --test-threads=1
 
 isolation-test: db
@@ -244,11 +245,11 @@ isolation-test: db
 N ?= 30
 test-repeat: db
 	@binary=$$($(CONCURRENCY_TESTS) --no-run --quiet --message-format=json \
-	  | jq -r 'select(.executable != null and .target.name == "concurrency") | .executable'); \
+	  | jq -r 'select(.executable != null and .target.name == "sql") | .executable'); \
 	passed=0; \
 	for k in $$(seq 1 $(N)); do \
 	  start=$$(date +%s); \
-	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
+	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary concurrency:: --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
 	    cat target/test-repeat.log; echo "test-repeat: run $$k/$(N) failed in the concurrency tests"; \
 	    echo "test-repeat: $$passed of $(N) runs passed"; exit 1; fi; \
 	  if ! ( $(RUN_ISOLATION) ); then \
