@@ -2,7 +2,7 @@
 //! negative and non-finite numbers, ids that are not UUIDs, SQL fragments and odd Unicode, invalid dates,
 //! empty and oversized bodies, wrong content types, and garbage on the WebSocket. Each gets its documented
 //! 4xx with a JSON message, and the database is exactly as it was (row counts and stock compared).
-//! adapter_rest.rs covers one case per field; this is the adversarial breadth beside it.
+//! rest.rs covers one case per field; this is the adversarial breadth beside it.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Abuse: a burst from one buyer, and from one client address, is answered 429 with `Retry-After` and the
 //! JSON envelope, before it reaches the database; other buyers and addresses are not slowed; the limit
-//! lifts after the time it names. (Honest load never sees a 429: reliability_faults.rs asserts that for
+//! lifts after the time it names. (Honest load never sees a 429: faults/under_load.rs asserts that for
 //! every load it runs with the default limits.)
 
 use std::time::{Duration, Instant};
