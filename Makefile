@@ -102,7 +102,7 @@ db: install pg-access
 	  echo "db: creating a cluster in $(PG_DATA)"; \
 	  mkdir -p $(PG_DIR) && chown postgres: $(PG_DIR); \
 	  $(AS_PG) $(PG_BIN)/initdb -D $(PG_DATA) -U postgres --auth=trust -E UTF8 >/dev/null; \
-	  cp sql/postgresql.conf $(PG_DATA)/dropstock.conf && chown postgres: $(PG_DATA)/dropstock.conf; \
+	  cp sql/dev/postgresql.conf $(PG_DATA)/dropstock.conf && chown postgres: $(PG_DATA)/dropstock.conf; \
 	  echo "include 'dropstock.conf'" >> $(PG_DATA)/postgresql.conf; \
 	  echo "port = $(DB_PORT)" >> $(PG_DATA)/postgresql.conf; \
 	  echo "unix_socket_directories = '$(PG_DIR)'" >> $(PG_DATA)/postgresql.conf; \
@@ -134,7 +134,7 @@ adapter:
 # The adapter runs in the foreground (Ctrl-C stops it; the database keeps running until `make db-stop`).
 # A local admin token is made once and kept in target/admin-token.
 run: db adapter
-	@$(PSQL) -o /dev/null -f sql/sample.sql
+	@$(PSQL) -o /dev/null -f sql/dev/sample.sql
 	@[ -s target/admin-token ] || od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > target/admin-token
 	@echo "run: database  $(DATABASE_URL)  (psql: $(PG_BIN)/psql $(DATABASE_URL))"
 	@echo "run: open      http://$(HTTP_LISTEN)/"
@@ -195,7 +195,7 @@ pg-test: setup pg-access $(SUDO_SHIM)/sudo
 # A test cluster left running, to run single tests by hand (the tests' default DATABASE_URL points at it).
 test-db:
 	@$(IN_TEST_CLUSTER) db
-	@echo "test-db: DROPSTOCK_PGDATA=$(TEST_PG_DIR)/data DROPSTOCK_HTTP_BIN=$(ADAPTER) cargo test -p dropstock-tests"
+	@echo "test-db: DROPSTOCK_PGDATA=$(TEST_PG_DIR)/data DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PG_BIN=$(PG_BIN) cargo test -p dropstock-tests"
 
 test-db-remove:
 	@$(TEST_CLUSTER_STOP)
@@ -214,7 +214,8 @@ RUN_ISOLATION = rm -rf target/isolation && mkdir -p target/isolation && \
       > target/isolation/summary.txt 2>&1 \
     || { cat target/isolation/summary.txt; cat target/isolation/regression.diffs 2>/dev/null; false; }; }
 
-CONCURRENCY_TESTS = cargo test -p dropstock-tests --test concurrency
+# The concurrency storms are the `concurrency` module of the `sql` test target (tests/tests/sql).
+CONCURRENCY_TESTS = cargo test -p dropstock-tests --test sql
 
 # The drop page's test drives headless Chromium (Debian's, from setup) with playwright-core from a
 # project-local node_modules; screenshots land in target/browser/.
@@ -226,13 +227,13 @@ $(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
 	@touch $@
 
 ifeq ($(PG_DIR),$(TEST_PG_DIR))
-# Concurrency, worker, access, adapter and reliability tests: real connections against the test cluster,
+# The test targets by layer (tests/tests/{sql,http,faults}): real connections against the test cluster,
 # and the adapter binary run as a child process (DROPSTOCK_HTTP_BIN). The fault tests stop and start this
-# cluster (pg_ctl -m immediate, DROPSTOCK_PGDATA), which is why everything runs one test at a time.
-# Reliability figures land in target/reliability.txt.
+# cluster (pg_ctl -m immediate, DROPSTOCK_PGDATA, server binaries from DROPSTOCK_PG_BIN), which is why
+# everything runs one test at a time. Reliability figures land in target/reliability.txt.
 integration-test: db adapter
 	@cargo test -p dropstock-http --quiet
-	@DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PGDATA=$(PG_DATA) \
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PGDATA=$(PG_DATA) DROPSTOCK_PG_BIN=$(PG_BIN) \
 	  cargo test -p dropstock-tests --quiet -- --test-threads=1
 
 isolation-test: db
@@ -244,11 +245,11 @@ isolation-test: db
 N ?= 30
 test-repeat: db
 	@binary=$$($(CONCURRENCY_TESTS) --no-run --quiet --message-format=json \
-	  | jq -r 'select(.executable != null and .target.name == "concurrency") | .executable'); \
+	  | jq -r 'select(.executable != null and .target.name == "sql") | .executable'); \
 	passed=0; \
 	for k in $$(seq 1 $(N)); do \
 	  start=$$(date +%s); \
-	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
+	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary concurrency:: --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
 	    cat target/test-repeat.log; echo "test-repeat: run $$k/$(N) failed in the concurrency tests"; \
 	    echo "test-repeat: $$passed of $(N) runs passed"; exit 1; fi; \
 	  if ! ( $(RUN_ISOLATION) ); then \
@@ -274,10 +275,10 @@ BENCH_ENV := DATABASE_URL=postgresql://postgres@127.0.0.1:$(BENCH_DB_PORT)/postg
 
 bench-sql:
 	@$(IN_BENCH_CLUSTER) db
-	@$(BENCH_ENV) sql/bench/bench-sql.sh
+	@$(BENCH_ENV) tests/bench/sql/bench-sql.sh
 
 # The README's performance table in one run (bench-sql's rows included): release builds of the adapter and
-# of the load tools in tests/src/bin; each tool's report is kept in target/bench/.
+# of the load tools in tests/bench; each tool's report is kept in target/bench/.
 bench:
 	@$(IN_BENCH_CLUSTER) db
 	@cargo build --release -p dropstock-http -p dropstock-tests --bins --quiet

@@ -5,7 +5,7 @@
 # each tool's own report go to stderr, and every report is kept in target/bench/.
 #
 #   fsync      pg_test_fsync: one 8 kB write + fdatasync, what a commit costs on this disk
-#   ceiling    pgbench, 64 clients: a transaction that inserts one row (sql/bench/ceiling.sql)
+#   ceiling    pgbench, 64 clients: a transaction that inserts one row (tests/bench/sql/ceiling.sql)
 #   load       dropstock-load, 1,000 keep-alive clients reserving on a drop with more stock than demand
 #   sell-out   dropstock-load on a drop that sells out within seconds, then the sold-out answers
 #   watchers   dropstock-watch throughput: reservations with 1,000 watchers on the hot drop vs. none
@@ -51,9 +51,9 @@ field() { grep '^result:' "$2" | tail -n 1 | grep -oP "(?<= $1=)\S+"; }
 
 # ---- the make bench-sql table (its own drops and fixtures) ---------------------------------------------------
 if [ "$BENCH_SQL" = 1 ]; then
-    say "running sql/bench/bench-sql.sh"
+    say "running tests/bench/sql/bench-sql.sh"
     # At drop scale the SQL targets are stricter than the extension's own (issue 7: >= 6x, >= 0.6x).
-    BENCH_SQL_TARGET_BA=6 BENCH_SQL_TARGET_BC=0.6 sql/bench/bench-sql.sh > "$OUT/bench-sql.md"
+    BENCH_SQL_TARGET_BA=6 BENCH_SQL_TARGET_BC=0.6 tests/bench/sql/bench-sql.sh > "$OUT/bench-sql.md"
 fi
 
 # ---- the disk ----------------------------------------------------------------------------------------------
@@ -100,9 +100,9 @@ run() {
 # ---- ceiling, then the adapter under the same load of the machine --------------------------------------------
 say "preparing pgbench fixtures (the first run creates about a million buyers)"
 "$PG_BIN/psql" "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 -v clients=64 -v per_client=4000 -v batch_clients=16 \
-    -v batch_per_client=60000 -f sql/bench/setup.sql
+    -v batch_per_client=60000 -f tests/bench/sql/setup.sql
 say "one-insert ceiling (pgbench, 64 clients, ${SECONDS_EACH}s)"
-"$PG_BIN/pgbench" -n -M prepared -c 64 -j 2 -T "$SECONDS_EACH" -D n=0 -f sql/bench/ceiling.sql "$DATABASE_URL" \
+"$PG_BIN/pgbench" -n -M prepared -c 64 -j 2 -T "$SECONDS_EACH" -D n=0 -f tests/bench/sql/ceiling.sql "$DATABASE_URL" \
     > "$OUT/ceiling.txt" 2>&1 || { cat "$OUT/ceiling.txt" >&2; exit 1; }
 ceiling=$(grep -oP 'tps = \K[0-9.]+(?= \(without)' "$OUT/ceiling.txt")
 

@@ -4,16 +4,13 @@
 
 use std::fmt;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 pub async fn connect(database_url: &str) -> Result<Client, String> {
-    let (client, connection) = tokio_postgres::connect(database_url, NoTls)
+    let (client, _) = crate::db::connect_to(database_url)
         .await
         .map_err(|error| format!("cannot connect to {database_url}: {error}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
     Ok(client)
 }
 

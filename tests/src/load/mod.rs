@@ -21,6 +21,11 @@ impl ResultLine {
         self
     }
 
+    /// A duration in milliseconds with one decimal, the unit and precision of every latency bench.sh reads.
+    pub fn add_ms(&mut self, name: &str, value: std::time::Duration) -> &mut Self {
+        self.add(name, format!("{:.1}", latency::millis(value)))
+    }
+
     pub fn print(&self) {
         println!("result:{}", self.0);
     }

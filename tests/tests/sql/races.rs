@@ -2,29 +2,22 @@
 //! and a drop that sells out while its holds fall due. Real connections against the real cluster, outcomes
 //! counted exactly. (Purchase against expiry at the boundary and concurrent retries are in concurrency.rs.)
 
-mod adapter_support;
-mod common;
-mod reliability_support;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use reliability_support::record;
+use dropstock_tests::db::*;
+use dropstock_tests::figures::record;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
 /// Holds (buyer, hold) taken in one call.
 async fn take_holds(db: &Client, drop: Uuid, buyers: &[Uuid]) -> Vec<(Uuid, Uuid)> {
-    db.query(
+    pairs(
+        db,
         "SELECT user_id, reservation_id FROM dropstock.reserve_items($1, $2) WHERE reservation_id IS NOT NULL",
         &[&drop, &buyers],
     )
     .await
-    .unwrap()
-    .iter()
-    .map(|row| (row.get(0), row.get(1)))
-    .collect()
 }
 
 /// 400 holds, each purchased and cancelled at the same instant on two connections: exactly one of the two
@@ -86,16 +79,12 @@ async fn cancel_and_purchase_of_one_hold_race_and_exactly_one_wins() {
             other => panic!("hold {hold}: purchase and cancel both won or both lost: {other:?}"),
         }
     }
-    let statuses: Vec<(String, i64)> = setup
-        .query(
-            "SELECT status::text, count(*) FROM dropstock.reservations WHERE drop_id = $1 GROUP BY 1 ORDER BY 1",
-            &[&drop],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let statuses: Vec<(String, i64)> = pairs(
+        &setup,
+        "SELECT status::text, count(*) FROM dropstock.reservations WHERE drop_id = $1 GROUP BY 1 ORDER BY 1",
+        &[&drop],
+    )
+    .await;
     let mut expected = vec![];
     if given_back > 0 {
         expected.push(("cancelled".to_owned(), given_back));
@@ -128,28 +117,11 @@ async fn crowd(
     drop: Uuid,
     buyers: &[Uuid],
 ) -> (usize, usize, Vec<Uuid>) {
-    let start = Arc::new(tokio::sync::Barrier::new(buyers.len()));
-    let calls = buyers
-        .iter()
-        .zip(connections.iter().cycle())
-        .map(|(buyer, db)| {
-            let (db, start, buyer) = (db.clone(), start.clone(), *buyer);
-            tokio::spawn(async move {
-                start.wait().await;
-                db.query_one(
-                    "SELECT id FROM dropstock.reserve_item($1, $2)",
-                    &[&drop, &buyer],
-                )
-                .await
-                .map(|row| (buyer, row.get::<_, Uuid>(0)))
-                .map_err(|e| sqlstate(&e))
-            })
-        });
     let mut granted = Vec::new();
     let mut sold_out = 0;
-    for outcome in futures_util::future::join_all(calls).await {
-        match outcome.unwrap() {
-            Ok((_, hold)) => granted.push(hold),
+    for outcome in race_reserve(connections, drop, buyers).await {
+        match outcome {
+            Ok(hold) => granted.push(hold),
             Err(code) if code == "DS020" => sold_out += 1,
             Err(code) => panic!("a reservation failed with {code}"),
         }
@@ -169,11 +141,7 @@ async fn a_drop_selling_out_while_holds_expire_never_says_sold_out_falsely() {
     const EXTRA: usize = 10;
     let setup = connect().await;
     let drop = new_drop(&setup, STOCK, HOLD_SECONDS).await;
-    let connections: Vec<Arc<Client>> = connect_many(STOCK as usize + EXTRA)
-        .await
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let connections = connect_many(STOCK as usize + EXTRA).await;
     // How many holds of each round's to leave unbought, so that later rounds reclaim due holds.
     let unbought = [4, 2, 0, 0];
     let (mut false_sold_out, mut oversold, mut calls) = (0, 0, 0);
@@ -210,16 +178,12 @@ async fn a_drop_selling_out_while_holds_expire_never_says_sold_out_falsely() {
             (obtainable, EXTRA),
             "round {round}: {obtainable} units could be had (free or past due)"
         );
-        let owners: Vec<(Uuid, Uuid)> = setup
-            .query(
-                "SELECT id, user_id FROM dropstock.reservations WHERE id = ANY($1)",
-                &[&holds],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect();
+        let owners: Vec<(Uuid, Uuid)> = pairs(
+            &setup,
+            "SELECT id, user_id FROM dropstock.reservations WHERE id = ANY($1)",
+            &[&holds],
+        )
+        .await;
         let to_buy = owners.len().saturating_sub(leave);
         let purchases = owners
             .iter()

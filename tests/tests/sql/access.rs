@@ -2,10 +2,7 @@
 //! buyer-facing functions and nothing else) can reserve and buy, and cannot change a table, call an internal helper, or create
 //! a drop. Holds are only ever acted on by their owner.
 
-mod common;
-
-use common::*;
-use tokio_postgres::NoTls;
+use dropstock_tests::db::*;
 use uuid::Uuid;
 
 /// A connection as a new LOGIN role given exactly what `dropstock.grant_access` grants (the cluster trusts
@@ -21,10 +18,7 @@ async fn connect_as_app(admin: &tokio_postgres::Client) -> (tokio_postgres::Clie
         .await
         .unwrap();
     let url = database_url().replacen("postgres@", &format!("{role}@"), 1);
-    let (client, connection) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .expect("connect as the app role");
-    tokio::spawn(connection);
+    let (client, _) = connect_to(&url).await.expect("connect as the app role");
     (client, role)
 }
 
@@ -99,14 +93,7 @@ async fn nobody_can_buy_or_cancel_another_buyers_hold() {
     let db = connect().await;
     let drop = new_drop(&db, 5, 60).await;
     let (ann, bob) = (new_buyer(&db).await, new_buyer(&db).await);
-    let hold: Uuid = db
-        .query_one(
-            "SELECT id FROM dropstock.reserve_item($1, $2)",
-            &[&drop, &ann],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let hold = reserve(&db, drop, ann).await;
     for call in [
         "SELECT dropstock.purchase($1, $2)",
         "SELECT dropstock.cancel_reservation($1, $2)",

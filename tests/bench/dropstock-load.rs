@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use dropstock_tests::load::latency::millis;
 use dropstock_tests::load::reserve::{self, Mode, Plan};
 use dropstock_tests::load::{adapter_address, fixtures, limits, runtime, ResultLine};
 
@@ -161,18 +160,9 @@ async fn run(args: &Args) -> Result<bool, String> {
         .add("holds", outcome.fresh_holds)
         .add("seconds", format!("{:.3}", outcome.elapsed.as_secs_f64()))
         .add("holds_per_s", format!("{:.0}", outcome.holds_per_second()))
-        .add(
-            "p50_ms",
-            format!("{:.1}", millis(outcome.reserve_latency.p50)),
-        )
-        .add(
-            "p95_ms",
-            format!("{:.1}", millis(outcome.reserve_latency.p95)),
-        )
-        .add(
-            "p99_ms",
-            format!("{:.1}", millis(outcome.reserve_latency.p99)),
-        )
+        .add_ms("p50_ms", outcome.reserve_latency.p50)
+        .add_ms("p95_ms", outcome.reserve_latency.p95)
+        .add_ms("p99_ms", outcome.reserve_latency.p99)
         .add("purchases", outcome.purchases)
         .add("errors", outcome.errors)
         .add("early_sold_out", outcome.early_sold_out)
@@ -181,10 +171,7 @@ async fn run(args: &Args) -> Result<bool, String> {
             "sold_out_per_s",
             format!("{:.0}", outcome.sold_out_per_second()),
         )
-        .add(
-            "sold_out_p99_ms",
-            format!("{:.1}", millis(outcome.sold_out_latency.p99)),
-        )
+        .add_ms("sold_out_p99_ms", outcome.sold_out_latency.p99)
         .add("buyers_ran_out", outcome.buyers_ran_out)
         .add("oversold", verdict.oversold)
         .add("check", if verdict.ok() { "ok" } else { "broken" });

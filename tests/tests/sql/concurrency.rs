@@ -1,9 +1,7 @@
 //! Concurrency storms against the real cluster: many connections at once, outcomes counted exactly.
 //! Run by `make test` and `make test-repeat` in the test cluster; DATABASE_URL picks the cluster.
 
-mod common;
-
-use common::*;
+use dropstock_tests::db::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,27 +9,8 @@ use uuid::Uuid;
 
 /// Each buyer in `buyers` (a buyer may repeat) calls `reserve_item` on a connection of its own, all
 /// released at the same instant; the hold each got, or its refusal's SQLSTATE.
-async fn race_reserve(drop: Uuid, buyers: Vec<Uuid>) -> Vec<Result<Uuid, String>> {
-    let connections = connect_many(buyers.len()).await;
-    let start = Arc::new(tokio::sync::Barrier::new(buyers.len()));
-    let racers = connections.into_iter().zip(buyers).map(|(db, buyer)| {
-        let start = start.clone();
-        tokio::spawn(async move {
-            start.wait().await;
-            db.query_one(
-                "SELECT id FROM dropstock.reserve_item($1, $2)",
-                &[&drop, &buyer],
-            )
-            .await
-            .map(|row| row.get::<_, Uuid>(0))
-            .map_err(|e| sqlstate(&e))
-        })
-    });
-    futures_util::future::join_all(racers)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect()
+async fn race_on_own_connections(drop: Uuid, buyers: Vec<Uuid>) -> Vec<Result<Uuid, String>> {
+    race_reserve(&connect_many(buyers.len()).await, drop, &buyers).await
 }
 
 /// 200 buyers on 200 connections race for 50 units: exactly 50 holds, 150 sold-out answers.
@@ -40,7 +19,7 @@ async fn two_hundred_buyers_race_for_fifty_units() {
     let setup = connect().await;
     let drop = new_drop(&setup, 50, 60).await;
     let buyers = new_buyers(&setup, 200).await;
-    let outcomes = race_reserve(drop, buyers).await;
+    let outcomes = race_on_own_connections(drop, buyers).await;
 
     let holds: HashSet<Uuid> = outcomes
         .iter()
@@ -67,7 +46,7 @@ async fn concurrent_retries_of_one_buyer_yield_one_hold() {
     let setup = connect().await;
     let drop = new_drop(&setup, 10, 60).await;
     let buyer = new_buyer(&setup).await;
-    let answers = race_reserve(drop, vec![buyer; 50]).await;
+    let answers = race_on_own_connections(drop, vec![buyer; 50]).await;
     let holds: HashSet<Uuid> = answers
         .iter()
         .map(|a| *a.as_ref().expect("every retry succeeds"))
@@ -83,14 +62,7 @@ async fn concurrent_purchases_of_one_hold_make_one_sale() {
     let setup = connect().await;
     let drop = new_drop(&setup, 5, 60).await;
     let buyer = new_buyer(&setup).await;
-    let hold: Uuid = setup
-        .query_one(
-            "SELECT id FROM dropstock.reserve_item($1, $2)",
-            &[&drop, &buyer],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let hold = reserve(&setup, drop, buyer).await;
     let connections = connect_many(30).await;
     let attempts = connections.into_iter().map(|db| {
         tokio::spawn(async move {
@@ -355,8 +327,7 @@ async fn crossed_batches_never_deadlock() {
     let buyers = new_buyers(&setup, 8).await;
     let mut reversed = buyers.clone();
     reversed.reverse();
-    let lanes = [connect().await, connect().await];
-    let lanes: Vec<Arc<tokio_postgres::Client>> = lanes.into_iter().map(Arc::new).collect();
+    let lanes = connect_many(2).await;
     for round in 0..40 {
         let drop = new_drop(&setup, 4, 60).await;
         let start = Arc::new(tokio::sync::Barrier::new(2));

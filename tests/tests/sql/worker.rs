@@ -2,9 +2,8 @@
 //! on time without anyone sweeping, changes are published once per tick with a real LISTEN, and the
 //! worker survives being killed.
 
-mod common;
-
-use common::*;
+use dropstock_tests::db::*;
+use dropstock_tests::faults::{terminate, worker_pid};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -120,14 +119,7 @@ async fn a_purchase_is_published_with_the_buyers_name() {
         .await
         .unwrap()
         .get(0);
-    let hold: Uuid = db
-        .query_one(
-            "SELECT id FROM dropstock.reserve_item($1, $2)",
-            &[&drop, &buyer],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let hold = reserve(&db, drop, buyer).await;
     db.execute("SELECT dropstock.purchase($1, $2)", &[&hold, &buyer])
         .await
         .unwrap();
@@ -153,27 +145,16 @@ async fn a_purchase_is_published_with_the_buyers_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_comes_back_after_it_is_killed() {
     let db = connect().await;
-    let worker_pid = || async {
-        db.query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'dropstock worker'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .map(|row| row.get::<_, i32>(0))
-    };
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            worker_pid().await.is_some()
+            worker_pid(&db).await.is_some()
         })
         .await
     );
-    let old = worker_pid().await.unwrap();
-    db.execute("SELECT pg_terminate_backend($1)", &[&old])
-        .await
-        .unwrap();
+    let old = worker_pid(&db).await.unwrap();
+    terminate(&db, old).await;
     let replaced = wait_until(Duration::from_secs(10), || async {
-        matches!(worker_pid().await, Some(pid) if pid != old)
+        matches!(worker_pid(&db).await, Some(pid) if pid != old)
     })
     .await;
     assert!(replaced, "a new worker replaced pid {old}");
@@ -204,10 +185,7 @@ async fn creating_the_extension_in_another_database_is_refused() {
         .rsplit_once('/')
         .map(|(base, _)| format!("{base}/{other}"))
         .unwrap();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    let driver = tokio::spawn(connection);
+    let (client, driver) = connect_to(&url).await.unwrap();
     let refused = client
         .batch_execute("CREATE EXTENSION dropstock")
         .await

@@ -1,10 +1,9 @@
-//! Shared by the adapter's end-to-end tests: the real `dropstock-http` binary started on a free loopback
-//! port against the test cluster, an HTTP and a WebSocket client, and fixtures with unique names
-//! (tests share one database with everything else).
+//! The adapter's side of the tests: the real `dropstock-http` binary started on a free loopback port
+//! against the test cluster, an HTTP and a WebSocket client, the failure envelope, and a relay that cuts
+//! the adapter off from the database.
 //!
 //! The binary is `DROPSTOCK_HTTP_BIN`, by default `target/debug/dropstock-http` of this workspace: build it
 //! first with `cargo build -p dropstock-http`.
-#![allow(dead_code)] // each test file uses its own subset
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -15,20 +14,15 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
+use crate::db::{database_url, unique, wait_for, wait_until};
+
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
-
-/// `DATABASE_URL`, by default the test cluster (`make test-db`), never the one `make run` uses: tests
-/// leave drops behind and some stop the server.
-pub fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5545/postgres".into())
-}
 
 pub fn binary() -> PathBuf {
     std::env::var_os("DROPSTOCK_HTTP_BIN")
@@ -38,29 +32,13 @@ pub fn binary() -> PathBuf {
         })
 }
 
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", Uuid::new_v4().simple())
-}
-
-/// A port nothing listens on right now. The adapter binds it a moment later; on a test machine nothing
-/// else races for loopback ports.
+/// A port nothing listens on right now. The server that is given it binds it a moment later; on a test
+/// machine nothing else races for loopback ports.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .and_then(|listener| listener.local_addr())
+        .expect("a free local port")
         .port()
-}
-
-/// One real database connection for setup and for NOTIFY; its driver runs on its own task.
-pub async fn db() -> Client {
-    let (client, connection) = tokio_postgres::connect(&database_url(), NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach {} (run `make test-db`): {e}", database_url()));
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
 }
 
 /// A running adapter process, killed when dropped.
@@ -91,7 +69,8 @@ impl Options {
 }
 
 impl Adapter {
-    /// An adapter with the admin token set, as most tests want one.
+    /// An adapter with the admin token set, as most tests want one, and the default rate limits (so a
+    /// 429 under an honest load is a finding).
     pub async fn start() -> Adapter {
         Adapter::start_with(Options::admin()).await
     }
@@ -161,39 +140,31 @@ impl Adapter {
             .unwrap()
     }
 
-    /// Polls `/healthz` until it answers 200, the process exits, or 20 s pass.
+    /// Polls `/healthz` until it answers 200; fails after 20 s.
     async fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(response) = self.http.get(format!("{}/healthz", self.base)).send().await {
-                if response.status() == 200 {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "adapter not healthy within 20 s; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let healthy = wait_until(Duration::from_secs(20), || async {
+            matches!(self.http.get(self.url("/healthz")).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        assert!(
+            healthy,
+            "adapter not healthy within 20 s; log:\n{}",
+            self.log()
+        );
     }
 
     /// Waits until the adapter's LISTEN connection is up, so a NOTIFY sent now is relayed.
     pub async fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let listening = wait_until(Duration::from_secs(20), || async {
             let (status, body) = self.get("/healthz").await;
-            if status == 200 && body["data"]["listening"] == true {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "adapter not listening within 20 s; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+            status == 200 && body["data"]["listening"] == true
+        })
+        .await;
+        assert!(
+            listening,
+            "adapter not listening within 20 s; log:\n{}",
+            self.log()
+        );
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -299,18 +270,18 @@ impl Adapter {
 
     /// Waits for the process to exit; its exit status.
     pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
+        let child = &mut self.child;
+        let exited = wait_for(within, || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await;
+        exited.unwrap_or_else(|| {
+            panic!(
                 "adapter still running after {within:?}; log:\n{}",
                 self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            )
+        })
     }
 }
 

@@ -230,25 +230,13 @@ async fn delay(
         .add("watchers", report.watchers)
         .add("holds", commits.instants.len())
         .add("connect_s", format!("{:.1}", connect_time.as_secs_f64()))
-        .add("p50_ms", format!("{:.1}", millis(report.delays.p50)))
-        .add("p99_ms", format!("{:.1}", millis(report.delays.p99)))
-        .add("max_ms", format!("{:.1}", millis(report.delays.max)))
-        .add(
-            "first_p50_ms",
-            format!("{:.1}", millis(report.first_watcher.p50)),
-        )
-        .add(
-            "first_p99_ms",
-            format!("{:.1}", millis(report.first_watcher.p99)),
-        )
-        .add(
-            "fan_out_p50_ms",
-            format!("{:.1}", millis(report.fan_out.p50)),
-        )
-        .add(
-            "fan_out_p99_ms",
-            format!("{:.1}", millis(report.fan_out.p99)),
-        )
+        .add_ms("p50_ms", report.delays.p50)
+        .add_ms("p99_ms", report.delays.p99)
+        .add_ms("max_ms", report.delays.max)
+        .add_ms("first_p50_ms", report.first_watcher.p50)
+        .add_ms("first_p99_ms", report.first_watcher.p99)
+        .add_ms("fan_out_p50_ms", report.fan_out.p50)
+        .add_ms("fan_out_p99_ms", report.fan_out.p99)
         .add("samples", report.delays.count)
         .add("missed", report.missed)
         .add("lost", report.lost_feeds)

@@ -6,11 +6,11 @@
 //! they test the adapter alone. `a_reservation_reaches_two_screens_within_a_second` needs the real worker
 //! (`shared_preload_libraries = 'dropstock'`): it fails if no worker publishes the change.
 
-mod adapter_support;
-
 use std::time::Duration;
 
-use adapter_support::*;
+use dropstock_tests::adapter::*;
+use dropstock_tests::db::*;
+use dropstock_tests::faults::terminate_listen_backends;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -94,7 +94,7 @@ async fn notifications_reach_every_client_of_the_drop() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let adapter = Adapter::start().await;
     adapter.wait_listening().await;
-    let db = db().await;
+    let db = connect().await;
     let drop = adapter.open_drop(10).await;
     let other_drop = new_id();
     let mut first = adapter.ws(&format!("?drop={drop}")).await;
@@ -214,22 +214,16 @@ async fn clients_resync_after_the_listen_connection_is_lost_and_hear_later_chang
     let _turn = ONE_AT_A_TIME.lock().await;
     let adapter = Adapter::start().await;
     adapter.wait_listening().await;
-    let db = db().await;
+    let db = connect().await;
     let drop = adapter.open_drop(10).await;
     let mut first = adapter.ws(&format!("?drop={drop}")).await;
     let mut second = adapter.ws("").await;
     first.snapshot().await;
     second.snapshot().await;
 
-    let killed = db
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dropstock-http-listen'",
-            &[],
-        )
-        .await
-        .unwrap();
+    let killed = terminate_listen_backends(&db).await;
     assert!(
-        !killed.is_empty(),
+        killed > 0,
         "the adapter's LISTEN backend is named dropstock-http-listen"
     );
 
@@ -266,7 +260,7 @@ async fn a_client_that_does_not_read_is_dropped_and_holds_nobody_back() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let adapter = Adapter::start().await;
     adapter.wait_listening().await;
-    let db = db().await;
+    let db = connect().await;
     let drop = adapter.open_drop(10).await;
     let mut reader = adapter.ws(&format!("?drop={drop}")).await;
     reader.snapshot().await;

@@ -2,17 +2,14 @@
 //! negative and non-finite numbers, ids that are not UUIDs, SQL fragments and odd Unicode, invalid dates,
 //! empty and oversized bodies, wrong content types, and garbage on the WebSocket. Each gets its documented
 //! 4xx with a JSON message, and the database is exactly as it was (row counts and stock compared).
-//! adapter_rest.rs covers one case per field; this is the adversarial breadth beside it.
-
-mod adapter_support;
-mod common;
-mod reliability_support;
+//! rest.rs covers one case per field; this is the adversarial breadth beside it.
 
 use std::time::Duration;
 
-use adapter_support::*;
+use dropstock_tests::adapter::*;
+use dropstock_tests::db::*;
+use dropstock_tests::figures::record;
 use futures_util::{SinkExt, StreamExt};
-use reliability_support::record;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -29,7 +26,7 @@ async fn snapshot(db: &tokio_postgres::Client, drop: &str) -> Vec<String> {
         )
         .await
         .unwrap();
-    let stock = common::stock(db, uuid::Uuid::parse_str(drop).unwrap()).await;
+    let stock = stock(db, uuid::Uuid::parse_str(drop).unwrap()).await;
     vec![
         format!("users {}", counts.get::<_, i64>(0)),
         format!("drops {}", counts.get::<_, i64>(1)),
@@ -135,7 +132,7 @@ async fn declared_too_large(adapter: &Adapter) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_their_4xx_and_change_nothing() {
     let adapter = Adapter::start().await;
-    let db = db().await;
+    let db = connect().await;
     let drop = adapter.open_drop(5).await;
     let (ada, grace) = (adapter.new_buyer().await, adapter.new_buyer().await);
     let (_, hold) = adapter.reserve(&drop, &ada).await;
@@ -790,7 +787,7 @@ async fn odd_but_valid_names_are_stored_verbatim() {
         assert_eq!(status, 201, "{name:?}: {answer}");
         assert_eq!(answer["data"]["username"], name.as_str(), "stored verbatim");
     }
-    let db = db().await;
+    let db = connect().await;
     let stored: i64 = db
         .query_one(
             "SELECT count(*) FROM dropstock.users WHERE username LIKE '%' || $1 || '%'",

@@ -1,9 +1,8 @@
 //! Who may do what through the adapter: the admin token for creating drops, buyer tokens (JWT mode) for
 //! acting as a buyer, and the CORS allow-list.
 
-mod adapter_support;
-
-use adapter_support::*;
+use dropstock_tests::adapter::*;
+use dropstock_tests::db::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 

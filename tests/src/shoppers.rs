@@ -1,14 +1,7 @@
-//! Shared by the reliability suites: the cluster a fault test may stop and start, a load of buyers that
-//! reserve and buy through a real adapter while remembering every answer they were given, the check that
-//! compares those answers with the rows, and the figures each suite leaves in `target/reliability.txt`.
-//!
-//! Test files include it beside `common` and `adapter_support`:
-//! `mod adapter_support; mod common; mod reliability_support;`.
-#![allow(dead_code)] // each suite uses its own subset
+//! Honest shoppers for the fault tests: buyers that reserve and buy through a real adapter while
+//! remembering every answer they were given, and the audit that compares those answers with the rows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -17,102 +10,8 @@ use serde_json::{json, Value};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use crate::adapter_support;
-
-const PG_CTL: &str = "/usr/lib/postgresql/15/bin/pg_ctl";
-
-/// The cluster a fault test stops and starts: `DROPSTOCK_PGDATA` is its data directory, and
-/// `DATABASE_URL` must point at it. Without `DROPSTOCK_PGDATA` the test fails, saying how to run it.
-pub struct Cluster {
-    pub data: PathBuf,
-}
-
-impl Cluster {
-    pub fn from_env() -> Cluster {
-        let data = std::env::var_os("DROPSTOCK_PGDATA").map(PathBuf::from).unwrap_or_else(|| {
-            panic!(
-                "the fault tests stop and start PostgreSQL, so they need the cluster's data directory: \
-                 run them as `DROPSTOCK_PGDATA=<data dir> DATABASE_URL=<its URL> cargo test -p dropstock-tests \
-                 --test reliability_faults -- --test-threads=1` (`make integration-test` runs them in a throwaway cluster)"
-            )
-        });
-        assert!(
-            data.join("PG_VERSION").exists(),
-            "DROPSTOCK_PGDATA={} is not a PostgreSQL data directory",
-            data.display()
-        );
-        Cluster { data }
-    }
-
-    fn pg_ctl(&self, arguments: &[&str]) {
-        let log = self
-            .data
-            .parent()
-            .unwrap_or(&self.data)
-            .join("postgresql.log");
-        let output = Command::new("sudo")
-            .args(["-u", "postgres", PG_CTL, "-D"])
-            .arg(&self.data)
-            .arg("-l")
-            .arg(&log)
-            .args(arguments)
-            .output()
-            .expect("run pg_ctl");
-        assert!(
-            output.status.success(),
-            "pg_ctl {arguments:?} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
-    /// Kills the server as a power cut would: no checkpoint, no goodbye to clients.
-    pub fn stop_immediately(&self) {
-        self.pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"]);
-    }
-
-    /// Starts it again and waits until it accepts connections (after crash recovery).
-    pub fn start(&self) {
-        self.pg_ctl(&["-w", "-t", "60", "start"]);
-    }
-}
-
-/// Restarts the cluster if a test panics while it is down, so later tests are not left without it.
-pub struct StartOnDrop<'a> {
-    pub cluster: &'a Cluster,
-    pub down: bool,
-}
-
-impl Drop for StartOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.down {
-            self.cluster.start();
-        }
-    }
-}
-
-/// `target/reliability.txt` of the workspace.
-pub fn figures_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/reliability.txt")
-}
-
-/// Prints one summary line and keeps it in `target/reliability.txt` under `key` (replacing the line of an
-/// earlier run with the same key), so the README can quote the last run.
-pub fn record(key: &str, summary: &str) {
-    let line = format!("{key}: {summary}");
-    println!("{line}");
-    let path = figures_file();
-    let _ = std::fs::create_dir_all(path.parent().unwrap());
-    let mut lines: Vec<String> = std::fs::read_to_string(&path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|existing| !existing.starts_with(&format!("{key}: ")))
-        .map(str::to_owned)
-        .collect();
-    lines.push(line);
-    lines.sort();
-    std::fs::write(&path, lines.join("\n") + "\n").expect("write target/reliability.txt");
-}
+use crate::adapter::{id, Adapter};
+use crate::db::{pairs, unique};
 
 /// What the load's buyers were told, and what happened to their requests.
 #[derive(Default, Debug)]
@@ -359,7 +258,7 @@ async fn shop(
 
 /// What the rows say about the load's drop, compared with what the buyers were told.
 #[derive(Debug)]
-pub struct Verdict {
+pub struct Audit {
     /// Sales buyers were told about that are not in `purchases` (must be 0).
     pub purchases_lost: usize,
     /// Holds buyers were given that are not in `reservations` (must be 0).
@@ -372,28 +271,20 @@ pub struct Verdict {
     pub doubled: i64,
 }
 
-pub async fn verify(db: &Client, drop: &str, tally: &Tally) -> Verdict {
+pub async fn audit(db: &Client, drop: &str, tally: &Tally) -> Audit {
     let drop = Uuid::parse_str(drop).unwrap();
-    let sales: HashMap<String, String> = db
-        .query(
-            "SELECT reservation_id::text, id::text FROM dropstock.purchases WHERE drop_id = $1",
-            &[&drop],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    let holds: HashMap<String, String> = db
-        .query(
-            "SELECT id::text, status::text FROM dropstock.reservations WHERE drop_id = $1",
-            &[&drop],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
+    let sales: HashMap<String, String> = pairs(
+        db,
+        "SELECT reservation_id::text, id::text FROM dropstock.purchases WHERE drop_id = $1",
+        &[&drop],
+    )
+    .await;
+    let holds: HashMap<String, String> = pairs(
+        db,
+        "SELECT id::text, status::text FROM dropstock.reservations WHERE drop_id = $1",
+        &[&drop],
+    )
+    .await;
     let purchases_lost = tally
         .sales
         .iter()
@@ -429,7 +320,7 @@ pub async fn verify(db: &Client, drop: &str, tally: &Tally) -> Verdict {
         )
         .await
         .unwrap();
-    Verdict {
+    Audit {
         purchases_lost,
         holds_lost,
         sales_untold,
@@ -438,7 +329,7 @@ pub async fn verify(db: &Client, drop: &str, tally: &Tally) -> Verdict {
     }
 }
 
-impl Verdict {
+impl Audit {
     /// Nothing the buyers were told is missing, nothing is doubled or oversold, and a sale nobody was
     /// told about can only come from a purchase whose answer was lost (and is then not counted as lost).
     #[track_caller]
@@ -455,29 +346,15 @@ impl Verdict {
     }
 }
 
-/// An adapter for a load test: default limits (so a 429 in the load would be a finding), admin token.
-pub async fn adapter() -> adapter_support::Adapter {
-    adapter_support::Adapter::start_with(adapter_support::Options::admin()).await
-}
-
 /// A drop big enough that the load never sells it out, whose buyers may each buy many units.
-pub async fn roomy_drop(adapter: &adapter_support::Adapter) -> String {
+pub async fn roomy_drop(adapter: &Adapter) -> String {
     let drop = adapter
         .create_drop(json!({
-            "name": adapter_support::unique("reliability drop"),
+            "name": unique("reliability drop"),
             "price": 42,
             "totalStock": 1_000_000,
             "perUserLimit": 1_000_000,
         }))
         .await;
-    adapter_support::id(&drop)
-}
-
-/// `n` buyers created in SQL (fast), as id strings.
-pub async fn buyers(db: &Client, n: usize) -> Vec<String> {
-    crate::common::new_buyers(db, n)
-        .await
-        .into_iter()
-        .map(|id| id.to_string())
-        .collect()
+    id(&drop)
 }

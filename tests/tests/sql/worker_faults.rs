@@ -8,255 +8,17 @@
 //! extension must be installed into the system PostgreSQL first (`make install`);
 //! `DROPSTOCK_PG_BIN` names the server binaries (default `/usr/lib/postgresql/15/bin`).
 
-mod common;
-
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls};
+
+use dropstock_tests::db::{listen_at, new_buyer, new_drop, reserve, stock};
+use dropstock_tests::faults::{terminate, worker_row, ThrowawayCluster};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 /// The database the first test names in `dropstock.database` before it exists.
 const NOT_THERE_YET: &str = "not_there_yet";
 /// The error the sabotaged `publish_changes()` raises; found in the server log by this text.
 const SABOTAGE: &str = "publish_changes sabotaged by worker_faults";
-
-fn pg_bin() -> PathBuf {
-    std::env::var_os("DROPSTOCK_PG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
-}
-
-/// Runs a server binary as `postgres` (PostgreSQL refuses root).
-fn as_postgres(program: &str, arguments: &[&str]) -> Output {
-    Command::new("sudo")
-        .args(["-u", "postgres"])
-        .arg(pg_bin().join(program))
-        .args(arguments)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} as postgres: {e}"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free local port")
-        .port()
-}
-
-/// A cluster of the test's own; dropping it stops the server and removes its directory.
-struct ThrowawayCluster {
-    root: PathBuf,
-    port: u16,
-}
-
-impl ThrowawayCluster {
-    /// initdb, the library preloaded with `dropstock.database = database`, started on a free port.
-    fn start(database: &str) -> ThrowawayCluster {
-        let parent = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/worker-faults");
-        std::fs::create_dir_all(&parent).expect("create target/worker-faults");
-        let root = parent.join(Uuid::new_v4().simple().to_string());
-        std::fs::create_dir(&root).expect("create the cluster directory");
-        let cluster = ThrowawayCluster {
-            root: root.canonicalize().expect("canonical cluster path"),
-            port: 0,
-        };
-        let chown = Command::new("chown")
-            .arg("postgres:")
-            .arg(&cluster.root)
-            .status()
-            .expect("run chown");
-        assert!(
-            chown.success(),
-            "chown postgres: {}",
-            cluster.root.display()
-        );
-        let reachable = Command::new("sudo")
-            .args(["-u", "postgres", "test", "-w"])
-            .arg(&cluster.root)
-            .status()
-            .expect("run test as postgres");
-        assert!(
-            reachable.success(),
-            "the postgres user cannot write {} (run `make pg-access` to let it through the directories above)",
-            cluster.root.display()
-        );
-        let data = cluster.data();
-        let initdb = as_postgres(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        assert!(
-            initdb.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&initdb.stderr)
-        );
-        let mut conf = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .expect("open postgresql.conf");
-        std::io::Write::write_all(&mut conf, b"\ninclude 'worker_faults.conf'\n")
-            .expect("append to postgresql.conf");
-        let mut cluster = cluster;
-        // A port can be taken between choosing and binding it: try a few.
-        for _ in 0..3 {
-            cluster.port = free_port();
-            let settings = format!(
-                "port = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
-                 shared_preload_libraries = 'dropstock'\ndropstock.database = '{database}'\n\
-                 fsync = off\nlogging_collector = off\n",
-                cluster.port
-            );
-            std::fs::write(data.join("worker_faults.conf"), settings)
-                .expect("write worker_faults.conf");
-            let started = cluster.pg_ctl(&["-w", "-t", "60", "start"]);
-            if started.status.success() {
-                return cluster;
-            }
-        }
-        panic!(
-            "the throwaway cluster did not start; its log:\n{}",
-            cluster.log()
-        );
-    }
-
-    fn data(&self) -> PathBuf {
-        self.root.join("data")
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.root.join("postgresql.log")
-    }
-
-    fn pg_ctl(&self, arguments: &[&str]) -> Output {
-        let data = self.data();
-        let log = self.log_path();
-        let mut all = vec!["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap()];
-        all.extend_from_slice(arguments);
-        as_postgres("pg_ctl", &all)
-    }
-
-    /// The server log so far.
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// How many log lines contain `text`.
-    fn log_lines_with(&self, text: &str) -> usize {
-        self.log()
-            .lines()
-            .filter(|line| line.contains(text))
-            .count()
-    }
-
-    async fn connect(&self, database: &str) -> Client {
-        let url = format!("postgresql://postgres@127.0.0.1:{}/{database}", self.port);
-        let (client, connection) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach {url}: {e}\nlog:\n{}", self.log()));
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
-    }
-
-    /// A connection that LISTENs on the worker's channel; payloads arrive as text.
-    async fn listen(&self) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        use futures_util::StreamExt;
-        let url = format!("postgresql://postgres@127.0.0.1:{}/postgres", self.port);
-        let (client, mut connection) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .expect("connect the listener");
-        let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
-        // A LISTEN connection delivers nothing unless its messages are polled.
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        tokio::spawn(async move {
-            while let Some(Ok(message)) = messages.next().await {
-                if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                    if sender.send(n.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        client
-            .batch_execute("LISTEN dropstock")
-            .await
-            .expect("LISTEN");
-        (client, notifications)
-    }
-
-    /// Polls `probe` until it gives a value; past `limit`, fails with `what` and the server log.
-    async fn wait_for<T, F, Fut>(&self, limit: Duration, what: &str, mut probe: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(value) = probe().await {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {limit:?}; server log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for ThrowawayCluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("server log of {}:\n{}", self.root.display(), self.log());
-        }
-        if self.data().join("postmaster.pid").exists() {
-            let _ = self.pg_ctl(&["-m", "immediate", "-w", "-t", "30", "stop"]);
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
-/// The worker's row in `pg_stat_activity`.
-#[derive(Debug, Clone, PartialEq)]
-struct WorkerRow {
-    pid: i32,
-    /// Empty while it is connected to no database (the database check).
-    database: String,
-    state: String,
-    query: String,
-}
-
-/// The worker's row; there is never more than one.
-async fn worker_row(db: &Client) -> Option<WorkerRow> {
-    let rows = db
-        .query(
-            "SELECT pid, coalesce(datname, ''), coalesce(state, ''), coalesce(query, '')
-               FROM pg_stat_activity WHERE backend_type = 'dropstock worker'",
-            &[],
-        )
-        .await
-        .expect("read pg_stat_activity");
-    assert!(rows.len() <= 1, "more than one dropstock worker: {rows:?}");
-    rows.first().map(|row| WorkerRow {
-        pid: row.get(0),
-        database: row.get(1),
-        state: row.get(2),
-        query: row.get(3),
-    })
-}
 
 /// Asserts the worker keeps `pid` for `span`, sampling `pg_stat_activity` every 100 ms.
 async fn same_worker_for(cluster: &ThrowawayCluster, db: &Client, pid: i32, span: Duration) {
@@ -273,15 +35,9 @@ async fn same_worker_for(cluster: &ThrowawayCluster, db: &Client, pid: i32, span
     }
 }
 
-async fn reserve(db: &Client, drop: Uuid) -> Uuid {
-    let buyer = common::new_buyer(db).await;
-    db.query_one(
-        "SELECT id FROM dropstock.reserve_item($1, $2)",
-        &[&drop, &buyer],
-    )
-    .await
-    .expect("reserve_item")
-    .get(0)
+/// A hold of a new buyer on `drop`.
+async fn hold_on(db: &Client, drop: Uuid) -> Uuid {
+    reserve(db, drop, new_buyer(db).await).await
 }
 
 /// `dropstock.database` names a database that does not exist: the worker says so once, waits in one
@@ -365,8 +121,8 @@ async fn a_missing_database_is_reported_once_and_served_once_created() {
         .expect("CREATE EXTENSION in the worker's database");
 
     // A one-second hold there runs out and the worker ends it.
-    let drop = common::new_drop(&db, 1, 1).await;
-    let hold = reserve(&db, drop).await;
+    let drop = new_drop(&db, 1, 1).await;
+    let hold = hold_on(&db, drop).await;
     cluster
         .wait_for(
             Duration::from_secs(10),
@@ -384,7 +140,7 @@ async fn a_missing_database_is_reported_once_and_served_once_created() {
             },
         )
         .await;
-    assert_eq!(common::stock(&db, drop).await.0, 1, "the unit is back");
+    assert_eq!(stock(&db, drop).await.0, 1, "the unit is back");
     assert_eq!(worker_row(&admin).await.map(|w| w.pid), Some(server.pid));
 
     let log = cluster.log();
@@ -495,13 +251,13 @@ async fn a_failing_tick_is_logged_once_and_the_same_worker_recovers() {
     db.batch_execute(&original)
         .await
         .expect("restore publish_changes");
-    let (_listening, mut notifications) = cluster.listen().await;
-    let drop = common::new_drop(&db, 5, 60).await;
-    reserve(&db, drop).await;
+    let mut listener = listen_at(&cluster.url("postgres")).await;
+    let drop = new_drop(&db, 5, 60).await;
+    hold_on(&db, drop).await;
     let wanted = drop.to_string();
     let published = tokio::time::timeout(Duration::from_secs(15), async {
-        while let Some(payload) = notifications.recv().await {
-            if payload.contains(&wanted) {
+        while let Some(payload) = listener.notifications.recv().await {
+            if payload.to_string().contains(&wanted) {
                 return true;
             }
         }
@@ -532,9 +288,7 @@ async fn a_failing_tick_is_logged_once_and_the_same_worker_recovers() {
         })
         .await;
     let killed = Instant::now();
-    db.execute("SELECT pg_terminate_backend($1)", &[&pid])
-        .await
-        .expect("pg_terminate_backend");
+    terminate(&db, pid).await;
     cluster
         .wait_for(
             Duration::from_secs(2),

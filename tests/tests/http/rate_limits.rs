@@ -1,16 +1,13 @@
 //! Abuse: a burst from one buyer, and from one client address, is answered 429 with `Retry-After` and the
 //! JSON envelope, before it reaches the database; other buyers and addresses are not slowed; the limit
-//! lifts after the time it names. (Honest load never sees a 429: reliability_faults.rs asserts that for
+//! lifts after the time it names. (Honest load never sees a 429: faults/under_load.rs asserts that for
 //! every load it runs with the default limits.)
-
-mod adapter_support;
-mod common;
-mod reliability_support;
 
 use std::time::{Duration, Instant};
 
-use adapter_support::*;
-use reliability_support::record;
+use dropstock_tests::adapter::*;
+use dropstock_tests::db::*;
+use dropstock_tests::figures::record;
 use serde_json::json;
 
 /// Fires `n` requests at once; (status, Retry-After) of each.
@@ -56,10 +53,10 @@ async fn a_burst_from_one_buyer_gets_429_and_others_are_served() {
             .with("DROPSTOCK_RATE_LIMIT_PER_USER_BURST", "5"),
     )
     .await;
-    let db = db().await;
+    let db = connect().await;
     let drop = adapter.open_drop(100).await;
     let (bot, honest) = (adapter.new_buyer().await, adapter.new_buyer().await);
-    let sold_before = common::stock(&db, uuid::Uuid::parse_str(&drop).unwrap()).await;
+    let sold_before = stock(&db, uuid::Uuid::parse_str(&drop).unwrap()).await;
 
     let started = Instant::now();
     let requests = (0..40)
@@ -74,13 +71,13 @@ async fn a_burst_from_one_buyer_gets_429_and_others_are_served() {
     assert_limited(&answers, 7, "for this buyer");
     let limited = answers.iter().filter(|(s, ..)| *s == 429).count();
     // The bot's retries were all the same hold; it took one unit.
-    let after = common::stock(&db, uuid::Uuid::parse_str(&drop).unwrap()).await;
+    let after = stock(&db, uuid::Uuid::parse_str(&drop).unwrap()).await;
     assert_eq!(after.0, sold_before.0 - 1, "one unit held by the bot");
 
     // Another buyer at the same moment is served.
     assert_eq!(adapter.reserve(&drop, &honest).await.0, 201);
     // The limit lifts after the time it names (2 per second: a request fits again within a second).
-    let lifted = common::wait_until(Duration::from_secs(3), || async {
+    let lifted = wait_until(Duration::from_secs(3), || async {
         adapter.reserve(&drop, &bot).await.0 == 200
     })
     .await;
@@ -122,7 +119,7 @@ async fn a_flood_from_one_address_gets_429_but_health_checks_pass() {
         metrics.text().await.unwrap().contains("status=\"429\""),
         "429s are counted in the metrics"
     );
-    let lifted = common::wait_until(Duration::from_secs(3), || async {
+    let lifted = wait_until(Duration::from_secs(3), || async {
         adapter.get("/api/drops").await.0 == 200
     })
     .await;

@@ -3,28 +3,18 @@
 //! answer: 200 buyers racing for 50 units get 50 holds and 150 "sold out", and a buyer's concurrent
 //! retries get one hold.
 
-mod adapter_support;
-
 use std::collections::HashSet;
 
-use adapter_support::*;
+use dropstock_tests::adapter::*;
+use dropstock_tests::db::*;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_buyers_racing_over_http_get_exactly_the_stock() {
     let adapter = Adapter::start().await;
     let drop = adapter.open_drop(50).await;
-    let db = db().await;
-    let buyers: Vec<String> = db
-        .query(
-            "INSERT INTO dropstock.users (username) SELECT $1 || '-' || i FROM generate_series(1, 200) i RETURNING id::text",
-            &[&unique("http-crowd")],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let db = connect().await;
+    let buyers = new_buyer_ids(&db, 200).await;
 
     // Every buyer asks twice at once, as a double click does.
     let calls = buyers

@@ -7,13 +7,17 @@
 //! `DATABASE_URL` its address (`make test` runs them against its throwaway test cluster, never the one
 //! `make run` uses). Without `DROPSTOCK_PGDATA` they fail with a message saying so.
 
-mod adapter_support;
-mod common;
-mod reliability_support;
-
 use std::time::{Duration, Instant};
 
-use reliability_support::*;
+use dropstock_tests::adapter::{assert_refused, read, Adapter};
+use dropstock_tests::db::{
+    assert_invariant, connect, new_buyer_ids, new_buyers, new_drop, stock, wait_until,
+};
+use dropstock_tests::faults::{
+    terminate, terminate_listen_backends, worker_pid, Cluster, StartOnDrop,
+};
+use dropstock_tests::figures::record;
+use dropstock_tests::shoppers::{audit, roomy_drop, Load, Tally, REQUEST_TIMEOUT};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,7 +28,7 @@ const BUYERS: usize = 1600;
 const CLIENTS: usize = 16;
 
 async fn sales_of(drop: &str) -> i64 {
-    let db = common::connect().await;
+    let db = connect().await;
     db.query_one(
         "SELECT count(*) FROM dropstock.purchases WHERE drop_id = $1",
         &[&Uuid::parse_str(drop).unwrap()],
@@ -53,9 +57,9 @@ async fn until_sold(drop: &str, from: i64, more: i64, within: Duration) -> i64 {
 
 /// The load's outcome checked against the rows; the figures line for the suite.
 async fn check(key: &str, fault: &str, drop: &str, tally: &Tally, extra: &str) {
-    let db = common::connect().await;
-    let verdict = verify(&db, drop, tally).await;
-    common::assert_invariant(&db, Uuid::parse_str(drop).unwrap()).await;
+    let db = connect().await;
+    let verdict = audit(&db, drop, tally).await;
+    assert_invariant(&db, Uuid::parse_str(drop).unwrap()).await;
     record(
         key,
         &format!(
@@ -105,8 +109,8 @@ async fn answers_503(
         .await
         .unwrap_or_else(|e| panic!("{what} got no answer while the database was down: {e}"));
     let elapsed = started.elapsed();
-    let answer = adapter_support::read(response).await;
-    adapter_support::assert_refused(&answer, 503, "unavailable", "");
+    let answer = read(response).await;
+    assert_refused(&answer, 503, "unavailable", "");
     elapsed
 }
 
@@ -114,10 +118,10 @@ async fn answers_503(
 async fn an_immediate_postgres_stop_under_load_loses_no_sale() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::from_env();
-    let adapter = adapter().await;
+    let adapter = Adapter::start().await;
     adapter.wait_listening().await;
     let drop_id = roomy_drop(&adapter).await;
-    let buyers = buyers(&common::connect().await, BUYERS).await;
+    let buyers = new_buyer_ids(&connect().await, BUYERS).await;
     let mut feed = adapter.ws(&format!("?drop={drop_id}")).await;
     feed.snapshot().await;
     let load = Load::start(&adapter.base, &drop_id, buyers, CLIENTS);
@@ -155,7 +159,7 @@ async fn an_immediate_postgres_stop_under_load_loses_no_sale() {
     let restarted = Instant::now();
 
     // The adapter comes back by itself, the feed says what it may have missed, and live changes resume.
-    let recovered = common::wait_until(Duration::from_secs(30), || async {
+    let recovered = wait_until(Duration::from_secs(30), || async {
         matches!(http.get(adapter.url("/api/drops")).send().await, Ok(r) if r.status() == 200)
     })
     .await;
@@ -202,57 +206,46 @@ async fn an_immediate_postgres_stop_under_load_loses_no_sale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_worker_comes_back_under_load_and_due_holds_still_return() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let adapter = adapter().await;
+    let adapter = Adapter::start().await;
     let drop_id = roomy_drop(&adapter).await;
-    let db = common::connect().await;
-    let buyers = buyers(&db, BUYERS).await;
+    let db = connect().await;
+    let buyers = new_buyer_ids(&db, BUYERS).await;
     let load = Load::start(&adapter.base, &drop_id, buyers, CLIENTS);
     until_sold(&drop_id, 0, 100, Duration::from_secs(20)).await;
 
     // Forty one-second holds on a drop nobody else touches: only the worker can give their units back.
-    let lapsing = common::new_drop(&db, 40, 1).await;
-    let holders = common::new_buyers(&db, 40).await;
+    let lapsing = new_drop(&db, 40, 1).await;
+    let holders = new_buyers(&db, 40).await;
     db.execute(
         "SELECT dropstock.reserve_items($1, $2)",
         &[&lapsing, &holders],
     )
     .await
     .unwrap();
-    let worker = || async {
-        db.query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'dropstock worker'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .map(|row| row.get::<_, i32>(0))
-    };
-    let old = worker()
+    let old = worker_pid(&db)
         .await
         .expect("the worker runs (shared_preload_libraries = 'dropstock')");
     let killed_at = Instant::now();
-    db.execute("SELECT pg_terminate_backend($1)", &[&old])
-        .await
-        .unwrap();
+    terminate(&db, old).await;
     assert_eq!(
-        common::stock(&db, lapsing).await.0,
+        stock(&db, lapsing).await.0,
         0,
         "the holds were still live when the worker died"
     );
-    let back = common::wait_until(Duration::from_secs(15), || async {
-        matches!(worker().await, Some(pid) if pid != old)
+    let back = wait_until(Duration::from_secs(15), || async {
+        matches!(worker_pid(&db).await, Some(pid) if pid != old)
     })
     .await;
     assert!(back, "no worker replaced pid {old} within 15 s");
     let back_after = killed_at.elapsed();
-    let returned = common::wait_until(Duration::from_secs(15), || async {
-        common::stock(&db, lapsing).await == (40, 0, 0)
+    let returned = wait_until(Duration::from_secs(15), || async {
+        stock(&db, lapsing).await == (40, 0, 0)
     })
     .await;
     assert!(
         returned,
         "due holds were not returned after the worker came back: {:?}",
-        common::stock(&db, lapsing).await
+        stock(&db, lapsing).await
     );
     let returned_after = killed_at.elapsed();
     let expired: i64 = db
@@ -264,7 +257,7 @@ async fn a_killed_worker_comes_back_under_load_and_due_holds_still_return() {
         .unwrap()
         .get(0);
     assert_eq!(expired, 40, "the worker ended every due hold");
-    common::assert_invariant(&db, lapsing).await;
+    assert_invariant(&db, lapsing).await;
     let tally = load.finish().await;
     check(
         "faults 2 worker killed",
@@ -283,11 +276,11 @@ async fn a_killed_worker_comes_back_under_load_and_due_holds_still_return() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_listen_backend_means_resync_and_live_updates_resume() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let adapter = adapter().await;
+    let adapter = Adapter::start().await;
     adapter.wait_listening().await;
     let drop_id = roomy_drop(&adapter).await;
-    let db = common::connect().await;
-    let buyers = buyers(&db, BUYERS).await;
+    let db = connect().await;
+    let buyers = new_buyer_ids(&db, BUYERS).await;
     let mut feed = adapter.ws(&format!("?drop={drop_id}")).await;
     feed.snapshot().await;
     let load = Load::start(&adapter.base, &drop_id, buyers, CLIENTS);
@@ -297,14 +290,8 @@ async fn a_killed_listen_backend_means_resync_and_live_updates_resume() {
         .expect(Duration::from_secs(10), "live stock under load", is_stock)
         .await;
 
-    let killed = db
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dropstock-http-listen'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(!killed.is_empty(), "found the adapter's LISTEN backend");
+    let killed = terminate_listen_backends(&db).await;
+    assert!(killed > 0, "found the adapter's LISTEN backend");
     let killed_at = Instant::now();
     feed.expect(Duration::from_secs(15), "a resync", is_resync)
         .await;
@@ -338,9 +325,9 @@ async fn a_killed_listen_backend_means_resync_and_live_updates_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarting_the_adapter_under_load_loses_and_doubles_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mut first = adapter().await;
+    let mut first = Adapter::start().await;
     let drop_id = roomy_drop(&first).await;
-    let buyers = buyers(&common::connect().await, BUYERS).await;
+    let buyers = new_buyer_ids(&connect().await, BUYERS).await;
     let load = Load::start(&first.base, &drop_id, buyers, CLIENTS);
     let before = until_sold(&drop_id, 0, 100, Duration::from_secs(20)).await;
 
@@ -351,7 +338,7 @@ async fn restarting_the_adapter_under_load_loses_and_doubles_nothing() {
         status.success(),
         "the adapter drains and exits cleanly: {status:?}"
     );
-    let second = adapter().await;
+    let second = Adapter::start().await;
     load.point_at(&second.base);
     let gap = stopped.elapsed();
     until_sold(&drop_id, before, 100, Duration::from_secs(30)).await;

@@ -1,9 +1,12 @@
-//! Shared by the integration tests: connections to the test cluster (`make test` makes one per run),
-//! fresh buyers and drops with unique names (tests share one database), and the stock invariant read
-//! from a real client.
-#![allow(dead_code)] // each test file uses its own subset
+//! The database side of the tests: connections to the test cluster (`make test` makes one per run), fresh
+//! buyers and drops with unique names (tests share one database), holds, the stock invariant read from a
+//! real client, SQLSTATEs, polling with a deadline, and a LISTEN connection on the worker's channel.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_postgres::types::{FromSqlOwned, ToSql};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -14,22 +17,33 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5545/postgres".into())
 }
 
-/// One real connection; its driver runs on its own task.
-pub async fn connect() -> Client {
-    let (client, connection) = tokio_postgres::connect(&database_url(), NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach {} (run `make test-db`): {e}", database_url()));
-    tokio::spawn(async move {
+/// One real connection to `url`. Its driver runs on its own task, whose handle finishes when the
+/// connection has closed (a test that drops a database waits for that).
+pub async fn connect_to(
+    url: &str,
+) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let driver = tokio::spawn(async move {
         let _ = connection.await;
     });
-    client
+    Ok((client, driver))
 }
 
-/// `n` connections opened at once.
-pub async fn connect_many(n: usize) -> Vec<Client> {
-    futures_util::future::join_all((0..n).map(|_| connect())).await
+/// One real connection to the test cluster.
+pub async fn connect() -> Client {
+    let url = database_url();
+    match connect_to(&url).await {
+        Ok((client, _)) => client,
+        Err(e) => panic!("cannot reach {url} (run `make test-db`): {e}"),
+    }
 }
 
+/// `n` connections opened at once, shared so that racing tasks can each take one or take turns.
+pub async fn connect_many(n: usize) -> Vec<Arc<Client>> {
+    futures_util::future::join_all((0..n).map(|_| async { Arc::new(connect().await) })).await
+}
+
+/// A name no other test run uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", Uuid::new_v4().simple())
 }
@@ -44,6 +58,7 @@ pub async fn new_buyer(db: &Client) -> Uuid {
     .get(0)
 }
 
+/// `n` buyers in one statement (creating thousands one call at a time would take longer than the test).
 pub async fn new_buyers(db: &Client, n: usize) -> Vec<Uuid> {
     let prefix = unique("crowd");
     db.query(
@@ -57,6 +72,15 @@ pub async fn new_buyers(db: &Client, n: usize) -> Vec<Uuid> {
     .collect()
 }
 
+/// `n` new buyers' ids as the JSON API spells them, for tests that act through the adapter.
+pub async fn new_buyer_ids(db: &Client, n: usize) -> Vec<String> {
+    new_buyers(db, n)
+        .await
+        .into_iter()
+        .map(|id| id.to_string())
+        .collect()
+}
+
 /// An open drop (started a minute ago).
 pub async fn new_drop(db: &Client, stock: i32, hold_seconds: i32) -> Uuid {
     db.query_one(
@@ -66,6 +90,63 @@ pub async fn new_drop(db: &Client, stock: i32, hold_seconds: i32) -> Uuid {
     .await
     .expect("create_drop")
     .get(0)
+}
+
+/// `buyer`'s hold on `drop`, which the test expects to be granted.
+pub async fn reserve(db: &Client, drop: Uuid, buyer: Uuid) -> Uuid {
+    db.query_one(
+        "SELECT id FROM dropstock.reserve_item($1, $2)",
+        &[&drop, &buyer],
+    )
+    .await
+    .expect("reserve_item")
+    .get(0)
+}
+
+/// Each of `buyers` (a buyer may repeat) calls `reserve_item` once, on `connections` in turn, all
+/// released at the same instant; the hold each got, or its refusal's SQLSTATE, in the order of `buyers`.
+pub async fn race_reserve(
+    connections: &[Arc<Client>],
+    drop: Uuid,
+    buyers: &[Uuid],
+) -> Vec<Result<Uuid, String>> {
+    let start = Arc::new(tokio::sync::Barrier::new(buyers.len()));
+    let racers = buyers
+        .iter()
+        .zip(connections.iter().cycle())
+        .map(|(buyer, db)| {
+            let (db, start, buyer) = (db.clone(), start.clone(), *buyer);
+            tokio::spawn(async move {
+                start.wait().await;
+                db.query_one(
+                    "SELECT id FROM dropstock.reserve_item($1, $2)",
+                    &[&drop, &buyer],
+                )
+                .await
+                .map(|row| row.get::<_, Uuid>(0))
+                .map_err(|e| sqlstate(&e))
+            })
+        });
+    futures_util::future::join_all(racers)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The first two columns of every row `sql` returns, as pairs (collected into a Vec or a map).
+pub async fn pairs<A, B, C>(db: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> C
+where
+    A: FromSqlOwned,
+    B: FromSqlOwned,
+    C: FromIterator<(A, B)>,
+{
+    db.query(sql, params)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
 }
 
 /// (available, held, sold) as the API reports them.
@@ -119,22 +200,36 @@ pub fn sqlstate(error: &tokio_postgres::Error) -> String {
         .unwrap_or_else(|| format!("no SQLSTATE: {error}"))
 }
 
+/// Polls `probe` every 20 ms until it gives a value or `limit` passes (then None).
+pub async fn wait_for<T, F, Fut>(limit: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `condition` until it holds or `limit` passes; returns whether it held.
 pub async fn wait_until<F, Fut>(limit: Duration, mut condition: F) -> bool
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(limit, || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+    .is_some()
 }
 
 /// A connection that LISTENs on the worker's channel; its notifications arrive as parsed JSON.
@@ -143,11 +238,17 @@ pub struct Listener {
     pub notifications: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
 }
 
+/// A Listener on the test cluster.
 pub async fn listen() -> Listener {
+    listen_at(&database_url()).await
+}
+
+/// A Listener on the database at `url`.
+pub async fn listen_at(url: &str) -> Listener {
     use futures_util::StreamExt;
-    let (client, mut connection) = tokio_postgres::connect(&database_url(), NoTls)
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
         .await
-        .expect("connect");
+        .expect("connect the listener");
     let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
     // A LISTEN connection delivers nothing unless its messages are polled.
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

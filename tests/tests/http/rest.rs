@@ -2,11 +2,10 @@
 //! endpoint's success shape, every refusal with its status, code and message, malformed input, and the
 //! database becoming unreachable.
 
-mod adapter_support;
-
 use std::time::Duration;
 
-use adapter_support::*;
+use dropstock_tests::adapter::*;
+use dropstock_tests::db::*;
 use serde_json::{json, Value};
 
 fn drop_in<'a>(list: &'a Value, drop: &str) -> &'a Value {
@@ -662,7 +661,7 @@ async fn refuses_to_start_without_database_or_extension() {
     );
 
     // A database of the same cluster without the extension.
-    let db = db().await;
+    let db = connect().await;
     let scratch = "dropstock_adapter_no_extension";
     let exists = db
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&scratch])
