@@ -55,8 +55,9 @@ async fn due_holds_come_back_without_anyone_sweeping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_holds_is_published_as_a_few_notifications() {
     let setup = connect().await;
-    let drop = new_drop(&setup, 1000, 60).await;
+    // Listening before the drop exists: the worker may announce it as soon as it is committed.
     let mut listener = listen().await;
+    let drop = new_drop(&setup, 1000, 60).await;
     // The new drop is announced first; start counting after that.
     listener
         .next_for(drop, Duration::from_secs(5))
@@ -106,8 +107,9 @@ async fn a_burst_of_holds_is_published_as_a_few_notifications() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_is_published_with_the_buyers_name() {
     let db = connect().await;
-    let drop = new_drop(&db, 5, 60).await;
+    // Listening before the drop exists: the worker may announce it as soon as it is committed.
     let mut listener = listen().await;
+    let drop = new_drop(&db, 5, 60).await;
     listener
         .next_for(drop, Duration::from_secs(5))
         .await
