@@ -41,6 +41,7 @@ DECLARE
     made_ids uuid[];
     made_expiries timestamptz[];
     made_times timestamptz[];
+    made_at integer;
 BEGIN
     SELECT * INTO d FROM dropstock.drops x WHERE x.id = _reserve.drop_id;
     IF NOT FOUND THEN
@@ -156,16 +157,30 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY
-        SELECT b.uid, coalesce(m.id, b.hold_id), coalesce(m.expires_at, b.hold_expiry),
-               coalesce(m.created_at, b.hold_time),
-               CASE WHEN m.id IS NOT NULL THEN true WHEN b.hold_id IS NOT NULL THEN false END,
-               b.state, b.message
-          FROM unnest(uids, hold_ids, hold_expiries, hold_times, states, messages)
-               WITH ORDINALITY AS b(uid, hold_id, hold_expiry, hold_time, state, message, pos)
-          LEFT JOIN unnest(made_uids, made_ids, made_expiries, made_times) AS m(uid, id, expires_at, created_at)
-                 ON m.uid = b.uid AND b.state IS NULL
-         ORDER BY b.pos;
+    -- The answers, in array order. The winners' new holds came back from the INSERT in the order they
+    -- went in, so each is found without a search (a hold made behind the API's back would shift them).
+    made_at := 1;
+    FOR i IN 1 .. n LOOP
+        user_id := uids[i];
+        sqlstate := states[i];
+        message := messages[i];
+        IF states[i] IS NULL AND hold_ids[i] IS NULL THEN
+            IF made_uids[made_at] IS DISTINCT FROM uids[i] THEN
+                made_at := array_position(made_uids, uids[i]);
+            END IF;
+            reservation_id := made_ids[made_at];
+            expires_at := made_expiries[made_at];
+            created_at := made_times[made_at];
+            fresh := true;
+            made_at := made_at + 1;
+        ELSE
+            reservation_id := hold_ids[i];
+            expires_at := hold_expiries[i];
+            created_at := hold_times[i];
+            fresh := CASE WHEN hold_ids[i] IS NOT NULL THEN false END;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 
