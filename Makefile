@@ -228,7 +228,8 @@ $(BROWSER_DEPS): tests/browser/package.json tests/browser/package-lock.json
 
 ifeq ($(PG_DIR),$(TEST_PG_DIR))
 # The test targets by layer (tests/tests/{sql,http,faults}): real connections against the test cluster,
-# and the adapter binary run as a child process (DROPSTOCK_HTTP_BIN). The fault tests stop and start this
+# the adapter run inside the test process from its library, or as the binary (DROPSTOCK_HTTP_BIN) by the
+# tests that signal it, restart it or read its log (the fault tests and SIGTERM). The fault tests stop and start this
 # cluster (pg_ctl -m immediate, DROPSTOCK_PGDATA, server binaries from DROPSTOCK_PG_BIN), which is why
 # everything runs one test at a time. Reliability figures land in target/reliability.txt.
 integration-test: db adapter

@@ -1,11 +1,15 @@
-//! The adapter's side of the tests: the real `dropstock-http` binary started on a free loopback port
-//! against the test cluster, an HTTP and a WebSocket client, the failure envelope, and a relay that cuts
-//! the adapter off from the database.
+//! The adapter's side of the tests: `dropstock-http` started on a free loopback port against the test
+//! cluster, an HTTP and a WebSocket client, the failure envelope, and a relay that cuts the adapter off
+//! from the database.
 //!
-//! The binary is `DROPSTOCK_HTTP_BIN`, by default `target/debug/dropstock-http` of this workspace: build it
-//! first with `cargo build -p dropstock-http`.
+//! By default the adapter runs inside the test process, from its library (`dropstock_http::serve`), with
+//! the same flags the binary takes. Tests that signal it, restart it or read its log start the real
+//! binary instead (`Options::process`): `DROPSTOCK_HTTP_BIN`, by default `target/debug/dropstock-http`
+//! of this workspace (build it first with `cargo build -p dropstock-http`).
 
 use std::net::{SocketAddr, TcpListener};
+
+use clap::Parser;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -41,20 +45,31 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A running adapter process, killed when dropped.
+/// A running adapter, stopped when dropped.
 pub struct Adapter {
-    child: Child,
+    running: Running,
     pub port: u16,
     pub base: String,
-    log: PathBuf,
     http: reqwest::Client,
 }
 
-/// How an adapter is started: extra environment on top of DATABASE_URL and the port.
+/// Where the adapter runs.
+enum Running {
+    /// A task of the test's runtime; the sender tells it to shut down.
+    InProcess {
+        shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    },
+    /// The binary, with its output in `log`.
+    Process { child: Child, log: PathBuf },
+}
+
+/// How an adapter is started: its settings (by their environment names, as the binary reads them) on top
+/// of the database URL and the port, and whether to run the binary.
 #[derive(Default, Clone)]
 pub struct Options {
     pub env: Vec<(String, String)>,
     pub database_url: Option<String>,
+    pub process: bool,
 }
 
 impl Options {
@@ -66,6 +81,20 @@ impl Options {
         self.env.push((key.into(), value.into()));
         self
     }
+
+    /// The real binary rather than the library: for tests that signal it, restart it or read its log.
+    pub fn process(mut self) -> Self {
+        self.process = true;
+        self
+    }
+
+    fn setting(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Adapter {
@@ -76,41 +105,16 @@ impl Adapter {
     }
 
     pub async fn start_with(options: Options) -> Adapter {
-        let binary = binary();
-        assert!(
-            binary.exists(),
-            "{} does not exist: run `cargo build -p dropstock-http` (or set DROPSTOCK_HTTP_BIN)",
-            binary.display()
-        );
         let port = free_port();
-        let log = std::env::temp_dir().join(format!("dropstock-http-test-{port}.log"));
-        let log_file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(&binary);
-        command
-            .env_remove("DROPSTOCK_ADMIN_TOKEN")
-            .env_remove("DROPSTOCK_JWT_SECRET")
-            .env_remove("DROPSTOCK_CORS_ORIGINS")
-            .env(
-                "DATABASE_URL",
-                options.database_url.unwrap_or_else(database_url),
-            )
-            .env("DROPSTOCK_LISTEN", format!("127.0.0.1:{port}"))
-            .env("DROPSTOCK_POOL_SIZE", "8")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file);
-        for (key, value) in &options.env {
-            command.env(key, value);
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let running = if options.process {
+            spawn(&options, port)
+        } else {
+            run_in_process(&options, port).await
+        };
         let adapter = Adapter {
-            child,
+            running,
             port,
             base: format!("http://127.0.0.1:{port}"),
-            log,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -120,12 +124,25 @@ impl Adapter {
         adapter
     }
 
+    /// What the binary printed; an adapter in the test process logs nowhere.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        match &self.running {
+            Running::Process { log, .. } => std::fs::read_to_string(log).unwrap_or_default(),
+            Running::InProcess { .. } => "(the adapter runs in the test process)".into(),
+        }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    fn child(&mut self) -> &mut Child {
+        match &mut self.running {
+            Running::Process { child, .. } => child,
+            Running::InProcess { .. } => {
+                panic!("only an adapter started as a process has one: use Options::process")
+            }
+        }
+    }
+
+    pub fn pid(&mut self) -> u32 {
+        self.child().id()
     }
 
     /// The Prometheus text `/metrics` answers.
@@ -259,10 +276,11 @@ impl Adapter {
     }
 
     /// Sends SIGTERM, as a process manager stopping the adapter would.
-    pub fn terminate(&self) {
+    pub fn terminate(&mut self) {
+        let pid = self.child().id();
         let status = Command::new("kill")
             .arg("-TERM")
-            .arg(self.child.id().to_string())
+            .arg(pid.to_string())
             .status()
             .unwrap();
         assert!(status.success());
@@ -270,7 +288,7 @@ impl Adapter {
 
     /// Waits for the process to exit; its exit status.
     pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let child = &mut self.child;
+        let child = self.child();
         let exited = wait_for(within, || {
             let status = child.try_wait().unwrap();
             async move { status }
@@ -287,9 +305,101 @@ impl Adapter {
 
 impl Drop for Adapter {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        match &mut self.running {
+            Running::Process { child, log } => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(log);
+            }
+            Running::InProcess { shutdown } => {
+                if let Some(shutdown) = shutdown.take() {
+                    let _ = shutdown.send(());
+                }
+            }
+        }
+    }
+}
+
+/// The binary on `port`, with exactly the settings in `options` (none inherited from the test's own
+/// environment) and its output in a file.
+fn spawn(options: &Options, port: u16) -> Running {
+    let binary = binary();
+    assert!(
+        binary.exists(),
+        "{} does not exist: run `cargo build -p dropstock-http` (or set DROPSTOCK_HTTP_BIN)",
+        binary.display()
+    );
+    let log = std::env::temp_dir().join(format!("dropstock-http-test-{port}.log"));
+    let log_file = std::fs::File::create(&log).unwrap();
+    let mut command = Command::new(&binary);
+    command
+        .env_remove("DROPSTOCK_ADMIN_TOKEN")
+        .env_remove("DROPSTOCK_JWT_SECRET")
+        .env_remove("DROPSTOCK_CORS_ORIGINS")
+        .env(
+            "DATABASE_URL",
+            options.database_url.clone().unwrap_or_else(database_url),
+        )
+        .env("DROPSTOCK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DROPSTOCK_POOL_SIZE", "8")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file);
+    for (key, value) in &options.env {
+        command.env(key, value);
+    }
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    Running::Process { child, log }
+}
+
+/// The adapter's library serving `port` from a task of the test's runtime. The settings go through the
+/// binary's own flag parser (`--admin-token` for `DROPSTOCK_ADMIN_TOKEN`, and so on), so defaults and
+/// checks are the binary's; the secrets the binary would read from the environment are set only when
+/// the test asks for them.
+async fn run_in_process(options: &Options, port: u16) -> Running {
+    let mut arguments = vec![
+        "dropstock-http".to_string(),
+        "--database-url".into(),
+        options.database_url.clone().unwrap_or_else(database_url),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--pool-size".into(),
+        "8".into(),
+    ];
+    for (key, value) in &options.env {
+        let name = key
+            .trim_start_matches("DROPSTOCK_")
+            .to_lowercase()
+            .replace('_', "-");
+        arguments.push(format!("--{name}"));
+        arguments.push(value.clone());
+    }
+    let mut config = dropstock_http::Config::try_parse_from(&arguments)
+        .unwrap_or_else(|e| panic!("adapter settings {arguments:?}: {e}"));
+    if options.setting("DROPSTOCK_ADMIN_TOKEN").is_none() {
+        config.admin_token = None;
+    }
+    if options.setting("DROPSTOCK_JWT_SECRET").is_none() {
+        config.jwt_secret = None;
+    }
+    if options.setting("DROPSTOCK_CORS_ORIGINS").is_none() {
+        config.cors_origins.clear();
+    }
+    let app = dropstock_http::App::connect(&config)
+        .await
+        .unwrap_or_else(|e| panic!("the adapter cannot start: {e}"));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the adapter's port");
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(dropstock_http::serve(listener, app, async move {
+        let _ = stop.await;
+    }));
+    Running::InProcess {
+        shutdown: Some(shutdown),
     }
 }
 

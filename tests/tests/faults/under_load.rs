@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use dropstock_tests::adapter::{assert_refused, read, Adapter};
+use dropstock_tests::adapter::{assert_refused, read, Adapter, Options};
 use dropstock_tests::db::{
     assert_invariant, connect, new_buyer_ids, new_buyers, new_drop, stock, wait_until,
 };
@@ -118,7 +118,7 @@ async fn answers_503(
 async fn an_immediate_postgres_stop_under_load_loses_no_sale() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::from_env();
-    let adapter = Adapter::start().await;
+    let adapter = Adapter::start_with(Options::admin().process()).await;
     adapter.wait_listening().await;
     let drop_id = roomy_drop(&adapter).await;
     let buyers = new_buyer_ids(&connect().await, BUYERS).await;
@@ -206,7 +206,7 @@ async fn an_immediate_postgres_stop_under_load_loses_no_sale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_worker_comes_back_under_load_and_due_holds_still_return() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let adapter = Adapter::start().await;
+    let adapter = Adapter::start_with(Options::admin().process()).await;
     let drop_id = roomy_drop(&adapter).await;
     let db = connect().await;
     let buyers = new_buyer_ids(&db, BUYERS).await;
@@ -276,7 +276,7 @@ async fn a_killed_worker_comes_back_under_load_and_due_holds_still_return() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_listen_backend_means_resync_and_live_updates_resume() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let adapter = Adapter::start().await;
+    let adapter = Adapter::start_with(Options::admin().process()).await;
     adapter.wait_listening().await;
     let drop_id = roomy_drop(&adapter).await;
     let db = connect().await;
@@ -325,7 +325,7 @@ async fn a_killed_listen_backend_means_resync_and_live_updates_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarting_the_adapter_under_load_loses_and_doubles_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mut first = Adapter::start().await;
+    let mut first = Adapter::start_with(Options::admin().process()).await;
     let drop_id = roomy_drop(&first).await;
     let buyers = new_buyer_ids(&connect().await, BUYERS).await;
     let load = Load::start(&first.base, &drop_id, buyers, CLIENTS);
@@ -338,7 +338,7 @@ async fn restarting_the_adapter_under_load_loses_and_doubles_nothing() {
         status.success(),
         "the adapter drains and exits cleanly: {status:?}"
     );
-    let second = Adapter::start().await;
+    let second = Adapter::start_with(Options::admin().process()).await;
     load.point_at(&second.base);
     let gap = stopped.elapsed();
     until_sold(&drop_id, before, 100, Duration::from_secs(30)).await;

@@ -316,7 +316,7 @@ async fn a_client_that_does_not_read_is_dropped_and_holds_nobody_back() {
 #[tokio::test]
 async fn sigterm_closes_feeds_with_1001_and_exits_cleanly() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mut adapter = Adapter::start().await;
+    let mut adapter = Adapter::start_with(Options::admin().process()).await;
     let mut feed = adapter.ws("").await;
     feed.snapshot().await;
     adapter.terminate();
