@@ -18,7 +18,7 @@ ADAPTER     := $(ROOT)/target/debug/dropstock-http
 DATABASE_URL ?= postgresql://postgres@127.0.0.1:$(DB_PORT)/postgres
 AS_PG       := sudo -u postgres
 PSQL        := $(PG_BIN)/psql "$(DATABASE_URL)" -v ON_ERROR_STOP=1 -X -q
-APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config chromium fonts-liberation
+APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config chromium fonts-liberation jq
 export DATABASE_URL
 
 .PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test isolation-test \
@@ -250,8 +250,8 @@ test-repeat: db
 	passed=0; \
 	for k in $$(seq 1 $(N)); do \
 	  start=$$(date +%s); \
-	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary concurrency:: --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
-	    cat target/test-repeat.log; echo "test-repeat: run $$k/$(N) failed in the concurrency tests"; \
+	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary concurrency:: races:: --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
+	    cat target/test-repeat.log; echo "test-repeat: run $$k/$(N) failed in the concurrency or race tests"; \
 	    echo "test-repeat: $$passed of $(N) runs passed"; exit 1; fi; \
 	  if ! ( $(RUN_ISOLATION) ); then \
 	    echo "test-repeat: run $$k/$(N) failed in the isolation specs"; \

@@ -42,6 +42,8 @@ DECLARE
     made_expiries timestamptz[];
     made_times timestamptz[];
     made_at integer;
+    from_hand integer;
+    due_by timestamptz;        -- a variable, so the index on expires_at bounds the scan (see expiry.sql)
 BEGIN
     SELECT * INTO d FROM dropstock.drops x WHERE x.id = _reserve.drop_id;
     IF NOT FOUND THEN
@@ -116,14 +118,37 @@ BEGIN
         -- More of their own units came back than buyers want (a limit lowered since): free the rest.
         PERFORM dropstock._adjust_stock(d.id, in_hand - granted, 0);
     END IF;
-    granted := granted + dropstock._claim_units(d.id, wanted - granted);
-    IF granted < wanted THEN
+    from_hand := granted;
+    -- Units from stock, then from other buyers' past-due holds. Past-due holds that another transaction
+    -- is deciding right now (the sweep giving their units back, a cancel, a purchase being refused)
+    -- are skipped by the reclaim; while any are left, their units are on their way back to stock and
+    -- "sold out" would be false. Then the claim is undone (a batch may hold slots, and the sweep may be
+    -- waiting for one to put the units back), the call waits for those transactions to end, holding
+    -- nothing of the drop, and claims again. Each round waits for others to finish, so the rounds end.
+    FOR round IN 1..5 LOOP
         BEGIN
-            granted := granted + dropstock._reclaim_due(d.id, wanted - granted);
-        EXCEPTION WHEN lock_not_available THEN
-            NULL;  -- see _reclaim_due
+            granted := from_hand + dropstock._claim_units(d.id, wanted - from_hand);
+            IF granted < wanted THEN
+                BEGIN
+                    granted := granted + dropstock._reclaim_due(d.id, wanted - granted);
+                EXCEPTION WHEN lock_not_available THEN
+                    NULL;  -- see _reclaim_due
+                END;
+            END IF;
+            due_by := clock_timestamp();
+            IF granted < wanted AND round < 5
+               AND EXISTS (SELECT FROM dropstock.reservations r
+                            WHERE r.drop_id = d.id AND r.status = 'reserved' AND r.expires_at <= due_by) THEN
+                RAISE EXCEPTION 'units on their way back' USING ERRCODE = 'DS9WT';
+            END IF;
+            EXIT;
+        EXCEPTION WHEN SQLSTATE 'DS9WT' THEN
+            PERFORM FROM dropstock.reservations r
+             WHERE r.drop_id = d.id AND r.status = 'reserved' AND r.expires_at <= due_by
+             ORDER BY r.expires_at
+               FOR UPDATE;
         END;
-    END IF;
+    END LOOP;
 
     IF granted < wanted THEN
         sold_out_message := format('drop "%s" is sold out', d.name);
