@@ -7,30 +7,12 @@ RETURNS reservations
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    owner record;
     hold dropstock.reservations;
 BEGIN
     IF cancel_reservation.reservation_id IS NULL OR cancel_reservation.user_id IS NULL THEN
         RAISE EXCEPTION 'reservation id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT r.drop_id, r.user_id INTO owner FROM dropstock.reservations r WHERE r.id = cancel_reservation.reservation_id;
-    IF NOT FOUND THEN
-        SELECT * INTO hold FROM dropstock._refuse_unknown_hold(cancel_reservation.reservation_id,
-                                                                cancel_reservation.user_id, true);
-        RETURN hold;
-    END IF;
-    IF owner.user_id <> cancel_reservation.user_id THEN
-        RAISE EXCEPTION 'reservation % belongs to another buyer', cancel_reservation.reservation_id
-              USING ERRCODE = 'DS031';
-    END IF;
-    -- The buyer lock, then the row lock: the order of stock.sql (see purchase).
-    PERFORM dropstock._lock_buyers(owner.drop_id, ARRAY[owner.user_id]);
-    SELECT * INTO hold FROM dropstock.reservations r WHERE r.id = cancel_reservation.reservation_id FOR UPDATE;
-    IF NOT FOUND THEN  -- archived meanwhile
-        SELECT * INTO hold FROM dropstock._refuse_unknown_hold(cancel_reservation.reservation_id,
-                                                                cancel_reservation.user_id, true);
-        RETURN hold;
-    END IF;
+    hold := dropstock._lock_hold(cancel_reservation.reservation_id, cancel_reservation.user_id);
     IF hold.status = 'purchased' THEN
         RAISE EXCEPTION 'reservation % is already purchased', hold.id USING ERRCODE = 'DS033';
     ELSIF hold.status <> 'reserved' THEN

@@ -77,33 +77,3 @@ BEGIN
     RETURN moved;
 END
 $$;
-
--- _refuse_unknown_hold: what purchase and cancel answer for a hold id not in `reservations`. An
--- archived hold is refused as it would have been before archiving (expired DS030, cancelled DS032,
--- another buyer's DS031); cancel (`as_cancel`) returns it as it is, as it does for an ended hold.
--- Anything else is DS003.
-CREATE FUNCTION _refuse_unknown_hold(reservation_id uuid, user_id uuid, as_cancel boolean DEFAULT false)
-RETURNS reservations
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    old dropstock.archived_holds;
-BEGIN
-    SELECT * INTO old FROM dropstock.archived_holds a WHERE a.id = _refuse_unknown_hold.reservation_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'reservation % does not exist', reservation_id USING ERRCODE = 'DS003';
-    END IF;
-    IF old.user_id <> _refuse_unknown_hold.user_id THEN
-        RAISE EXCEPTION 'reservation % belongs to another buyer', reservation_id USING ERRCODE = 'DS031';
-    END IF;
-    IF as_cancel THEN
-        RETURN ROW(old.id, old.drop_id, old.user_id, old.status, old.expires_at, old.created_at)::dropstock.reservations;
-    END IF;
-    IF old.status = 'cancelled' THEN
-        RAISE EXCEPTION 'reservation % was cancelled', old.id USING ERRCODE = 'DS032',
-              HINT = 'Reserve the item again.';
-    END IF;
-    RAISE EXCEPTION 'reservation % expired', old.id USING ERRCODE = 'DS030',
-          DETAIL = format('The hold ran out at %s.', old.expires_at), HINT = 'Reserve the item again.';
-END
-$$;

@@ -8,7 +8,6 @@ RETURNS purchases
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    owner record;
     hold dropstock.reservations;
     d dropstock.drops;
     sale dropstock.purchases;
@@ -16,21 +15,7 @@ BEGIN
     IF purchase.reservation_id IS NULL OR purchase.user_id IS NULL THEN
         RAISE EXCEPTION 'reservation id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Whose hold it is decides which buyer lock to take; the lock comes before the row lock (the order
-    -- in stock.sql), and the row is read again under both.
-    SELECT r.drop_id, r.user_id INTO owner FROM dropstock.reservations r WHERE r.id = purchase.reservation_id;
-    IF NOT FOUND THEN
-        PERFORM dropstock._refuse_unknown_hold(purchase.reservation_id, purchase.user_id);
-    END IF;
-    IF owner.user_id <> purchase.user_id THEN
-        RAISE EXCEPTION 'reservation % belongs to another buyer', purchase.reservation_id USING ERRCODE = 'DS031';
-    END IF;
-    PERFORM dropstock._lock_buyers(owner.drop_id, ARRAY[owner.user_id]);
-    -- The row lock orders this purchase against a concurrent sweep of the same hold.
-    SELECT * INTO hold FROM dropstock.reservations r WHERE r.id = purchase.reservation_id FOR UPDATE;
-    IF NOT FOUND THEN  -- archived meanwhile
-        PERFORM dropstock._refuse_unknown_hold(purchase.reservation_id, purchase.user_id);
-    END IF;
+    hold := dropstock._lock_hold(purchase.reservation_id, purchase.user_id);
 
     IF hold.status = 'purchased' THEN
         SELECT * INTO sale FROM dropstock.purchases p WHERE p.reservation_id = hold.id;

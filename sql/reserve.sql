@@ -76,7 +76,7 @@ BEGIN
          ORDER BY a.pos
     LOOP
         n := n + 1;
-        -- Every array gets its element n, so they stay aligned for the unnest at the end.
+        -- Every array gets its element n, so that element i of each is buyer i's, for the answers at the end.
         uids[n] := buyer.uid;
         hold_ids[n] := NULL;
         hold_expiries[n] := NULL;

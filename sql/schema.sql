@@ -69,7 +69,7 @@ CREATE INDEX reservations_due_by_drop ON reservations (drop_id, expires_at)
 
 -- Ended holds that archive_holds moved out of `reservations` (expired and cancelled ones only: a
 -- purchased hold stays, its sale refers to it). Nothing reads this table on the hot path; purchase and
--- cancel look here only to refuse an archived hold with the right code. Empty it at will.
+-- cancel look here (_lock_hold) only to answer an archived hold as it ended. Empty it at will.
 CREATE TABLE archived_holds (
     id          uuid PRIMARY KEY,
     drop_id     uuid NOT NULL,

@@ -52,6 +52,42 @@ BEGIN
 END
 $$;
 
+-- _lock_hold: the hold `reservation_id`, locked for `user_id` to decide (purchase, cancel), in the order
+-- above: whose hold it is decides which buyer lock to take, the buyer lock comes before the row lock,
+-- and the row is read again under both. A hold that archive_holds moved away (before the call, or while
+-- it waited) is returned as it ended, unlocked: an ended hold never changes again. Refusals: DS003
+-- unknown reservation, DS031 another buyer's hold.
+CREATE FUNCTION _lock_hold(reservation_id uuid, user_id uuid)
+RETURNS reservations
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    owner record;
+    hold dropstock.reservations;
+BEGIN
+    SELECT r.drop_id, r.user_id INTO owner FROM dropstock.reservations r WHERE r.id = _lock_hold.reservation_id;
+    IF FOUND THEN
+        IF owner.user_id <> _lock_hold.user_id THEN
+            RAISE EXCEPTION 'reservation % belongs to another buyer', _lock_hold.reservation_id USING ERRCODE = 'DS031';
+        END IF;
+        PERFORM dropstock._lock_buyers(owner.drop_id, ARRAY[owner.user_id]);
+        SELECT * INTO hold FROM dropstock.reservations r WHERE r.id = _lock_hold.reservation_id FOR UPDATE;
+        IF FOUND THEN
+            RETURN hold;
+        END IF;
+    END IF;
+    SELECT a.id, a.drop_id, a.user_id, a.status, a.expires_at, a.created_at INTO hold
+      FROM dropstock.archived_holds a WHERE a.id = _lock_hold.reservation_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'reservation % does not exist', _lock_hold.reservation_id USING ERRCODE = 'DS003';
+    END IF;
+    IF hold.user_id <> _lock_hold.user_id THEN
+        RAISE EXCEPTION 'reservation % belongs to another buyer', _lock_hold.reservation_id USING ERRCODE = 'DS031';
+    END IF;
+    RETURN hold;
+END
+$$;
+
 -- _adjust_stock: add `available_delta` free units and `sold_delta` sales to any one slot of the drop.
 -- Any slot will do because only the sums matter: take one nobody is committing on right now, and wait
 -- for the first slot only when every slot is busy (the caller holds no slot of this drop then, or it
