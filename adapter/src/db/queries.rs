@@ -9,6 +9,21 @@ use uuid::Uuid;
 use crate::db::models::{BuyerView, DropView, HoldView, NewDrop, RecentSales, SaleView};
 use crate::db::DbError;
 
+/// The call (evaluated anew each time) made again while `retry_again` says so; its last outcome. A
+/// macro rather than a function taking a closure: the call's future borrows the client and the
+/// arguments, and a closure cannot hand such a future back as `Send`.
+macro_rules! retrying {
+    ($call:expr) => {{
+        let mut attempt = 1;
+        loop {
+            match $call.await {
+                Err(error) if retry_again(&error, &mut attempt) => continue,
+                outcome => break outcome,
+            }
+        }
+    }};
+}
+
 pub async fn extension_installed(client: &Object) -> Result<bool, DbError> {
     let statement = client
         .prepare_cached(
@@ -156,15 +171,7 @@ pub async fn reserve_batch(
                FROM dropstock.reserve_items($1, $2)",
         )
         .await?;
-    let rows = {
-        let mut attempt = 1;
-        loop {
-            match client.query(&statement, &[&drop_id, &buyers]).await {
-                Err(error) if retry_again(&error, &mut attempt) => continue,
-                outcome => break outcome?,
-            }
-        }
-    };
+    let rows = retrying!(client.query(&statement, &[&drop_id, &buyers]))?;
     rows.iter()
         .map(|row| {
             let hold = match row.try_get::<_, Option<Uuid>>(1)? {
@@ -195,15 +202,7 @@ pub async fn cancel(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<HoldV
                FROM dropstock.cancel_reservation($1, $2) r",
         )
         .await?;
-    let row = {
-        let mut attempt = 1;
-        loop {
-            match client.query_one(&statement, &[&hold_id, &buyer]).await {
-                Err(error) if retry_again(&error, &mut attempt) => continue,
-                outcome => break outcome?,
-            }
-        }
-    };
+    let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;
     Ok(hold_view(&row)?)
 }
 
@@ -215,15 +214,7 @@ pub async fn buy(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<SaleView
                FROM dropstock.purchase($1, $2) p",
         )
         .await?;
-    let row = {
-        let mut attempt = 1;
-        loop {
-            match client.query_one(&statement, &[&hold_id, &buyer]).await {
-                Err(error) if retry_again(&error, &mut attempt) => continue,
-                outcome => break outcome?,
-            }
-        }
-    };
+    let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;
     Ok(SaleView {
         id: row.try_get(0)?,
         hold_id: row.try_get(1)?,
