@@ -5,18 +5,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, Timeouts};
 use crate::db::batching::Batcher;
-use crate::db::pool::{self, StartupError};
+use crate::db::pool::{self, Database, StartupError};
 use crate::feed::hub::Hub;
 use crate::feed::relay;
 use crate::http::access::Access;
+use crate::http::connections::ConnectionCap;
 use crate::http::cors::Cors;
+use crate::http::health::HealthCheck;
 use crate::http::limits::RateLimits;
 use crate::http::metrics::Metrics;
 use crate::http::server;
@@ -25,7 +26,7 @@ pub struct App {
     /// Where the database is: the LISTEN connection is opened from it, outside the pool.
     pub database: tokio_postgres::Config,
     /// Connections for requests; the LISTEN connection is not among them.
-    pub pool: Pool,
+    pub pool: Database,
     /// Reservations, grouped per drop into one `reserve_items` call each.
     pub holds: Batcher,
     /// Who may create drops and act for which buyer.
@@ -34,10 +35,18 @@ pub struct App {
     pub cors: Cors,
     /// The feed's fan-out: the relay publishes into it, each WebSocket client reads from it.
     pub hub: Hub,
+    /// The database check `/healthz` answers from, shared by probes for a second.
+    pub health: HealthCheck,
     /// What `/metrics` reports, counted by requests, the relay and WebSocket clients alike.
     pub metrics: Metrics,
     /// Per client address and per buyer: abuse gets 429 before it reaches the database.
     pub limits: RateLimits,
+    /// How long the adapter waits for clients and for the database.
+    pub timeouts: Timeouts,
+    /// The cap on open client connections.
+    pub connections: ConnectionCap,
+    /// Whether HTTP/2 (cleartext, prior knowledge) is served besides HTTP/1.1.
+    pub http2: bool,
     /// How long shutdown waits for in-flight requests and WebSocket closes before giving up on them.
     pub drain: Duration,
     /// Cancelled on shutdown: WebSocket clients close with 1001 and the LISTEN task stops.
@@ -52,18 +61,26 @@ impl App {
     /// adapter says what is wrong at once instead of answering 503 to every request.
     pub async fn connect(config: &Config) -> Result<Arc<App>, StartupError> {
         let database = pool::parse_url(&config.database_url)?;
-        let pool = pool::open(&database, usize::from(config.pool_size))?;
+        let timeouts = config.timeouts();
+        let pool = pool::open(&database, usize::from(config.pool_size), timeouts.database)?;
         pool::check(&pool, &database).await?;
         Ok(Arc::new(App {
             database,
             holds: Batcher::new(pool.clone()),
             pool,
-            access: Access::new(config.admin_token(), config.jwt_secret()),
+            access: Access::new(config.admin_token(), config.jwt_rules()),
             cors: Cors::new(&config.cors_origins),
             hub: Hub::new(),
             metrics: Metrics::new(),
+            health: HealthCheck::default(),
             limits: config.rate_limits(),
             drain: config.drain(),
+            timeouts,
+            connections: ConnectionCap::fitted(
+                config.max_connections as usize,
+                usize::from(config.pool_size),
+            ),
+            http2: config.http2,
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
         }))

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::http::access::JwtRules;
 use crate::http::limits::{Rate, RateLimits};
 
 /// The HTTP and WebSocket front of the dropstock PostgreSQL extension.
@@ -54,6 +55,15 @@ pub struct Config {
     )]
     pub jwt_secret: Option<String>,
 
+    /// When set, buyer tokens must carry this `iss` claim.
+    #[arg(long, env = "DROPSTOCK_JWT_ISSUER", value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, buyer tokens must carry this audience in their `aud` claim. When unset, the `aud` claim
+    /// is not checked (tokens with and without one are accepted).
+    #[arg(long, env = "DROPSTOCK_JWT_AUDIENCE", value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
     /// Comma-separated origins that browsers may call the REST API from (for example
     /// https://shop.example), or `*` for any. Empty: no cross-origin access.
     #[arg(
@@ -72,6 +82,41 @@ pub struct Config {
         default_value_t = 10
     )]
     pub drain_seconds: u64,
+
+    /// Seconds a connection may stay open without a request in progress (before its first byte, between
+    /// keep-alive requests, and while its request headers trickle in) before it is closed.
+    #[arg(long, env = "DROPSTOCK_IDLE_TIMEOUT_SECONDS", value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_seconds: u64,
+
+    /// Seconds a client gets to send a whole request body; slower bodies are answered 408.
+    #[arg(long, env = "DROPSTOCK_BODY_TIMEOUT_SECONDS", value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_seconds: u64,
+
+    /// Seconds the database gets to answer one call (the pool's `statement_timeout`, and a deadline on the
+    /// adapter's side for a server that stops answering altogether); past it the request is answered 503.
+    #[arg(long, env = "DROPSTOCK_DB_TIMEOUT_SECONDS", value_name = "SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_timeout_seconds: u64,
+
+    /// Seconds one request may take in all (waiting for a pool connection included); past it the answer
+    /// is 503.
+    #[arg(long, env = "DROPSTOCK_REQUEST_TIMEOUT_SECONDS", value_name = "SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_seconds: u64,
+
+    /// Most client connections open at once (WebSocket clients included). Past it, new connections get
+    /// 503 and are closed, except `/healthz`, which a few connections beyond the cap may still ask. The
+    /// adapter raises its open-files limit to fit, and lowers this cap, with a warning, if it cannot.
+    #[arg(long, env = "DROPSTOCK_MAX_CONNECTIONS", value_name = "N", default_value_t = 25_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Also serve HTTP/2 over cleartext (prior knowledge, as load balancers speak it to backends). Off by
+    /// default: browsers use HTTP/2 only over TLS, which a proxy in front terminates.
+    #[arg(long, env = "DROPSTOCK_HTTP2", default_value_t = false)]
+    pub http2: bool,
 
     /// Requests per second one client address may make, sustained (health checks and metrics are not
     /// counted). 0 turns the limit off. Behind a load balancer or a NAT many buyers share one address:
@@ -127,8 +172,25 @@ impl Config {
             .filter(|secret| !secret.is_empty())
     }
 
+    pub fn jwt_rules(&self) -> Option<JwtRules<'_>> {
+        self.jwt_secret().map(|secret| JwtRules {
+            secret,
+            issuer: non_empty(&self.jwt_issuer),
+            audience: non_empty(&self.jwt_audience),
+        })
+    }
+
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_seconds)
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            idle: Duration::from_secs(self.idle_timeout_seconds),
+            body: Duration::from_secs(self.body_timeout_seconds),
+            database: Duration::from_secs(self.db_timeout_seconds),
+            request: Duration::from_secs(self.request_timeout_seconds),
+        }
     }
 
     pub fn rate_limits(&self) -> RateLimits {
@@ -143,4 +205,23 @@ impl Config {
             },
         )
     }
+}
+
+/// An optional setting given as the empty string counts as not given.
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|value| !value.is_empty())
+}
+
+/// How long the adapter waits for clients and for the database before it gives up on them.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A connection without a request in progress (no first byte yet, idle between requests, or headers
+    /// still arriving).
+    pub idle: Duration,
+    /// A request body, from its first byte to its last.
+    pub body: Duration,
+    /// One database call.
+    pub database: Duration,
+    /// One request, start to answer.
+    pub request: Duration,
 }

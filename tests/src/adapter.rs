@@ -336,6 +336,8 @@ fn spawn(options: &Options, port: u16) -> Running {
         .env_remove("DROPSTOCK_ADMIN_TOKEN")
         .env_remove("DROPSTOCK_JWT_SECRET")
         .env_remove("DROPSTOCK_CORS_ORIGINS")
+        .env_remove("DROPSTOCK_JWT_ISSUER")
+        .env_remove("DROPSTOCK_JWT_AUDIENCE")
         .env(
             "DATABASE_URL",
             options.database_url.clone().unwrap_or_else(database_url),

@@ -15,12 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::db::models::{HoldStatus, HoldView};
-use crate::db::pool;
+use crate::db::pool::Database;
 use crate::db::queries::{self, BatchAnswer};
 use crate::http::errors::ApiError;
 
@@ -30,6 +29,9 @@ const MAX_BATCH: usize = 128;
 const FLUSHERS_PER_DROP: usize = 4;
 /// A drop's queue closes after this long without a request, and opens again on the next one.
 const IDLE: Duration = Duration::from_secs(5);
+/// Drops with a queue at once. Each costs a task and a little memory; a client naming random drop ids
+/// must not be able to make more (and a queue whose drop does not exist closes after its first call).
+const MAX_QUEUES: usize = 1024;
 
 /// What reserving came to for one buyer.
 #[derive(Debug, Clone)]
@@ -49,12 +51,12 @@ struct Queue {
 }
 
 pub struct Batcher {
-    pool: Pool,
+    pool: Database,
     queues: Arc<Mutex<HashMap<Uuid, Queue>>>,
 }
 
 impl Batcher {
-    pub fn new(pool: Pool) -> Self {
+    pub fn new(pool: Database) -> Self {
         Batcher {
             pool,
             queues: Arc::new(Mutex::new(HashMap::new())),
@@ -67,7 +69,7 @@ impl Batcher {
         let mut request = Request { buyer, reply };
         // A queue that closed for idleness refuses the request; `queue_for` then opens a new one.
         loop {
-            match self.queue_for(drop).send(request) {
+            match self.queue_for(drop)?.send(request) {
                 Ok(()) => break,
                 Err(mpsc::error::SendError(returned)) => request = returned,
             }
@@ -79,12 +81,17 @@ impl Batcher {
         })
     }
 
-    fn queue_for(&self, drop: Uuid) -> mpsc::UnboundedSender<Request> {
+    fn queue_for(&self, drop: Uuid) -> Result<mpsc::UnboundedSender<Request>, ApiError> {
         let mut queues = self.queues.lock().expect("queue map lock");
         if let Some(queue) = queues.get(&drop) {
             if !queue.sender.is_closed() {
-                return queue.sender.clone();
+                return Ok(queue.sender.clone());
             }
+        }
+        if queues.len() >= MAX_QUEUES && !queues.contains_key(&drop) {
+            return Err(ApiError::unavailable(
+                "too many drops are being reserved at once; try again shortly",
+            ));
         }
         let (sender, receiver) = mpsc::unbounded_channel();
         queues.insert(
@@ -101,14 +108,14 @@ impl Batcher {
             queues: self.queues.clone(),
         });
         tokio::spawn(flushers.run());
-        sender
+        Ok(sender)
     }
 }
 
 /// The tasks serving one drop's queue.
 struct Flushers {
     drop: Uuid,
-    pool: Pool,
+    pool: Database,
     receiver: tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>,
     running: AtomicUsize,
     queues: Arc<Mutex<HashMap<Uuid, Queue>>>,
@@ -134,16 +141,7 @@ impl Flushers {
             Ok(Some(request)) => request,
             Ok(None) => return None,
             Err(_idle) => {
-                // Close: later sends fail and open a fresh queue; what is already queued still drains.
-                receiver.close();
-                let mut queues = self.queues.lock().expect("queue map lock");
-                if queues
-                    .get(&self.drop)
-                    .is_some_and(|queue| queue.sender.is_closed())
-                {
-                    queues.remove(&self.drop);
-                }
-                drop(queues);
+                close(&mut receiver, &self.queues, self.drop);
                 receiver.try_recv().ok()?
             }
         };
@@ -162,9 +160,15 @@ impl Flushers {
         Some(batch)
     }
 
-    async fn flush(&self, batch: Vec<Request>) {
+    async fn flush(&self, mut batch: Vec<Request>) {
+        // A client that hung up (or whose request timed out) while queued gets no hold made for it: it
+        // would only keep a unit from a buyer who is still there until it expired.
+        batch.retain(|request| !request.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
         let buyers: Vec<Uuid> = batch.iter().map(|request| request.buyer).collect();
-        let answers = match pool::connection(&self.pool).await {
+        let answers = match self.pool.connection().await {
             Ok(client) => queries::reserve_batch(&client, self.drop, &buyers).await,
             Err(error) => Err(error),
         };
@@ -198,6 +202,17 @@ impl Flushers {
                 for request in batch {
                     let _ = request.reply.send(Err(error.clone()));
                 }
+                if error.code == "DS001" {
+                    // No such drop: nothing will ever be batched for it, so its queue goes now rather
+                    // than after `IDLE` (unless another flusher is waiting on it; then it idles out).
+                    self.queues
+                        .lock()
+                        .expect("queue map lock")
+                        .remove(&self.drop);
+                    if let Ok(mut receiver) = self.receiver.try_lock() {
+                        receiver.close();
+                    }
+                }
             }
         }
     }
@@ -223,5 +238,21 @@ impl Flushers {
                 &"reserve_items answered neither a hold nor a refusal",
             )),
         }
+    }
+}
+
+/// Closes a drop's queue: later sends fail and open a fresh queue; what is already queued still drains.
+fn close(
+    receiver: &mut mpsc::UnboundedReceiver<Request>,
+    queues: &Mutex<HashMap<Uuid, Queue>>,
+    drop_id: Uuid,
+) {
+    receiver.close();
+    let mut queues = queues.lock().expect("queue map lock");
+    if queues
+        .get(&drop_id)
+        .is_some_and(|queue| queue.sender.is_closed())
+    {
+        queues.remove(&drop_id);
     }
 }

@@ -15,4 +15,7 @@ pub enum DbError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    /// The database did not answer a call within the deadline.
+    #[error("no answer from the database within {0:?}")]
+    Timeout(std::time::Duration),
 }

@@ -1,11 +1,8 @@
 //! The JSON shapes the API answers with (camelCase, as the replaced API named them) and the extension's
 //! own SQL types they are read from.
 
-use std::error::Error;
-
 use chrono::{DateTime, SecondsFormat, Utc};
-use fallible_iterator::FallibleIterator;
-use postgres_types::{FromSql, Kind, ToSql, Type};
+use postgres_types::{FromSql, ToSql};
 use serde::{Serialize, Serializer};
 use uuid::Uuid;
 
@@ -34,31 +31,6 @@ pub struct RecentSale {
     pub buyer_id: Uuid,
     pub username: String,
     pub created_at: DateTime<Utc>,
-}
-
-/// `dropstock.recent_purchase[]`, walked element by element. The view builds it with `ARRAY(…)` over a
-/// join, so it holds no NULLs today; skipping them rather than failing keeps one odd row from turning a
-/// whole drop list into an error.
-#[derive(Debug, Clone, Default)]
-pub struct RecentSales(pub Vec<RecentSale>);
-
-impl<'a> FromSql<'a> for RecentSales {
-    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
-        let Kind::Array(member) = ty.kind() else {
-            return Err(format!("expected an array of recent_purchase, got {ty}").into());
-        };
-        let array = postgres_protocol::types::array_from_sql(raw)?;
-        let sales = array
-            .values()
-            .filter_map(Ok)
-            .map(|element| RecentSale::from_sql(member, element))
-            .collect()?;
-        Ok(RecentSales(sales))
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        matches!(ty.kind(), Kind::Array(member) if <RecentSale as FromSql>::accepts(member))
-    }
 }
 
 /// Timestamps go out as JavaScript's `Date.prototype.toISOString()` writes them
@@ -113,10 +85,10 @@ pub struct RecentSaleView {
     pub buyer: BuyerRef,
 }
 
-/// A buyer as a sale names them: id and name.
+/// A buyer as a public read names them: by name only. Ids go to their owner alone (the answers to
+/// their own requests): without buyer tokens, whoever knows an id can act as that buyer.
 #[derive(Debug, Clone, Serialize)]
 pub struct BuyerRef {
-    pub id: Uuid,
     pub username: String,
 }
 
@@ -126,7 +98,6 @@ impl From<RecentSale> for RecentSaleView {
             id: sale.id,
             created_at: sale.created_at,
             buyer: BuyerRef {
-                id: sale.buyer_id,
                 username: sale.username,
             },
         }
@@ -253,7 +224,7 @@ mod tests {
         );
         assert_eq!(drop["startsAt"], "2026-11-27T21:30:00.500Z");
         assert_eq!(keys(&drop["purchases"][0]), ["createdAt", "id", "user"]);
-        assert_eq!(keys(&drop["purchases"][0]["user"]), ["id", "username"]);
+        assert_eq!(keys(&drop["purchases"][0]["user"]), ["username"]);
 
         let hold = serde_json::to_value(HoldView {
             id,

@@ -1,7 +1,9 @@
 //! The connection pool and the start-up checks: what must hold before the adapter takes its first
 //! request. Queries live in `queries`; this module only opens and hands out connections.
 
+use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{
@@ -56,9 +58,33 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{database}")
 }
 
-pub fn open(config: &tokio_postgres::Config, size: usize) -> Result<Pool, StartupError> {
+/// The pool of request connections, and how long one database call may take on them.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    call_deadline: Duration,
+}
+
+/// How much later than the server's `statement_timeout` the adapter stops waiting itself: normally the
+/// server cancels first and the connection stays usable; the adapter's own deadline is for a server
+/// that does not answer at all (a stopped backend, a dead network path).
+const DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+pub fn open(
+    config: &tokio_postgres::Config,
+    size: usize,
+    statement_timeout: Duration,
+) -> Result<Database, StartupError> {
     let mut config = config.clone();
     config.application_name("dropstock-http");
+    // Set as a startup option, so it holds from the first statement and needs no round trip; options
+    // given in the URL are kept.
+    let options = format!(
+        "{} -c statement_timeout={}",
+        config.get_options().unwrap_or(""),
+        statement_timeout.as_millis()
+    );
+    config.options(options.trim_start());
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -68,26 +94,103 @@ pub fn open(config: &tokio_postgres::Config, size: usize) -> Result<Pool, Startu
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    let pool = Pool::builder(manager)
         .max_size(size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(CHECKOUT_TIMEOUT))
         .create_timeout(Some(CONNECT_TIMEOUT))
         .recycle_timeout(Some(CONNECT_TIMEOUT))
         .build()
-        .map_err(|error| StartupError::Pool(error.to_string()))
+        .map_err(|error| StartupError::Pool(error.to_string()))?;
+    Ok(Database {
+        pool,
+        call_deadline: statement_timeout + DEADLINE_MARGIN,
+    })
+}
+
+impl Database {
+    /// A connection from the pool, or 503 within `CHECKOUT_TIMEOUT` when none frees up.
+    pub async fn connection(&self) -> Result<Connection, DbError> {
+        Ok(Connection {
+            object: Some(self.pool.get().await?),
+            call_deadline: self.call_deadline,
+            in_call: AtomicBool::new(false),
+        })
+    }
+
+    /// Refuses new checkouts; connections close as they come back.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    pub fn status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
+}
+
+/// A pooled connection checked out for one request or one batch. Calls on it have a deadline (`call`);
+/// a call that did not finish, because its deadline passed or because the request was dropped
+/// mid-call, leaves the connection with an answer still owed, so it is closed instead of going back to
+/// the pool, where the next request would wait behind that answer.
+pub struct Connection {
+    object: Option<Object>,
+    call_deadline: Duration,
+    in_call: AtomicBool,
+}
+
+impl Connection {
+    /// Runs one database call within the deadline.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, DbError> {
+        self.in_call.store(true, Ordering::Relaxed);
+        let outcome = tokio::time::timeout(self.call_deadline, call).await;
+        match outcome {
+            Ok(outcome) => {
+                self.in_call.store(false, Ordering::Relaxed);
+                Ok(outcome?)
+            }
+            Err(_) => Err(DbError::Timeout(self.call_deadline)),
+        }
+    }
+}
+
+impl std::ops::Deref for Connection {
+    type Target = Object;
+
+    fn deref(&self) -> &Object {
+        self.object.as_ref().expect("a connection until dropped")
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if *self.in_call.get_mut() {
+            if let Some(object) = self.object.take() {
+                tracing::warn!("closing a database connection whose call did not finish");
+                // Taken out of the pool and dropped: deadpool's wrapper ends the connection's task.
+                drop(Object::take(object));
+            }
+        }
+    }
 }
 
 /// The startup check: the database answers and the extension is installed in it.
-pub async fn check(pool: &Pool, config: &tokio_postgres::Config) -> Result<(), StartupError> {
+pub async fn check(
+    database: &Database,
+    config: &tokio_postgres::Config,
+) -> Result<(), StartupError> {
     let unreachable = |reason: String| StartupError::Unreachable {
         target: describe(config),
         reason,
     };
-    let client = pool.get().await.map_err(|error| {
+    let client = database.connection().await.map_err(|error| {
         unreachable(match error {
-            PoolError::Backend(error) => first_line(&error),
-            PoolError::Timeout(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            DbError::Pool(PoolError::Backend(error)) => first_line(&error),
+            DbError::Pool(PoolError::Timeout(_)) => {
+                format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())
+            }
             other => first_line(&other),
         })
     })?;
@@ -115,8 +218,4 @@ fn first_line(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-pub async fn connection(pool: &Pool) -> Result<Object, DbError> {
-    Ok(pool.get().await?)
 }

@@ -2,35 +2,54 @@
 //! the extension; these only pass arguments and read rows.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Object;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::db::models::{BuyerView, DropView, HoldView, NewDrop, RecentSales, SaleView};
+use crate::db::models::{BuyerView, DropView, HoldView, NewDrop, RecentSale, SaleView};
+use crate::db::pool::Connection;
 use crate::db::DbError;
 
-/// The call (evaluated anew each time) made again while `retry_again` says so; its last outcome. A
-/// macro rather than a function taking a closure: the call's future borrows the client and the
+/// Prepares `$sql` (once per connection, from its statement cache) and runs `$run` with it as
+/// `$statement`, within the connection's deadline. Made again, with the same arguments:
+/// - once, after emptying the statement cache, when the server says a cached statement no longer fits
+///   (the extension was dropped and created again under the running adapter, so the types it returns
+///   are new ones);
+/// - up to `TRANSIENT_ATTEMPTS` times in all when PostgreSQL rolled it back (`retry_again`).
+///
+/// A macro rather than a function taking a closure: the call's future borrows the client and the
 /// arguments, and a closure cannot hand such a future back as `Send`.
-macro_rules! retrying {
-    ($call:expr) => {{
+macro_rules! call {
+    ($client:expr, $sql:expr, |$statement:ident| $run:expr) => {{
+        let client: &Connection = $client;
         let mut attempt = 1;
+        let mut recompiled = false;
         loop {
-            match $call.await {
-                Err(error) if retry_again(&error, &mut attempt) => continue,
+            let outcome = client
+                .call(async {
+                    let $statement = client.prepare_cached($sql).await?;
+                    $run.await
+                })
+                .await;
+            match outcome {
+                Err(DbError::Postgres(error)) if !recompiled && statement_outdated(&error) => {
+                    tracing::info!(%error, "the database's types changed; preparing statements again");
+                    client.statement_cache.clear();
+                    recompiled = true;
+                }
+                Err(DbError::Postgres(error)) if retry_again(&error, &mut attempt) => {}
                 outcome => break outcome,
             }
         }
     }};
 }
 
-pub async fn extension_installed(client: &Object) -> Result<bool, DbError> {
-    let statement = client
-        .prepare_cached(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'dropstock')",
-        )
-        .await?;
-    Ok(client.query_one(&statement, &[]).await?.get(0))
+pub async fn extension_installed(client: &Connection) -> Result<bool, DbError> {
+    let row = call!(
+        client,
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'dropstock')",
+        |statement| client.query_one(&statement, &[])
+    )?;
+    Ok(row.get(0))
 }
 
 /// The columns of `dropstock.drop_summaries`, with the price as float8: JSON has only one kind of number,
@@ -40,7 +59,10 @@ const SUMMARY_COLUMNS: &str =
      starts_at, ends_at, hold_seconds, per_user_limit, created_at, recent_purchases";
 
 fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
-    let sales: RecentSales = row.try_get(12)?;
+    // `recent_purchase[]`, decoded by postgres-types. The view builds it with `ARRAY(…)` over a join, so it
+    // holds no NULLs today; skipping them rather than failing keeps one odd row from turning a whole drop
+    // list into an error.
+    let sales: Vec<Option<RecentSale>> = row.try_get(12)?;
     Ok(DropView {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -54,34 +76,26 @@ fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
         hold_seconds: row.try_get(9)?,
         per_buyer_limit: row.try_get(10)?,
         created_at: row.try_get(11)?,
-        sales: sales.0.into_iter().map(Into::into).collect(),
+        sales: sales.into_iter().flatten().map(Into::into).collect(),
     })
 }
 
-pub async fn active_drops(client: &Object) -> Result<Vec<DropView>, DbError> {
-    let statement = client
-        .prepare_cached(&format!(
-            "SELECT {SUMMARY_COLUMNS} FROM dropstock.active_drops()"
-        ))
-        .await?;
-    let rows = client.query(&statement, &[]).await?;
+pub async fn active_drops(client: &Connection) -> Result<Vec<DropView>, DbError> {
+    let sql = format!("SELECT {SUMMARY_COLUMNS} FROM dropstock.active_drops()");
+    let rows = call!(client, &sql, |statement| client.query(&statement, &[]))?;
     Ok(rows.iter().map(drop_view).collect::<Result<_, _>>()?)
 }
 
-pub async fn drop_status(client: &Object, drop_id: Uuid) -> Result<DropView, DbError> {
-    let statement = client
-        .prepare_cached(&format!(
-            "SELECT {SUMMARY_COLUMNS} FROM dropstock.drop_status($1)"
-        ))
-        .await?;
-    Ok(drop_view(
-        &client.query_one(&statement, &[&drop_id]).await?,
-    )?)
+pub async fn drop_status(client: &Connection, drop_id: Uuid) -> Result<DropView, DbError> {
+    let sql = format!("SELECT {SUMMARY_COLUMNS} FROM dropstock.drop_status($1)");
+    let row = call!(client, &sql, |statement| client
+        .query_one(&statement, &[&drop_id]))?;
+    Ok(drop_view(&row)?)
 }
 
 /// Calls `create_drop` with named arguments for the fields given, so the ones left out take the
 /// extension's defaults. At most eight spellings of the call exist, each prepared once per connection.
-pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, DbError> {
+pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView, DbError> {
     let mut arguments = vec![
         "name => $1".to_owned(),
         "price => $2::text::numeric".to_owned(),
@@ -104,24 +118,25 @@ pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, Db
             arguments.push(format!("{name} => ${}", values.len()));
         }
     }
-    let statement = client
-        .prepare_cached(&format!(
+    let sql = format!(
             "SELECT d.id, d.name, d.price::float8, d.total_stock, d.total_stock, 0, 0, d.starts_at, d.ends_at, \
                     d.hold_seconds, d.per_user_limit, d.created_at, \
                     '{{}}'::dropstock.recent_purchase[] \
                FROM dropstock.create_drop({}) d",
             arguments.join(", ")
-        ))
-        .await?;
-    Ok(drop_view(&client.query_one(&statement, &values).await?)?)
+        );
+    let row = call!(client, &sql, |statement| client
+        .query_one(&statement, &values))?;
+    Ok(drop_view(&row)?)
 }
 
 /// Calls `create_user`.
-pub async fn create_buyer(client: &Object, username: &str) -> Result<BuyerView, DbError> {
-    let statement = client
-        .prepare_cached("SELECT u.id, u.username, u.created_at FROM dropstock.create_user($1) u")
-        .await?;
-    let row = client.query_one(&statement, &[&username]).await?;
+pub async fn create_buyer(client: &Connection, username: &str) -> Result<BuyerView, DbError> {
+    let row = call!(
+        client,
+        "SELECT u.id, u.username, u.created_at FROM dropstock.create_user($1) u",
+        |statement| client.query_one(&statement, &[&username])
+    )?;
     Ok(BuyerView {
         id: row.try_get(0)?,
         username: row.try_get(1)?,
@@ -161,17 +176,16 @@ pub struct BatchHold {
 
 /// Reserves for many buyers of one drop in one transaction (see `batch`).
 pub async fn reserve_batch(
-    client: &Object,
+    client: &Connection,
     drop_id: Uuid,
     buyers: &[Uuid],
 ) -> Result<Vec<BatchAnswer>, DbError> {
-    let statement = client
-        .prepare_cached(
-            "SELECT user_id, reservation_id, expires_at, created_at, fresh, sqlstate, message \
-               FROM dropstock.reserve_items($1, $2)",
-        )
-        .await?;
-    let rows = retrying!(client.query(&statement, &[&drop_id, &buyers]))?;
+    let rows = call!(
+        client,
+        "SELECT user_id, reservation_id, expires_at, created_at, fresh, sqlstate, message \
+           FROM dropstock.reserve_items($1, $2)",
+        |statement| client.query(&statement, &[&drop_id, &buyers])
+    )?;
     rows.iter()
         .map(|row| {
             let hold = match row.try_get::<_, Option<Uuid>>(1)? {
@@ -195,26 +209,24 @@ pub async fn reserve_batch(
 }
 
 /// Calls `cancel_reservation`: the buyer gives their hold back.
-pub async fn cancel(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
-    let statement = client
-        .prepare_cached(
-            "SELECT r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at \
-               FROM dropstock.cancel_reservation($1, $2) r",
-        )
-        .await?;
-    let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;
+pub async fn cancel(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
+    let row = call!(
+        client,
+        "SELECT r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at \
+           FROM dropstock.cancel_reservation($1, $2) r",
+        |statement| client.query_one(&statement, &[&hold_id, &buyer])
+    )?;
     Ok(hold_view(&row)?)
 }
 
 /// Calls `purchase`: the buyer turns their hold into a sale.
-pub async fn buy(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
-    let statement = client
-        .prepare_cached(
-            "SELECT p.id, p.reservation_id, p.drop_id, p.user_id, p.price::float8, p.created_at \
-               FROM dropstock.purchase($1, $2) p",
-        )
-        .await?;
-    let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;
+pub async fn buy(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
+    let row = call!(
+        client,
+        "SELECT p.id, p.reservation_id, p.drop_id, p.user_id, p.price::float8, p.created_at \
+           FROM dropstock.purchase($1, $2) p",
+        |statement| client.query_one(&statement, &[&hold_id, &buyer])
+    )?;
     Ok(SaleView {
         id: row.try_get(0)?,
         hold_id: row.try_get(1)?,
@@ -223,6 +235,12 @@ pub async fn buy(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<SaleView
         price: row.try_get(4)?,
         created_at: row.try_get(5)?,
     })
+}
+
+/// Whether the server refused a cached statement because what it returns changed type ("cached plan
+/// must not change result type"): the extension was created again, and its types have new ids.
+fn statement_outdated(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
 }
 
 /// How many times a call that failed with a serialization failure or a deadlock is made again.

@@ -26,6 +26,8 @@ pub enum FeedEvent {
         frames: Vec<Utf8Bytes>,
     },
     Resync,
+    /// The LISTEN connection is lost: clients are told their view may go stale.
+    Paused,
 }
 
 impl FeedEvent {

@@ -1,6 +1,8 @@
-//! What WebSocket clients receive, as text frames: `snapshot` on connect, then `stock` and `purchase` per
-//! notice, and `resync` when changes may have been missed. Frames are serialised once here, not once per
-//! client.
+//! What WebSocket clients receive, as text frames: `snapshot` on connect (saying whether the feed is
+//! live), then `stock` and `purchase` per notice, `paused` when the feed stops being live, and `resync`
+//! when changes may have been missed (which also means it is live again). Frames are serialised once here,
+//! not once per client. Buyers appear by username only: an id is the buyer's to keep (without buyer
+//! tokens, whoever knows it can act as them).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -8,15 +10,20 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use crate::db::models::DropView;
-use crate::feed::notice::{Notice, NoticeBuyer};
+use crate::feed::notice::Notice;
 
 /// Tells a client to reload its state over REST: the LISTEN connection was lost, or it fell behind.
 pub const RESYNC_FRAME: &str = r#"{"type":"resync"}"#;
+/// Tells a client the feed has stopped (the LISTEN connection is lost): what it shows may go stale until
+/// the `resync` that follows reconnection.
+pub const PAUSED_FRAME: &str = r#"{"type":"paused"}"#;
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "snapshot")]
 struct Snapshot<'a> {
     drops: &'a [DropView],
+    /// False while the adapter is not listening: changes will not arrive until a `resync`.
+    live: bool,
 }
 
 #[derive(Serialize)]
@@ -36,13 +43,20 @@ struct SaleMessage<'a> {
     #[serde(serialize_with = "crate::db::models::timestamp")]
     created_at: DateTime<Utc>,
     #[serde(rename = "user")]
-    buyer: &'a NoticeBuyer,
+    buyer: PublicBuyer<'a>,
     seq: u64,
 }
 
-/// The first frame a client gets: the drops it watches, as `GET /api/drops` lists them.
-pub fn snapshot_frame(drops: &[DropView]) -> Utf8Bytes {
-    to_frame(&Snapshot { drops })
+/// A buyer as everybody may see them.
+#[derive(Serialize)]
+struct PublicBuyer<'a> {
+    username: &'a str,
+}
+
+/// The first frame a client gets: the drops it watches, as `GET /api/drops` lists them, and whether
+/// changes to them will follow.
+pub fn snapshot_frame(drops: &[DropView], live: bool) -> Utf8Bytes {
+    to_frame(&Snapshot { drops, live })
 }
 
 /// The stock change first (it is what every screen shows), then one `purchase` per new sale, oldest
@@ -60,7 +74,9 @@ pub fn notice_frames(notice: &Notice) -> Vec<Utf8Bytes> {
             drop_id: notice.drop_id,
             id: sale.id,
             created_at: sale.created_at,
-            buyer: &sale.buyer,
+            buyer: PublicBuyer {
+                username: &sale.buyer.username,
+            },
             seq: notice.seq,
         }));
     }
@@ -99,6 +115,10 @@ mod tests {
         assert_eq!(messages[1]["type"], "purchase");
         assert_eq!(messages[1]["user"]["username"], "ada");
         assert_eq!(messages[2]["user"]["username"], "grace");
+        // Usernames only: a buyer's id is theirs alone.
+        for message in &messages[1..] {
+            assert_eq!(message["user"].as_object().unwrap().len(), 1, "{message}");
+        }
         assert_eq!(messages[2]["createdAt"], "2026-11-27T21:30:01.500Z");
         assert_eq!(
             messages[2]["dropId"],

@@ -33,9 +33,9 @@ pub struct NoticeSale {
     pub buyer: NoticeBuyer,
 }
 
-/// The buyer of a sale, as the feed shows them: id and name only.
+/// The buyer of a sale, as the feed shows them: by name only (the worker leaves ids out, and an id it
+/// sent anyway would be ignored here).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct NoticeBuyer {
-    pub id: Uuid,
     pub username: String,
 }

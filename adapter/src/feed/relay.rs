@@ -3,8 +3,9 @@
 //! The connection is dedicated (a pooled connection would stop delivering as soon as it went back to the
 //! pool) and its `Connection` half is polled with `poll_message` by a task of its own, because a
 //! LISTEN connection that nobody polls delivers nothing. When it is lost, the adapter reconnects with
-//! capped, jittered backoff and, once listening again, tells every client to `resync`: whatever changed
-//! in between was never heard.
+//! capped, jittered backoff. Clients always know whether the feed is live: they are told `paused` when
+//! it is lost and `resync` whenever LISTEN is (re-)established, the first time included, since clients
+//! are served before it is: whatever changed in between was never heard.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,7 @@ pub async fn run(app: Arc<App>) {
         };
         app.hub.set_listening(false);
         if lost.was_listening {
+            app.hub.publish(FeedEvent::Paused);
             listened_before = true;
             failures = 0;
             tracing::warn!(reason = %lost.reason, "LISTEN connection lost; reconnecting");
@@ -88,7 +90,7 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// One session: connect, LISTEN, relay until the connection fails, and say why it ended.
-async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Lost {
+async fn listen(config: &tokio_postgres::Config, app: &App, listened_before: bool) -> Lost {
     let (client, mut connection) = match config.connect(NoTls).await {
         Ok(pair) => pair,
         Err(error) => return Lost::before(error),
@@ -118,9 +120,11 @@ async fn listen(config: &tokio_postgres::Config, app: &App, resync: bool) -> Los
         return Lost::before(error);
     }
     app.hub.set_listening(true);
-    if resync {
+    // Every client connected so far may have missed changes: before the first LISTEN too, since REST and
+    // `/ws` serve from the start (their snapshots said `live: false`). Told to resync, they catch up.
+    app.hub.publish(FeedEvent::Resync);
+    if listened_before {
         app.metrics.listen_reconnects.inc();
-        app.hub.publish(FeedEvent::Resync);
         tracing::info!("LISTEN re-established; clients told to resync");
     } else {
         tracing::info!(channel = CHANNEL, "listening for stock changes");

@@ -24,9 +24,10 @@ use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use crate::app::App;
-use crate::db::{pool, queries};
+use crate::db::queries;
 use crate::feed::hub::FeedEvent;
-use crate::feed::messages::{self, RESYNC_FRAME};
+use crate::feed::messages::{self, PAUSED_FRAME, RESYNC_FRAME};
+use crate::http::connections::Slot;
 use crate::http::errors::ApiError;
 use crate::http::input::drop_filter;
 use crate::http::respond::{self, Body};
@@ -78,23 +79,31 @@ pub async fn upgrade(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(ApiError::bad_request("Sec-WebSocket-Key is required"));
     };
+    if !app.cors.allows_socket(headers) {
+        return Err(ApiError::forbidden(
+            "this page's origin may not open the feed: it is not in DROPSTOCK_CORS_ORIGINS",
+        ));
+    }
     let accept = derive_accept_key(key.as_bytes());
+    // The connection's place under the cap, kept for as long as the socket lives.
+    let slot = request.extensions().get::<Slot>().cloned();
     let filter = drop_filter(request.uri().query())?;
 
     // Subscribe first: a change that lands while the snapshot is read is then delivered, not lost.
     let events = app.hub.subscribe();
     let drops = {
-        let client = pool::connection(&app.pool).await?;
+        let client = app.pool.connection().await?;
         match filter {
             Some(drop_id) => vec![queries::drop_status(&client, drop_id).await?],
             None => queries::active_drops(&client).await?,
         }
     };
-    let snapshot = messages::snapshot_frame(&drops);
+    let snapshot = messages::snapshot_frame(&drops, app.hub.is_listening());
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     let client_app = app.clone();
     app.sockets.spawn(async move {
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 // Small socket buffers: the feed's messages are a few hundred bytes, and the 128 KiB
@@ -210,6 +219,7 @@ async fn serve(
                     }
                     FeedEvent::Drop { .. } => continue,
                     FeedEvent::Resync => resync(app),
+                    FeedEvent::Paused => vec![Message::Text(Utf8Bytes::from_static(PAUSED_FRAME))],
                 },
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "WebSocket client fell behind; sending resync");

@@ -12,6 +12,15 @@ use uuid::Uuid;
 
 use crate::http::errors::ApiError;
 
+/// What a buyer token must satisfy: signed with `secret`, and, when they are set, issued by `issuer`
+/// for `audience`.
+#[derive(Debug, Clone, Copy)]
+pub struct JwtRules<'a> {
+    pub secret: &'a str,
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+}
+
 pub struct Access {
     admin_token: Option<String>,
     buyer_tokens: Option<BuyerTokens>,
@@ -28,13 +37,29 @@ struct BuyerClaims {
 }
 
 impl Access {
-    pub fn new(admin_token: Option<&str>, jwt_secret: Option<&str>) -> Self {
-        let buyer_tokens = jwt_secret.map(|secret| {
+    pub fn new(admin_token: Option<&str>, jwt: Option<JwtRules<'_>>) -> Self {
+        let buyer_tokens = jwt.map(|rules| {
             // HS256 only: accepting whatever `alg` the token names is how JWT checks get bypassed.
             let mut validation = Validation::new(Algorithm::HS256);
-            validation.set_required_spec_claims(&["exp", "sub"]);
+            let mut required = vec!["exp", "sub"];
+            // A token issued for later is not valid yet.
+            validation.validate_nbf = true;
+            if let Some(issuer) = rules.issuer {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
+            match rules.audience {
+                Some(audience) => {
+                    validation.set_audience(&[audience]);
+                    required.push("aud");
+                }
+                // Without a configured audience an `aud` claim is the issuer's business, not a reason to
+                // refuse the token.
+                None => validation.validate_aud = false,
+            }
+            validation.set_required_spec_claims(&required);
             BuyerTokens {
-                key: DecodingKey::from_secret(secret.as_bytes()),
+                key: DecodingKey::from_secret(rules.secret.as_bytes()),
                 validation,
             }
         });
@@ -89,8 +114,10 @@ impl Access {
                     ErrorKind::InvalidSignature => "the buyer token's signature is not valid",
                     ErrorKind::InvalidAlgorithm => "the buyer token must be signed with HS256",
                     ErrorKind::MissingRequiredClaim(_) => {
-                        "the buyer token must carry sub and exp claims"
+                        "the buyer token lacks a required claim (sub, exp, and iss or aud where configured)"
                     }
+                    ErrorKind::InvalidIssuer => "the buyer token was not issued by the expected issuer",
+                    ErrorKind::InvalidAudience => "the buyer token is not meant for this audience",
                     ErrorKind::ImmatureSignature => "the buyer token is not valid yet",
                     _ => "the buyer token is not a valid JWT",
                 })
@@ -133,7 +160,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Compares without stopping at the first differing byte, so response timing does not reveal how much of
 /// a guessed admin token was right.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 #[cfg(test)]

@@ -35,6 +35,28 @@ impl Cors {
                 .any(|allowed| allowed.eq_ignore_ascii_case(origin))
     }
 
+    /// Whether a browser page may open the WebSocket feed. WebSockets are not covered by CORS (any page
+    /// can open one), so with an allow-list set, `/ws` checks `Origin` itself: the adapter's own pages and
+    /// the listed origins only. Clients that are not browsers send no `Origin` and are let in.
+    pub fn allows_socket(&self, headers: &HeaderMap) -> bool {
+        if self.origins.is_empty() || self.any {
+            return true;
+        }
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        let same_origin = match (
+            origin.to_str(),
+            headers.get(header::HOST).map(HeaderValue::to_str),
+        ) {
+            (Ok(origin), Some(Ok(host))) => origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
+            _ => false,
+        };
+        same_origin || self.allows(origin)
+    }
+
     /// Marks a response readable by the requesting page when its origin is on the list. The origin is
     /// echoed rather than `*` so that pages may send `Authorization` (credentialed requests).
     pub fn decorate(&self, origin: Option<&HeaderValue>, response: &mut Response<Body>) {

@@ -88,6 +88,25 @@ impl ApiError {
         }
     }
 
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must be JSON: send 'Content-Type: application/json'",
+        )
+    }
+
+    pub fn body_timeout(deadline: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs()
+            ),
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
@@ -128,7 +147,12 @@ impl ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::UNSUPPORTED_MEDIA_TYPE
+                | StatusCode::REQUEST_TIMEOUT
+        ) {
             // The rest of the body was never read and still sits in the connection: close it, so the
             // client does not send its next request down a connection the server is about to drop.
             response
@@ -172,9 +196,13 @@ pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
 }
 
 /// SQLSTATEs that mean "the database cannot serve right now", not "the request is wrong":
-/// connection exceptions (08), operator intervention such as a shutdown (57P), too many connections.
+/// connection exceptions (08), operator intervention such as a shutdown (57P) or a call cancelled by
+/// `statement_timeout` (57014, a stalled database), too many connections.
 fn is_unavailable_sqlstate(sqlstate: &str) -> bool {
-    sqlstate.starts_with("08") || sqlstate.starts_with("57P") || sqlstate == "53300"
+    sqlstate.starts_with("08")
+        || sqlstate.starts_with("57P")
+        || sqlstate == "57014"
+        || sqlstate == "53300"
 }
 
 impl From<DbError> for ApiError {
@@ -197,6 +225,13 @@ impl From<DbError> for ApiError {
             }
             DbError::Pool(other) => ApiError::internal(&other),
             DbError::Postgres(error) => from_postgres(error),
+            DbError::Timeout(deadline) => {
+                tracing::warn!(?deadline, "the database did not answer in time");
+                ApiError::unavailable(format!(
+                    "the database did not answer within {} s; try again shortly",
+                    deadline.as_secs()
+                ))
+            }
         }
     }
 }

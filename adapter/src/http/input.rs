@@ -3,7 +3,9 @@
 //! extension, which refuses them with SQLSTATE 22023 and a message of its own.
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use http::{header, Request};
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
@@ -18,15 +20,28 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct Fields(pub Map<String, Value>);
 
 impl Fields {
-    /// Reads the request's body, which must be a JSON object (an empty body reads as `{}`).
-    pub async fn read(request: Request<Incoming>) -> Result<Self, ApiError> {
+    /// Reads the request's body, which must be a JSON object sent as `application/json` (an empty body
+    /// reads as `{}` and needs no type), in full within `deadline`.
+    ///
+    /// The type is what keeps other websites out: a page elsewhere can make a browser POST `text/plain`
+    /// or a form here without asking (no CORS preflight), but not `application/json`.
+    pub async fn read(request: Request<Incoming>, deadline: Duration) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
         let declared = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse().ok());
-        let object = read_json_object(body, declared).await?;
+        let content_type = parts.headers.get(header::CONTENT_TYPE);
+        if content_type.is_some_and(|value| !is_json(value)) {
+            return Err(ApiError::unsupported_media_type());
+        }
+        let object = tokio::time::timeout(deadline, read_json_object(body, declared))
+            .await
+            .map_err(|_| ApiError::body_timeout(deadline))??;
+        if content_type.is_none() && !object.is_empty() {
+            return Err(ApiError::unsupported_media_type());
+        }
         Ok(Fields(object))
     }
 
@@ -149,6 +164,21 @@ async fn read_json_object(
     }
 }
 
+/// `application/json`, or a `+json` type (`application/merge-patch+json`), whatever its parameters.
+fn is_json(content_type: &HeaderValue) -> bool {
+    let Ok(text) = content_type.to_str() else {
+        return false;
+    };
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 pub fn parse_uuid(name: &str, text: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(text.trim())
         .map_err(|_| ApiError::bad_request(format!("{name} must be a UUID, got {text:?}")))
@@ -221,6 +251,18 @@ mod tests {
             nul.string("name").unwrap_err().message,
             "name must not contain NUL characters"
         );
+    }
+
+    #[test]
+    fn takes_json_types_only() {
+        let json = |text: &'static str| is_json(&HeaderValue::from_static(text));
+        assert!(json("application/json"));
+        assert!(json("Application/JSON; charset=utf-8"));
+        assert!(json("application/merge-patch+json"));
+        assert!(!json("text/plain"));
+        assert!(!json("application/x-www-form-urlencoded"));
+        assert!(!json("multipart/form-data; boundary=x"));
+        assert!(!json("text/json+plain"));
     }
 
     #[test]

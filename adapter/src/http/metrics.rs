@@ -35,6 +35,8 @@ pub struct Metrics {
     pub resyncs: Counter,
     pub slow_clients_dropped: Counter,
     pub listen_reconnects: Counter,
+    pub connections_refused: Counter,
+    pub health_checks: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -101,6 +103,18 @@ impl Metrics {
             "Times the LISTEN connection was re-established after being lost",
             listen_reconnects.clone(),
         );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_over_cap",
+            "Client connections that arrived while the connection cap was reached (answered 503)",
+            connections_refused.clone(),
+        );
+        let health_checks = Counter::default();
+        registry.register(
+            "database_health_checks",
+            "Database checks made for /healthz (at most about one a second, however often it is asked)",
+            health_checks.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -111,6 +125,8 @@ impl Metrics {
             resyncs,
             slow_clients_dropped,
             listen_reconnects,
+            connections_refused,
+            health_checks,
         }
     }
 

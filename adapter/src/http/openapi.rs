@@ -52,7 +52,10 @@ pub fn document() -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Limited-edition product drops: list drops, reserve a unit for a short hold, buy it. \
                 Every answer is {success, data} or {success: false, message, code}; code is the extension's \
-                SQLSTATE when the database refused the request."
+                SQLSTATE when the database refused the request. POST bodies must be sent as application/json \
+                (415 unsupported_media_type otherwise) and arrive whole within the body timeout (408 \
+                request_timeout). Any request may be answered 503 unavailable: the database is unreachable or \
+                did not answer in time, or the connection cap is reached. Every GET also answers HEAD."
         },
         "components": {
             "securitySchemes": {
@@ -68,7 +71,8 @@ pub fn document() -> Value {
                     "code": { "type": "string", "example": "DS020" } } },
                 "Purchase": { "type": "object", "properties": {
                     "id": uuid, "createdAt": time,
-                    "user": { "type": "object", "properties": { "id": uuid, "username": { "type": "string" } } } } },
+                    "user": { "type": "object", "description": "The buyer, by name only: ids go to their owner alone",
+                        "properties": { "username": { "type": "string" } } } } },
                 "Drop": { "type": "object", "properties": {
                     "id": uuid, "name": { "type": "string" }, "price": { "type": "number" },
                     "totalStock": { "type": "integer" }, "availableStock": { "type": "integer" },

@@ -8,16 +8,16 @@ use std::time::Instant;
 
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde::Serialize;
 
 use crate::app::App;
 use crate::db::models::NewDrop;
-use crate::db::{pool, queries};
+use crate::db::queries;
 use crate::feed::websocket as ws;
+use crate::http::connections::BeyondCap;
 use crate::http::errors::ApiError;
 use crate::http::input::{parse_uuid, Fields};
 use crate::http::respond::{self, Body};
-use crate::http::{openapi, page};
+use crate::http::{health, openapi, page};
 
 /// Every path the adapter answers. Path parameters borrow from the request path.
 #[derive(Debug, Clone, Copy)]
@@ -78,9 +78,9 @@ impl<'a> Route<'a> {
     /// The methods the route takes, for `Allow` on 405 and `OPTIONS`.
     fn allow(self) -> &'static str {
         match self {
-            Route::Drops => "GET, POST, OPTIONS",
+            Route::Drops => "GET, HEAD, POST, OPTIONS",
             Route::Holds | Route::CancelHold(_) | Route::Sales | Route::Buyers => "POST, OPTIONS",
-            _ => "GET, OPTIONS",
+            _ => "GET, HEAD, OPTIONS",
         }
     }
 }
@@ -95,8 +95,26 @@ pub async fn handle(
     let method = request.method().clone();
     let origin = request.headers().get(header::ORIGIN).cloned();
     let path = request.uri().path().to_owned();
+    let beyond_cap = request.extensions().get::<BeyondCap>().is_some();
     let (pattern, outcome) = match Route::recognise(&path) {
-        Some(route) => (route.pattern(), dispatch(route, &path, request, &app).await),
+        Some(route) if beyond_cap && !matches!(route, Route::Health | Route::Metrics) => (
+            route.pattern(),
+            Err(ApiError::unavailable(
+                "the server is at its connection limit; try again",
+            )),
+        ),
+        Some(route) => {
+            let deadline = app.timeouts.request;
+            let outcome = tokio::time::timeout(deadline, dispatch(route, &path, request, &app))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ApiError::unavailable(format!(
+                        "no answer within {} s; try again",
+                        deadline.as_secs()
+                    )))
+                });
+            (route.pattern(), outcome)
+        }
         None => (
             "unmatched",
             Err(ApiError::not_found(format!("no such endpoint: {path}"))),
@@ -110,6 +128,18 @@ pub async fn handle(
         }
         error.into_response()
     });
+    // A request that found the database unavailable: probes check anew rather than repeat an older "ok"
+    // (their own 503s are kept for the second, or an outage would turn every probe into a check).
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE && pattern != "/healthz" {
+        app.health.forget();
+    }
+    if beyond_cap {
+        // This connection only got in to answer health checks: it is not kept open for more.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     app.cors.decorate(origin.as_ref(), &mut response);
     app.metrics
         .observe(&method, pattern, response.status(), started.elapsed());
@@ -130,10 +160,16 @@ async fn dispatch(
     if !matches!(route, Route::Health | Route::Metrics) {
         app.limits.check_client(request.extensions())?;
     }
-    match (route, method) {
+    // HEAD is GET without the body (hyper leaves the body out): load balancers probe with it.
+    let verb = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
+    match (route, verb) {
         (Route::Page, Method::GET) => Ok(page::index()),
         (Route::PageAsset(name), Method::GET) => page::asset(name),
-        (Route::Health, Method::GET) => health(app).await,
+        (Route::Health, Method::GET) => health::answer(app).await,
         (Route::Metrics, Method::GET) => Ok(respond::with_type(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -148,36 +184,12 @@ async fn dispatch(
         (Route::CancelHold(id), Method::POST) => cancel(id, request, app).await,
         (Route::Sales, Method::POST) => buy(request, app).await,
         (Route::Buyers, Method::POST) => create_buyer(request, app).await,
-        (route, method) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
+        (route, _) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
     }
-}
-
-async fn health(app: &App) -> Result<Response<Body>, ApiError> {
-    #[derive(Serialize)]
-    struct Health {
-        status: &'static str,
-        database: &'static str,
-        listening: bool,
-    }
-    let client = pool::connection(&app.pool).await?;
-    if !queries::extension_installed(&client).await? {
-        return Err(ApiError::unavailable(
-            "the dropstock extension is not installed in the database",
-        ));
-    }
-    Ok(respond::success(
-        StatusCode::OK,
-        Health {
-            status: "ok",
-            database: "ok",
-            // Requests are served without LISTEN; only the live feed waits for it.
-            listening: app.hub.is_listening(),
-        },
-    ))
 }
 
 async fn list_drops(app: &App) -> Result<Response<Body>, ApiError> {
-    let client = pool::connection(&app.pool).await?;
+    let client = app.pool.connection().await?;
     Ok(respond::success(
         StatusCode::OK,
         queries::active_drops(&client).await?,
@@ -186,7 +198,7 @@ async fn list_drops(app: &App) -> Result<Response<Body>, ApiError> {
 
 async fn show_drop(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
     let drop_id = parse_uuid("drop id", id)?;
-    let client = pool::connection(&app.pool).await?;
+    let client = app.pool.connection().await?;
     Ok(respond::success(
         StatusCode::OK,
         queries::drop_status(&client, drop_id).await?,
@@ -196,7 +208,7 @@ async fn show_drop(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
 async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     app.access
         .require_admin(request.headers(), "creating drops")?;
-    let fields = Fields::read(request).await?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
     let drop = NewDrop {
         name: fields.string("name")?,
         price: fields.decimal("price")?,
@@ -206,7 +218,7 @@ async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<B
         hold_seconds: fields.optional_integer("holdSeconds")?,
         per_buyer_limit: fields.optional_integer("perUserLimit")?,
     };
-    let client = pool::connection(&app.pool).await?;
+    let client = app.pool.connection().await?;
     Ok(respond::success(
         StatusCode::CREATED,
         queries::create_drop(&client, &drop).await?,
@@ -219,9 +231,9 @@ async fn create_buyer(request: Request<Incoming>, app: &App) -> Result<Response<
         app.access
             .require_admin(request.headers(), "creating buyers (in JWT mode)")?;
     }
-    let fields = Fields::read(request).await?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
     let username = fields.string("username")?;
-    let client = pool::connection(&app.pool).await?;
+    let client = app.pool.connection().await?;
     Ok(respond::success(
         StatusCode::CREATED,
         queries::create_buyer(&client, &username).await?,
@@ -230,7 +242,7 @@ async fn create_buyer(request: Request<Incoming>, app: &App) -> Result<Response<
 
 async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     let identity = app.access.authenticate(request.headers())?;
-    let fields = Fields::read(request).await?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
     let drop_id = fields.uuid("dropId")?;
     let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(buyer)?;
@@ -247,11 +259,11 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
 
 async fn buy(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     let identity = app.access.authenticate(request.headers())?;
-    let fields = Fields::read(request).await?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
     let hold_id = fields.uuid("reservationId")?;
     let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(buyer)?;
-    let client = pool::connection(&app.pool).await?;
+    let client = app.pool.connection().await?;
     let sale = queries::buy(&client, hold_id, buyer).await?;
     Ok(respond::success_with_message(
         StatusCode::OK,
@@ -267,10 +279,10 @@ async fn cancel(
 ) -> Result<Response<Body>, ApiError> {
     let hold_id = parse_uuid("reservation id", id)?;
     let identity = app.access.authenticate(request.headers())?;
-    let fields = Fields::read(request).await?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
     let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(buyer)?;
-    let client = pool::connection(&app.pool).await?;
+    let client = app.pool.connection().await?;
     Ok(respond::success(
         StatusCode::OK,
         queries::cancel(&client, hold_id, buyer).await?,

@@ -79,6 +79,11 @@ fn typed(mut case: Case, content_type: &'static str) -> Case {
     case
 }
 
+fn untyped(mut case: Case) -> Case {
+    case.content_type = None;
+    case
+}
+
 fn method(mut case: Case, method: &'static str) -> Case {
     case.method = method;
     case
@@ -566,13 +571,15 @@ async fn hostile_requests_get_their_4xx_and_change_nothing() {
             413,
             "payload_too_large",
         ),
+        // Bodies that are not declared JSON: 415, even when they hold JSON. A page on another site can
+        // make a browser send these three types without asking first (no CORS preflight).
         typed(
             case(
                 "form-encoded",
                 "/api/users",
                 "username=mallory",
-                400,
-                "bad_request",
+                415,
+                "unsupported_media_type",
             ),
             "application/x-www-form-urlencoded",
         ),
@@ -581,8 +588,8 @@ async fn hostile_requests_get_their_4xx_and_change_nothing() {
                 "XML",
                 reservations,
                 "<reservation drop=\"1\"/>",
-                400,
-                "bad_request",
+                415,
+                "unsupported_media_type",
             ),
             "text/xml",
         ),
@@ -591,11 +598,58 @@ async fn hostile_requests_get_their_4xx_and_change_nothing() {
                 "multipart garbage",
                 "/api/users",
                 "--x\r\nContent-Disposition: form-data\r\n\r\n--x--",
-                400,
-                "bad_request",
+                415,
+                "unsupported_media_type",
             ),
             "multipart/form-data; boundary=x",
         ),
+        typed(
+            case(
+                "cross-site text/plain buyer",
+                "/api/users",
+                text(json!({"username": "mallory"})),
+                415,
+                "unsupported_media_type",
+            ),
+            "text/plain",
+        ),
+        typed(
+            case(
+                "cross-site text/plain hold",
+                reservations,
+                text(json!({"dropId": drop, "userId": ada})),
+                415,
+                "unsupported_media_type",
+            ),
+            "text/plain;charset=UTF-8",
+        ),
+        typed(
+            case(
+                "cross-site form purchase",
+                purchases,
+                text(json!({"reservationId": hold, "userId": ada})),
+                415,
+                "unsupported_media_type",
+            ),
+            "application/x-www-form-urlencoded",
+        ),
+        admin(typed(
+            case(
+                "text/plain drop",
+                "/api/drops",
+                text(json!({"name": "x", "price": 1, "totalStock": 1})),
+                415,
+                "unsupported_media_type",
+            ),
+            "text/plain",
+        )),
+        untyped(case(
+            "JSON without a content type",
+            reservations,
+            text(json!({"dropId": drop, "userId": ada})),
+            415,
+            "unsupported_media_type",
+        )),
         // Routes and methods.
         method(
             case("TRACE", purchases, "", 405, "method_not_allowed"),

@@ -3,6 +3,7 @@
 
 mod access;
 mod batching;
+mod connections;
 mod feed;
 mod hostile_input;
 mod rate_limits;
