@@ -15,10 +15,11 @@
 -- publish_changes: NOTIFY dropstock, '<json>' for each drop whose stock or buyers changed since its
 -- last publication; returns how many notifications it sent.
 -- Payload: {"dropId", "availableStock", "totalStock", "seq", "purchases": [{"id", "createdAt",
--- "user": {"id", "username"}}]}, the purchases being sales not announced before, newest first, at
+-- "user": {"username"}}]}, the purchases being sales not announced before, newest first, at
 -- most 10 per notification (well under PostgreSQL's 8,000-byte limit); more new sales than that go out
 -- as several notifications in a row, oldest sales first, each with its own seq and the same stock.
--- Drops that ended more than a minute ago are not looked at.
+-- Drops that ended more than a minute ago are not looked at. Buyers appear by name only: any role that
+-- can connect can LISTEN, and a buyer's id is theirs alone.
 -- The background worker calls it every tick; without the worker, any scheduler can.
 CREATE FUNCTION publish_changes()
 RETURNS integer
@@ -85,7 +86,7 @@ BEGIN
             SELECT count(*),
                    coalesce(json_agg(json_build_object(
                                 'id', m.id, 'createdAt', m.created_at,
-                                'user', json_build_object('id', u.id, 'username', u.username))
+                                'user', json_build_object('username', u.username))
                             ORDER BY m.created_at DESC, m.id DESC), '[]'::json)
               INTO announced, sales
               FROM marked m JOIN dropstock.users u ON u.id = m.user_id;

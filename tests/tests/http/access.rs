@@ -289,3 +289,203 @@ async fn browsers_may_call_from_allowed_origins_only() {
         .get("access-control-allow-origin")
         .is_none());
 }
+
+#[tokio::test]
+async fn the_feed_refuses_pages_from_origins_off_the_allow_list() {
+    let adapter = Adapter::start_with(
+        Options::admin().with("DROPSTOCK_CORS_ORIGINS", "https://shop.example"),
+    )
+    .await;
+    let open = |origin: Option<String>| {
+        let port = adapter.port;
+        async move {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            let mut request = format!("ws://127.0.0.1:{port}/ws")
+                .into_client_request()
+                .unwrap();
+            if let Some(origin) = origin {
+                request
+                    .headers_mut()
+                    .insert("origin", origin.parse().unwrap());
+            }
+            match tokio_tungstenite::connect_async(request).await {
+                Ok(_) => 101,
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    response.status().as_u16()
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+    };
+    assert_eq!(open(Some("https://evil.example".into())).await, 403);
+    assert_eq!(open(Some("https://shop.example".into())).await, 101);
+    // The adapter's own page, and clients that are not browsers.
+    assert_eq!(
+        open(Some(format!("http://127.0.0.1:{}", adapter.port))).await,
+        101
+    );
+    assert_eq!(open(None).await, 101);
+}
+
+#[tokio::test]
+async fn buyer_tokens_are_checked_for_not_before_issuer_and_audience() {
+    let adapter = Adapter::start_with(
+        Options::admin()
+            .with("DROPSTOCK_JWT_SECRET", JWT_SECRET)
+            .with("DROPSTOCK_JWT_ISSUER", "https://shop.example")
+            .with("DROPSTOCK_JWT_AUDIENCE", "dropstock"),
+    )
+    .await;
+    let drop = adapter.open_drop(5).await;
+    let (_, ada) = adapter
+        .post_as(
+            "/api/users",
+            ADMIN_TOKEN,
+            json!({"username": unique("ada")}),
+        )
+        .await;
+    let ada = id(&ada["data"]);
+    let body = json!({"dropId": drop, "userId": ada});
+    let now = chrono::Utc::now().timestamp();
+    let claims = |extra: Value| {
+        let mut claims = json!({"sub": ada, "exp": in_an_hour(), "iss": "https://shop.example", "aud": "dropstock"});
+        for (key, value) in extra.as_object().unwrap() {
+            if value.is_null() {
+                claims.as_object_mut().unwrap().remove(key);
+            } else {
+                claims[key] = value.clone();
+            }
+        }
+        token(JWT_SECRET, claims)
+    };
+    for (what, token, fragment) in [
+        (
+            "not valid yet",
+            claims(json!({"nbf": now + 3600})),
+            "not valid yet",
+        ),
+        (
+            "another issuer",
+            claims(json!({"iss": "https://evil.example"})),
+            "issuer",
+        ),
+        ("no issuer", claims(json!({"iss": null})), "required claim"),
+        (
+            "another audience",
+            claims(json!({"aud": "someone-else"})),
+            "audience",
+        ),
+        (
+            "no audience",
+            claims(json!({"aud": null})),
+            "required claim",
+        ),
+    ] {
+        let refused = adapter
+            .post_as("/api/reservations", &token, body.clone())
+            .await;
+        assert_refused(&refused, 401, "unauthorized", fragment);
+        assert!(refused.1.to_string().len() < 400, "{what}");
+    }
+    // Valid from a minute ago, for this audience among others, by the expected issuer.
+    let good = claims(json!({"nbf": now - 60, "aud": ["other", "dropstock"]}));
+    let (status, answer) = adapter.post_as("/api/reservations", &good, body).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+#[tokio::test]
+async fn without_a_configured_audience_tokens_with_one_are_accepted() {
+    let adapter =
+        Adapter::start_with(Options::admin().with("DROPSTOCK_JWT_SECRET", JWT_SECRET)).await;
+    let drop = adapter.open_drop(5).await;
+    let (_, ada) = adapter
+        .post_as(
+            "/api/users",
+            ADMIN_TOKEN,
+            json!({"username": unique("ada")}),
+        )
+        .await;
+    let ada = id(&ada["data"]);
+    let with_audience = token(
+        JWT_SECRET,
+        json!({"sub": ada, "exp": in_an_hour(), "aud": "some-shop"}),
+    );
+    let (status, answer) = adapter
+        .post_as(
+            "/api/reservations",
+            &with_audience,
+            json!({"dropId": drop, "userId": ada}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+/// Every public read and every feed message, searched for a buyer's id after they bought: it appears
+/// only in the answers to that buyer's own requests. Without buyer tokens an id is enough to act as the
+/// buyer, so it must not be readable by anyone else.
+#[tokio::test]
+async fn public_reads_and_feed_messages_never_carry_a_buyer_id() {
+    let adapter = Adapter::start().await;
+    let drop = adapter.open_drop(5).await;
+    let buyer = adapter.new_buyer().await;
+    let mut everything = adapter.ws("").await;
+    let mut one = adapter.ws(&format!("?drop={drop}")).await;
+    everything.snapshot().await;
+    one.snapshot().await;
+
+    let (status, hold) = adapter.reserve(&drop, &buyer).await;
+    assert_eq!(status, 201, "{hold}");
+    let (status, sale) = adapter
+        .post(
+            "/api/purchases",
+            json!({"userId": buyer, "reservationId": id(&hold["data"])}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sale}");
+    // The buyer's own answers do carry it: they are theirs.
+    assert_eq!(sale["data"]["userId"], buyer.as_str());
+
+    let mut seen = Vec::new();
+    for feed in [&mut everything, &mut one] {
+        let purchase = feed
+            .expect(
+                std::time::Duration::from_secs(5),
+                "the purchase message",
+                |message: &Value| {
+                    message["type"] == "purchase" && message["dropId"] == drop.as_str()
+                },
+            )
+            .await;
+        seen.push(("a purchase message".to_owned(), purchase.to_string()));
+    }
+    let late = adapter.ws(&format!("?drop={drop}")).await.snapshot().await;
+    seen.push(("a snapshot with the sale".to_owned(), late.to_string()));
+    for path in [
+        "/api/drops".to_owned(),
+        format!("/api/drops/{drop}"),
+        "/metrics".to_owned(),
+        "/openapi.json".to_owned(),
+        "/".to_owned(),
+    ] {
+        let text = adapter
+            .http()
+            .get(adapter.url(&path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        seen.push((path, text));
+    }
+    assert!(
+        seen[0].1.contains("username"),
+        "the purchase message names the buyer"
+    );
+    for (what, text) in &seen {
+        assert!(
+            !text.contains(&buyer),
+            "{what} carries the buyer's id: {text}"
+        );
+    }
+}

@@ -139,6 +139,11 @@ async fn notifications_reach_every_client_of_the_drop() {
         assert_eq!(older["type"], "purchase");
         assert_eq!(older["dropId"], drop.as_str());
         assert_eq!(older["user"]["username"], "ada", "oldest first: {older}");
+        assert_eq!(
+            older["user"],
+            json!({"username": "ada"}),
+            "no buyer id in the feed"
+        );
         assert_eq!(older["seq"], 41);
         let newer = feed.next_message(within).await.expect("a purchase");
         assert_eq!(newer["user"]["username"], "grace");

@@ -134,8 +134,8 @@ async fn a_purchase_is_published_with_the_buyers_name() {
             .await
             .expect("a notification with the purchase");
         if let Some(sale) = note["purchases"].as_array().and_then(|p| p.first()) {
-            assert_eq!(sale["user"]["username"], name.as_str());
-            assert_eq!(sale["user"]["id"], buyer.to_string());
+            // By name only: anyone who can connect can LISTEN, and an id is the buyer's alone.
+            assert_eq!(sale["user"], serde_json::json!({"username": name}));
             assert_eq!(note["availableStock"], 4);
             assert!(note.to_string().len() < 8000);
             break;

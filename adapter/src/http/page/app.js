@@ -304,6 +304,8 @@ function onFeedMessage(message) {
     case 'resync':
       reload();
       break;
+    case 'paused':
+      break; // shown by the connection line
     default:
       // Newer servers may send more kinds of message; ignoring them keeps this page working.
       break;
@@ -418,7 +420,8 @@ function renderDrop(dropId) {
     when.dateTime = p.createdAt;
     when.textContent = timeFormat.format(new Date(p.createdAt));
     item.append(who, ' ', when);
-    if (state.buyer && p.user.id === state.buyer.id) item.classList.add('mine');
+    // Usernames are unique, and all the server shows of other buyers: ids stay with their owners.
+    if (state.buyer && p.user.username === state.buyer.username) item.classList.add('mine');
     return item;
   });
   if (names.length === 0) {
@@ -620,8 +623,15 @@ function connect() {
     } catch {
       return;
     }
+    // The server says whether changes are reaching it: a snapshot taken while it is not listening, and
+    // `paused`, mean the page may go stale until the `resync` that follows.
     if (message.type === 'snapshot') {
       feed.attempt = 0;
+      if (message.live === false) setConnection('reconnecting', 'Connected; live updates paused…');
+      else setConnection('live', 'Live');
+    } else if (message.type === 'paused') {
+      setConnection('reconnecting', 'Connected; live updates paused…');
+    } else if (message.type === 'resync') {
       setConnection('live', 'Live');
     }
     onFeedMessage(message);
