@@ -517,7 +517,7 @@ async fn malformed_requests_get_400_naming_the_field() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.headers()["allow"], "GET, POST, OPTIONS");
+    assert_eq!(response.headers()["allow"], "GET, HEAD, POST, OPTIONS");
     assert_refused(&read(response).await, 405, "method_not_allowed", "DELETE");
     let response = adapter
         .http()
