@@ -1,24 +1,30 @@
 //! Rate limits per client address and per buyer: a bot hammering the API gets 429 with `Retry-After`
 //! instead of taking connections and database time from everyone else.
 //!
-//! Each key has one instant of state (GCRA, the token bucket spelled as a "theoretical arrival time"):
-//! a request is let through when the key's arrival time, moved on by one interval, is at most `burst`
-//! intervals ahead of now. Memory is bounded: a table holds at most `MAX_KEYS` keys; when it is full,
-//! keys whose bucket has refilled are forgotten (they lose nothing), and if every key is still busy a new
-//! key is let through untracked rather than lock out buyers who did nothing wrong.
+//! Each limit is a keyed GCRA limiter from `governor` (`per_second` sustained, `burst` at once). Memory is
+//! bounded: once a limiter holds `MAX_KEYS` keys, keys whose bucket has refilled are forgotten at each new
+//! request (they lose nothing); if it reaches twice that with every key still busy, requests are let
+//! through untracked until room frees up, rather than lock out buyers who did nothing wrong.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use uuid::Uuid;
 
 use crate::http::errors::ApiError;
 
-/// Keys a table remembers at most (about 40 bytes each).
+/// Keys past which a limiter forgets refilled keys, and twice which it stops tracking (about 40 bytes
+/// each).
 const MAX_KEYS: usize = 100_000;
+/// How often a full limiter looks for keys to forget.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// The client's address, put into each request's extensions by the server.
 #[derive(Debug, Clone, Copy)]
@@ -31,45 +37,52 @@ pub struct Rate {
     pub burst: u32,
 }
 
-struct Table<K> {
-    /// Time between two requests at the sustained rate.
-    interval: Duration,
-    /// How far ahead of now a key's arrival time may run: `burst` intervals.
-    tolerance: Duration,
-    arrivals: Mutex<HashMap<K, Instant>>,
+struct Table<K: Hash + Eq + Clone, C: Clock = DefaultClock> {
+    limiter: RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
+    /// When refilled keys were last forgotten: a sweep walks every key, so it runs at most once per
+    /// `SWEEP_EVERY`, not once per request.
+    swept_at: Mutex<Option<C::Instant>>,
 }
 
-impl<K: Hash + Eq + Copy> Table<K> {
-    fn new(rate: Rate) -> Option<Self> {
-        if rate.per_second <= 0.0 || !rate.per_second.is_finite() || rate.burst == 0 {
+impl<K: Hash + Eq + Clone, C: Clock + Clone> Table<K, C> {
+    /// Forgets keys whose bucket has refilled, unless that was done less than `SWEEP_EVERY` ago.
+    fn sweep(&self) {
+        let now = self.clock.now();
+        // A poisoned lock only means another request panicked mid-sweep; the time is still usable.
+        let mut swept_at = self.swept_at.lock().unwrap_or_else(|e| e.into_inner());
+        if swept_at.is_some_and(|at| Duration::from(now.duration_since(at)) < SWEEP_EVERY) {
+            return;
+        }
+        *swept_at = Some(now);
+        self.limiter.retain_recent();
+    }
+
+    fn new(rate: Rate, clock: C) -> Option<Self> {
+        if rate.per_second <= 0.0 || !rate.per_second.is_finite() {
             return None;
         }
-        let interval = Duration::from_secs_f64(1.0 / rate.per_second);
+        let burst = NonZeroU32::new(rate.burst)?;
+        let quota =
+            Quota::with_period(Duration::from_secs_f64(1.0 / rate.per_second))?.allow_burst(burst);
         Some(Table {
-            interval,
-            tolerance: interval.saturating_mul(rate.burst),
-            arrivals: Mutex::new(HashMap::new()),
+            limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
+            clock,
+            swept_at: Mutex::new(None),
         })
     }
 
     /// Ok, or how long until this key may come again.
-    fn check(&self, key: K, now: Instant) -> Result<(), Duration> {
-        // A poisoned lock only means another request panicked mid-update; the map is still usable.
-        let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
-        if arrivals.len() >= MAX_KEYS && !arrivals.contains_key(&key) {
-            arrivals.retain(|_, arrival| *arrival > now);
-            if arrivals.len() >= MAX_KEYS {
+    fn check(&self, key: &K) -> Result<(), Duration> {
+        if self.limiter.len() >= MAX_KEYS {
+            self.sweep();
+            if self.limiter.len() >= 2 * MAX_KEYS {
                 return Ok(());
             }
         }
-        let arrival = arrivals.get(&key).copied().unwrap_or(now).max(now);
-        let next = arrival + self.interval;
-        let ahead = next - now;
-        if ahead > self.tolerance {
-            return Err(ahead - self.tolerance);
-        }
-        arrivals.insert(key, next);
-        Ok(())
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
 
@@ -82,8 +95,8 @@ pub struct RateLimits {
 impl RateLimits {
     pub fn new(per_client: Rate, per_buyer: Rate) -> Self {
         RateLimits {
-            per_client: Table::new(per_client),
-            per_buyer: Table::new(per_buyer),
+            per_client: Table::new(per_client, DefaultClock::default()),
+            per_buyer: Table::new(per_buyer, DefaultClock::default()),
         }
     }
 
@@ -95,7 +108,7 @@ impl RateLimits {
             return Ok(());
         };
         table
-            .check(*address, Instant::now())
+            .check(address)
             .map_err(|wait| refusal("from this address", wait))
     }
 
@@ -105,7 +118,7 @@ impl RateLimits {
             return Ok(());
         };
         table
-            .check(buyer, Instant::now())
+            .check(&buyer)
             .map_err(|wait| refusal("for this buyer", wait))
     }
 }
@@ -122,68 +135,80 @@ fn refusal(whose: &str, wait: Duration) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
-    fn table(per_second: f64, burst: u32) -> Table<u8> {
-        Table::new(Rate { per_second, burst }).unwrap()
+    fn table(per_second: f64, burst: u32) -> (Table<u32, FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (
+            Table::new(Rate { per_second, burst }, clock.clone()).unwrap(),
+            clock,
+        )
     }
 
     #[test]
     fn lets_a_burst_through_then_the_sustained_rate() {
-        let limit = table(10.0, 5);
-        let start = Instant::now();
+        let (limit, clock) = table(10.0, 5);
         for _ in 0..5 {
-            assert!(limit.check(1, start).is_ok());
+            assert!(limit.check(&1).is_ok());
         }
-        let wait = limit.check(1, start).unwrap_err();
+        let wait = limit.check(&1).unwrap_err();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_millis(100),
             "{wait:?}"
         );
         // Another key is not affected.
-        assert!(limit.check(2, start).is_ok());
+        assert!(limit.check(&2).is_ok());
         // One interval later, exactly one more request fits.
-        let later = start + Duration::from_millis(100);
-        assert!(limit.check(1, later).is_ok());
-        assert!(limit.check(1, later).is_err());
+        clock.advance(Duration::from_millis(100));
+        assert!(limit.check(&1).is_ok());
+        assert!(limit.check(&1).is_err());
         // After a full refill the whole burst is back.
-        let idle = later + Duration::from_secs(1);
+        clock.advance(Duration::from_secs(1));
         for _ in 0..5 {
-            assert!(limit.check(1, idle).is_ok());
+            assert!(limit.check(&1).is_ok());
         }
     }
 
     #[test]
     fn a_zero_rate_turns_the_limit_off() {
-        assert!(Table::<u8>::new(Rate {
-            per_second: 0.0,
-            burst: 10
-        })
+        let clock = FakeRelativeClock::default();
+        assert!(Table::<u8, _>::new(
+            Rate {
+                per_second: 0.0,
+                burst: 10
+            },
+            clock.clone()
+        )
         .is_none());
-        assert!(Table::<u8>::new(Rate {
-            per_second: 1.0,
-            burst: 0
-        })
+        assert!(Table::<u8, _>::new(
+            Rate {
+                per_second: 1.0,
+                burst: 0
+            },
+            clock
+        )
         .is_none());
     }
 
     #[test]
     fn memory_stays_bounded_and_idle_keys_are_forgotten() {
-        let limit: Table<u32> = Table::new(Rate {
-            per_second: 1.0,
-            burst: 1,
-        })
-        .unwrap();
-        let start = Instant::now();
-        for key in 0..MAX_KEYS as u32 {
-            limit.check(key, start).unwrap();
+        let (limit, clock) = table(1.0, 1);
+        for key in 0..MAX_KEYS as u32 + 10 {
+            limit.check(&key).unwrap();
         }
-        // Full and all busy: a new key is let through untracked.
-        assert!(limit.check(u32::MAX, start).is_ok());
-        assert_eq!(limit.arrivals.lock().unwrap().len(), MAX_KEYS);
-        // Once they refill, they make room.
-        let later = start + Duration::from_secs(2);
-        assert!(limit.check(u32::MAX, later).is_ok());
-        assert_eq!(limit.arrivals.lock().unwrap().len(), 1);
+        // Past the first bound busy keys are still limited.
+        assert!(limit.check(&0).is_err(), "a busy key is refused");
+        for key in MAX_KEYS as u32 + 10..2 * MAX_KEYS as u32 {
+            limit.check(&key).unwrap();
+        }
+        // At twice it, with every key busy, a new key is let through untracked.
+        assert!(limit.check(&u32::MAX).is_ok());
+        assert!(limit.check(&u32::MAX).is_ok());
+        assert_eq!(limit.limiter.len(), 2 * MAX_KEYS);
+        // Once they refill, they are forgotten.
+        clock.advance(Duration::from_secs(2));
+        assert!(limit.check(&u32::MAX).is_ok());
+        assert_eq!(limit.limiter.len(), 1);
     }
 
     #[test]
