@@ -18,7 +18,7 @@ ADAPTER     := $(ROOT)/target/debug/dropstock-http
 DATABASE_URL ?= postgresql://postgres@127.0.0.1:$(DB_PORT)/postgres
 AS_PG       := sudo -u postgres
 PSQL        := $(PG_BIN)/psql "$(DATABASE_URL)" -v ON_ERROR_STOP=1 -X -q
-APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config chromium fonts-liberation jq
+APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config chromium fonts-liberation jq pgbouncer
 export DATABASE_URL
 
 .PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test isolation-test \
@@ -236,6 +236,9 @@ integration-test: db adapter
 	@cargo test -p dropstock-http --quiet
 	@DROPSTOCK_HTTP_BIN=$(ADAPTER) DROPSTOCK_PGDATA=$(PG_DATA) DROPSTOCK_PG_BIN=$(PG_BIN) \
 	  cargo test -p dropstock-tests --quiet -- --test-threads=1
+	@echo "integration-test: the REST suite again, each adapter behind a PgBouncer of its own (transaction pooling)"
+	@DROPSTOCK_TEST_POOLER=pgbouncer DROPSTOCK_HTTP_BIN=$(ADAPTER) \
+	  cargo test -p dropstock-tests --quiet --test http -- rest:: scale_out:: --test-threads=1
 
 isolation-test: db
 	@$(RUN_ISOLATION)

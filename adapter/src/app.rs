@@ -23,8 +23,11 @@ use crate::http::metrics::Metrics;
 use crate::http::server;
 
 pub struct App {
-    /// Where the database is: the LISTEN connection is opened from it, outside the pool.
+    /// Where the database is, for messages.
     pub database: tokio_postgres::Config,
+    /// Where the LISTEN connection goes (outside the pool): the database itself, even when requests go
+    /// through a pooler.
+    pub listen_database: tokio_postgres::Config,
     /// Connections for requests; the LISTEN connection is not among them.
     pub pool: Database,
     /// Reservations, grouped per drop into one `reserve_items` call each.
@@ -62,10 +65,20 @@ impl App {
     pub async fn connect(config: &Config) -> Result<Arc<App>, StartupError> {
         let database = pool::parse_url(&config.database_url)?;
         let timeouts = config.timeouts();
-        let pool = pool::open(&database, usize::from(config.pool_size), timeouts.database)?;
+        let pool = pool::open(
+            &database,
+            usize::from(config.pool_size),
+            timeouts.database,
+            config.statements,
+        )?;
+        let listen_database = match &config.listen_database_url {
+            Some(url) if !url.is_empty() => pool::parse_url(url)?,
+            _ => database.clone(),
+        };
         pool::check(&pool, &database).await?;
         Ok(Arc::new(App {
             database,
+            listen_database,
             holds: Batcher::new(pool.clone()),
             pool,
             access: Access::new(config.admin_token(), config.jwt_rules()),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::db::pool::Statements;
 use crate::http::access::JwtRules;
 use crate::http::limits::{Rate, RateLimits};
 
@@ -19,6 +20,22 @@ pub struct Config {
     /// postgresql://postgres@127.0.0.1:5544/postgres
     #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database_url: String,
+
+    /// PostgreSQL URL for the one LISTEN connection, when it must differ from DATABASE_URL: behind a
+    /// pooler in transaction mode, which cannot carry LISTEN, point this straight at PostgreSQL.
+    #[arg(
+        long,
+        env = "DROPSTOCK_LISTEN_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub listen_database_url: Option<String>,
+
+    /// How requests send their SQL: `prepared` (kept per connection, one round trip less) or `unnamed`
+    /// (what a pooler in transaction mode, such as PgBouncer's `pool_mode = transaction`, needs).
+    #[arg(long, env = "DROPSTOCK_STATEMENTS", value_name = "MODE", value_enum,
+          default_value_t = Statements::Prepared)]
+    pub statements: Statements,
 
     /// Address and port to serve HTTP and the WebSocket feed on.
     #[arg(

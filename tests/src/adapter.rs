@@ -24,6 +24,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 use crate::db::{database_url, unique, wait_for, wait_until};
+use crate::pooler::{self, PgBouncer};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const JWT_SECRET: &str = "test-jwt-secret-0123456789";
@@ -51,6 +52,8 @@ pub struct Adapter {
     pub port: u16,
     pub base: String,
     http: reqwest::Client,
+    /// The PgBouncer its requests go through, when the tests run behind one (`pooler::requested`).
+    pub pooler: Option<PgBouncer>,
 }
 
 /// Where the adapter runs.
@@ -104,7 +107,20 @@ impl Adapter {
         Adapter::start_with(Options::admin()).await
     }
 
-    pub async fn start_with(options: Options) -> Adapter {
+    pub async fn start_with(mut options: Options) -> Adapter {
+        // Behind PgBouncer in transaction mode, as an operator would run it: requests through the pooler
+        // as unnamed statements, LISTEN straight to PostgreSQL. A test that names its own database URL (a
+        // relay it cuts) keeps it.
+        let pooler = if pooler::requested() && options.database_url.is_none() {
+            let bouncer = PgBouncer::start().await;
+            options.database_url = Some(bouncer.url());
+            options = options
+                .with("DROPSTOCK_LISTEN_DATABASE_URL", &database_url())
+                .with("DROPSTOCK_STATEMENTS", "unnamed");
+            Some(bouncer)
+        } else {
+            None
+        };
         let port = free_port();
         let running = if options.process {
             spawn(&options, port)
@@ -119,6 +135,7 @@ impl Adapter {
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
+            pooler,
         };
         adapter.wait_healthy().await;
         adapter
@@ -338,6 +355,8 @@ fn spawn(options: &Options, port: u16) -> Running {
         .env_remove("DROPSTOCK_CORS_ORIGINS")
         .env_remove("DROPSTOCK_JWT_ISSUER")
         .env_remove("DROPSTOCK_JWT_AUDIENCE")
+        .env_remove("DROPSTOCK_LISTEN_DATABASE_URL")
+        .env_remove("DROPSTOCK_STATEMENTS")
         .env(
             "DATABASE_URL",
             options.database_url.clone().unwrap_or_else(database_url),

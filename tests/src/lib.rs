@@ -5,6 +5,7 @@
 //!   polling with a deadline, LISTEN.
 //! - `adapter`: the `dropstock-http` process, its HTTP and WebSocket clients, a relay to cut it off.
 //! - `faults`: stopping and starting clusters, throwaway clusters, killing the worker or a backend.
+//! - `pooler`: PgBouncer in front of the test cluster, for the adapter behind a pooler.
 //! - `shoppers`: honest buyers under a fault, and the audit of what they were told against the rows.
 //! - `figures`: the reliability figures kept in `target/reliability.txt`.
 //! - `load`: the load generators' clients, fixtures and reports, for `make bench`.
@@ -14,4 +15,5 @@ pub mod db;
 pub mod faults;
 pub mod figures;
 pub mod load;
+pub mod pooler;
 pub mod shoppers;

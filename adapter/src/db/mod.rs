@@ -15,6 +15,9 @@ pub enum DbError {
     Pool(#[from] PoolError),
     #[error(transparent)]
     Postgres(#[from] tokio_postgres::Error),
+    /// A row that does not have the shape the API's functions promise: a fault of ours.
+    #[error("unexpected answer from the database: {0}")]
+    Shape(String),
     /// The database did not answer a call within the deadline.
     #[error("no answer from the database within {0:?}")]
     Timeout(std::time::Duration),

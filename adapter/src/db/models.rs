@@ -2,32 +2,40 @@
 //! own SQL types they are read from.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use postgres_types::{FromSql, ToSql};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 use uuid::Uuid;
 
-/// `dropstock.reservation_status`, read by name so a renamed or reordered label fails loudly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromSql, ToSql, Serialize)]
-#[postgres(name = "reservation_status")]
+/// `dropstock.reservation_status`. Queries read it as text (`status::text`): requests then use built-in
+/// types only, which an unnamed statement can decode without looking the type up (see `queries`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HoldStatus {
-    #[postgres(name = "reserved")]
     Reserved,
-    #[postgres(name = "purchased")]
     #[serde(rename = "purchased")]
     Sold,
-    #[postgres(name = "expired")]
     Expired,
-    #[postgres(name = "cancelled")]
     Cancelled,
 }
 
-/// `dropstock.recent_purchase`: one of a drop's latest sales.
-#[derive(Debug, Clone, FromSql)]
-#[postgres(name = "recent_purchase")]
+impl HoldStatus {
+    /// The enum's SQL label; an unknown one (a label added to the type) is an error, never a guess.
+    pub fn from_label(label: &str) -> Option<Self> {
+        Some(match label {
+            "reserved" => HoldStatus::Reserved,
+            "purchased" => HoldStatus::Sold,
+            "expired" => HoldStatus::Expired,
+            "cancelled" => HoldStatus::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// One of a drop's latest sales, as `dropstock.recent_purchase` spells it in JSON (queries read the
+/// `recent_purchase[]` column as `to_json(…)`, a built-in type).
+#[derive(Debug, Clone, Deserialize)]
 pub struct RecentSale {
     pub id: Uuid,
-    #[postgres(name = "user_id")]
+    #[serde(rename = "user_id")]
     pub buyer_id: Uuid,
     pub username: String,
     pub created_at: DateTime<Utc>,

@@ -58,11 +58,23 @@ pub fn describe(config: &tokio_postgres::Config) -> String {
     format!("{host}:{port}/{database}")
 }
 
+/// How requests send their SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Statements {
+    /// Prepared once per connection and kept: one round trip less per call. Needs the server to keep a
+    /// connection's statements, as PostgreSQL does, and poolers in session mode.
+    Prepared,
+    /// Unnamed, parsed with every call and kept nowhere: what a pooler in transaction mode (PgBouncer's
+    /// `pool_mode = transaction`) needs, since each call may land on another server connection.
+    Unnamed,
+}
+
 /// The pool of request connections, and how long one database call may take on them.
 #[derive(Clone)]
 pub struct Database {
     pool: Pool,
     call_deadline: Duration,
+    statements: Statements,
 }
 
 /// How much later than the server's `statement_timeout` the adapter stops waiting itself: normally the
@@ -74,17 +86,22 @@ pub fn open(
     config: &tokio_postgres::Config,
     size: usize,
     statement_timeout: Duration,
+    statements: Statements,
 ) -> Result<Database, StartupError> {
     let mut config = config.clone();
     config.application_name("dropstock-http");
     // Set as a startup option, so it holds from the first statement and needs no round trip; options
-    // given in the URL are kept.
-    let options = format!(
-        "{} -c statement_timeout={}",
-        config.get_options().unwrap_or(""),
-        statement_timeout.as_millis()
-    );
-    config.options(options.trim_start());
+    // given in the URL are kept. Poolers refuse startup options (PgBouncer: "unsupported startup
+    // parameter"): behind one, set statement_timeout on the role instead; the adapter's own deadline
+    // holds either way.
+    if statements == Statements::Prepared {
+        let options = format!(
+            "{} -c statement_timeout={}",
+            config.get_options().unwrap_or(""),
+            statement_timeout.as_millis()
+        );
+        config.options(options.trim_start());
+    }
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -105,6 +122,7 @@ pub fn open(
     Ok(Database {
         pool,
         call_deadline: statement_timeout + DEADLINE_MARGIN,
+        statements,
     })
 }
 
@@ -114,6 +132,7 @@ impl Database {
         Ok(Connection {
             object: Some(self.pool.get().await?),
             call_deadline: self.call_deadline,
+            statements: self.statements,
             in_call: AtomicBool::new(false),
         })
     }
@@ -135,10 +154,15 @@ impl Database {
 pub struct Connection {
     object: Option<Object>,
     call_deadline: Duration,
+    statements: Statements,
     in_call: AtomicBool,
 }
 
 impl Connection {
+    pub fn statements(&self) -> Statements {
+        self.statements
+    }
+
     /// Runs one database call within the deadline.
     pub async fn call<T>(
         &self,

@@ -5,12 +5,16 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::db::models::{BuyerView, DropView, HoldView, NewDrop, RecentSale, SaleView};
-use crate::db::pool::Connection;
+use postgres_types::{ToSql, Type};
+
+use crate::db::models::{BuyerView, DropView, HoldStatus, HoldView, NewDrop, RecentSale, SaleView};
+use crate::db::pool::{Connection, Statements};
 use crate::db::DbError;
 
-/// Prepares `$sql` (once per connection, from its statement cache) and runs `$run` with it as
-/// `$statement`, within the connection's deadline. Made again, with the same arguments:
+/// Runs `$sql` with `$params` (each a value and its SQL type) within the connection's deadline; the
+/// rows. As a prepared statement (prepared once per connection, from its cache) or, where a pooler in
+/// transaction mode sits in front, as an unnamed statement (see `pool::Statements`). Made again, with the
+/// same arguments:
 /// - once, after emptying the statement cache, when the server says a cached statement no longer fits
 ///   (the extension was dropped and created again under the running adapter, so the types it returns
 ///   are new ones);
@@ -19,15 +23,24 @@ use crate::db::DbError;
 /// A macro rather than a function taking a closure: the call's future borrows the client and the
 /// arguments, and a closure cannot hand such a future back as `Send`.
 macro_rules! call {
-    ($client:expr, $sql:expr, |$statement:ident| $run:expr) => {{
+    ($client:expr, $sql:expr, $params:expr) => {{
         let client: &Connection = $client;
+        let sql: &str = $sql;
+        let typed: &[(&(dyn ToSql + Sync), Type)] = $params;
         let mut attempt = 1;
         let mut recompiled = false;
         loop {
             let outcome = client
                 .call(async {
-                    let $statement = client.prepare_cached($sql).await?;
-                    $run.await
+                    match client.statements() {
+                        Statements::Unnamed => client.query_typed(sql, typed).await,
+                        Statements::Prepared => {
+                            let statement = client.prepare_cached(sql).await?;
+                            let values: Vec<&(dyn ToSql + Sync)> =
+                                typed.iter().map(|(value, _)| *value).collect();
+                            client.query(&statement, &values).await
+                        }
+                    }
                 })
                 .await;
             match outcome {
@@ -43,26 +56,37 @@ macro_rules! call {
     }};
 }
 
-pub async fn extension_installed(client: &Connection) -> Result<bool, DbError> {
-    let row = call!(
-        client,
-        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'dropstock')",
-        |statement| client.query_one(&statement, &[])
-    )?;
-    Ok(row.get(0))
+/// The one row a call returns; a function of the API that returned none (or several) is a fault of ours.
+fn only(rows: Vec<Row>) -> Result<Row, DbError> {
+    let count = rows.len();
+    let mut rows = rows.into_iter();
+    match (rows.next(), count) {
+        (Some(row), 1) => Ok(row),
+        _ => Err(DbError::Shape(format!("expected one row, got {count}"))),
+    }
 }
 
-/// The columns of `dropstock.drop_summaries`, with the price as float8: JSON has only one kind of number,
-/// and prices of at most 12 digits with 2 decimals survive the trip exactly.
+pub async fn extension_installed(client: &Connection) -> Result<bool, DbError> {
+    let rows = call!(
+        client,
+        "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'dropstock')",
+        &[]
+    )?;
+    Ok(only(rows)?.try_get(0)?)
+}
+
+/// The columns of `dropstock.drop_summaries`, with the price as float8 (JSON has only one kind of number,
+/// and prices of at most 12 digits with 2 decimals survive the trip exactly) and the latest sales as JSON
+/// (a built-in type, see `HoldStatus`).
 const SUMMARY_COLUMNS: &str =
     "id, name, price::float8, total_stock, available_stock, held_stock, sold_stock, \
-     starts_at, ends_at, hold_seconds, per_user_limit, created_at, recent_purchases";
+     starts_at, ends_at, hold_seconds, per_user_limit, created_at, to_json(recent_purchases)::text";
 
-fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
-    // `recent_purchase[]`, decoded by postgres-types. The view builds it with `ARRAY(…)` over a join, so it
-    // holds no NULLs today; skipping them rather than failing keeps one odd row from turning a whole drop
-    // list into an error.
-    let sales: Vec<Option<RecentSale>> = row.try_get(12)?;
+fn drop_view(row: &Row) -> Result<DropView, DbError> {
+    // The view builds `recent_purchases` with `ARRAY(…)` over a join, so it holds no NULLs today; skipping
+    // them rather than failing keeps one odd row from turning a whole drop list into an error.
+    let sales: Vec<Option<RecentSale>> = serde_json::from_str(row.try_get(12)?)
+        .map_err(|error| DbError::Shape(format!("recent_purchases: {error}")))?;
     Ok(DropView {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -82,15 +106,14 @@ fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
 
 pub async fn active_drops(client: &Connection) -> Result<Vec<DropView>, DbError> {
     let sql = format!("SELECT {SUMMARY_COLUMNS} FROM dropstock.active_drops()");
-    let rows = call!(client, &sql, |statement| client.query(&statement, &[]))?;
-    Ok(rows.iter().map(drop_view).collect::<Result<_, _>>()?)
+    let rows = call!(client, &sql, &[])?;
+    rows.iter().map(drop_view).collect()
 }
 
 pub async fn drop_status(client: &Connection, drop_id: Uuid) -> Result<DropView, DbError> {
     let sql = format!("SELECT {SUMMARY_COLUMNS} FROM dropstock.drop_status($1)");
-    let row = call!(client, &sql, |statement| client
-        .query_one(&statement, &[&drop_id]))?;
-    Ok(drop_view(&row)?)
+    let rows = call!(client, &sql, &[(&drop_id, Type::UUID)])?;
+    drop_view(&only(rows)?)
 }
 
 /// Calls `create_drop` with named arguments for the fields given, so the ones left out take the
@@ -101,42 +124,57 @@ pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView
         "price => $2::text::numeric".to_owned(),
         "total_stock => $3".to_owned(),
     ];
-    let mut values: Vec<&(dyn postgres_types::ToSql + Sync)> =
-        vec![&drop.name, &drop.price, &drop.total_stock];
-    let optional: [(&str, Option<&(dyn postgres_types::ToSql + Sync)>); 4] = [
-        ("starts_at", drop.starts_at.as_ref().map(|v| v as _)),
-        ("ends_at", drop.ends_at.as_ref().map(|v| v as _)),
-        ("hold_seconds", drop.hold_seconds.as_ref().map(|v| v as _)),
+    let mut values: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+        (&drop.name, Type::TEXT),
+        (&drop.price, Type::TEXT),
+        (&drop.total_stock, Type::INT4),
+    ];
+    let optional: [(&str, Option<&(dyn ToSql + Sync)>, Type); 4] = [
+        (
+            "starts_at",
+            drop.starts_at.as_ref().map(|v| v as _),
+            Type::TIMESTAMPTZ,
+        ),
+        (
+            "ends_at",
+            drop.ends_at.as_ref().map(|v| v as _),
+            Type::TIMESTAMPTZ,
+        ),
+        (
+            "hold_seconds",
+            drop.hold_seconds.as_ref().map(|v| v as _),
+            Type::INT4,
+        ),
         (
             "per_user_limit",
             drop.per_buyer_limit.as_ref().map(|v| v as _),
+            Type::INT4,
         ),
     ];
-    for (name, value) in optional {
+    for (name, value, ty) in optional {
         if let Some(value) = value {
-            values.push(value);
+            values.push((value, ty));
             arguments.push(format!("{name} => ${}", values.len()));
         }
     }
     let sql = format!(
-            "SELECT d.id, d.name, d.price::float8, d.total_stock, d.total_stock, 0, 0, d.starts_at, d.ends_at, \
-                    d.hold_seconds, d.per_user_limit, d.created_at, \
-                    '{{}}'::dropstock.recent_purchase[] \
-               FROM dropstock.create_drop({}) d",
-            arguments.join(", ")
-        );
-    let row = call!(client, &sql, |statement| client
-        .query_one(&statement, &values))?;
-    Ok(drop_view(&row)?)
+        "SELECT d.id, d.name, d.price::float8, d.total_stock, d.total_stock, 0, 0, d.starts_at, d.ends_at, \
+                d.hold_seconds, d.per_user_limit, d.created_at, '[]' \
+           FROM dropstock.create_drop({}) d",
+        arguments.join(", ")
+    );
+    let rows = call!(client, &sql, &values)?;
+    drop_view(&only(rows)?)
 }
 
 /// Calls `create_user`.
 pub async fn create_buyer(client: &Connection, username: &str) -> Result<BuyerView, DbError> {
-    let row = call!(
+    let rows = call!(
         client,
         "SELECT u.id, u.username, u.created_at FROM dropstock.create_user($1) u",
-        |statement| client.query_one(&statement, &[&username])
+        &[(&username, Type::TEXT)]
     )?;
+    let row = only(rows)?;
     Ok(BuyerView {
         id: row.try_get(0)?,
         username: row.try_get(1)?,
@@ -144,12 +182,14 @@ pub async fn create_buyer(client: &Connection, username: &str) -> Result<BuyerVi
     })
 }
 
-fn hold_view(row: &Row) -> Result<HoldView, tokio_postgres::Error> {
+fn hold_view(row: &Row) -> Result<HoldView, DbError> {
+    let label: &str = row.try_get(3)?;
     Ok(HoldView {
         id: row.try_get(0)?,
         drop_id: row.try_get(1)?,
         buyer_id: row.try_get(2)?,
-        status: row.try_get(3)?,
+        status: HoldStatus::from_label(label)
+            .ok_or_else(|| DbError::Shape(format!("unknown hold status {label:?}")))?,
         expires_at: row.try_get(4)?,
         created_at: row.try_get(5)?,
     })
@@ -184,7 +224,7 @@ pub async fn reserve_batch(
         client,
         "SELECT user_id, reservation_id, expires_at, created_at, fresh, sqlstate, message \
            FROM dropstock.reserve_items($1, $2)",
-        |statement| client.query(&statement, &[&drop_id, &buyers])
+        &[(&drop_id, Type::UUID), (&buyers, Type::UUID_ARRAY)]
     )?;
     rows.iter()
         .map(|row| {
@@ -210,23 +250,24 @@ pub async fn reserve_batch(
 
 /// Calls `cancel_reservation`: the buyer gives their hold back.
 pub async fn cancel(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
-    let row = call!(
+    let rows = call!(
         client,
-        "SELECT r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at \
+        "SELECT r.id, r.drop_id, r.user_id, r.status::text, r.expires_at, r.created_at \
            FROM dropstock.cancel_reservation($1, $2) r",
-        |statement| client.query_one(&statement, &[&hold_id, &buyer])
+        &[(&hold_id, Type::UUID), (&buyer, Type::UUID)]
     )?;
-    Ok(hold_view(&row)?)
+    hold_view(&only(rows)?)
 }
 
 /// Calls `purchase`: the buyer turns their hold into a sale.
 pub async fn buy(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
-    let row = call!(
+    let rows = call!(
         client,
         "SELECT p.id, p.reservation_id, p.drop_id, p.user_id, p.price::float8, p.created_at \
            FROM dropstock.purchase($1, $2) p",
-        |statement| client.query_one(&statement, &[&hold_id, &buyer])
+        &[(&hold_id, Type::UUID), (&buyer, Type::UUID)]
     )?;
+    let row = only(rows)?;
     Ok(SaleView {
         id: row.try_get(0)?,
         hold_id: row.try_get(1)?,

@@ -53,7 +53,7 @@ impl Lost {
 
 /// Runs until the app shuts down, keeping a LISTEN connection up.
 pub async fn run(app: Arc<App>) {
-    let mut config = app.database.clone();
+    let mut config = app.listen_database.clone();
     config.application_name(APPLICATION_NAME);
     let shutdown = &app.shutdown;
     let mut failures: u32 = 0;

@@ -225,6 +225,7 @@ impl From<DbError> for ApiError {
             }
             DbError::Pool(other) => ApiError::internal(&other),
             DbError::Postgres(error) => from_postgres(error),
+            DbError::Shape(detail) => ApiError::internal(&detail),
             DbError::Timeout(deadline) => {
                 tracing::warn!(?deadline, "the database did not answer in time");
                 ApiError::unavailable(format!(

@@ -8,3 +8,4 @@ mod feed;
 mod hostile_input;
 mod rate_limits;
 mod rest;
+mod scale_out;
