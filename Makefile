@@ -113,9 +113,12 @@ db: install pg-access
 	@$(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) status >/dev/null || \
 	  $(AS_PG) $(PG_BIN)/pg_ctl -D $(PG_DATA) -l $(PG_LOG) -w -t 60 start >/dev/null
 	@# The version stays 0.x until the schema is frozen, so a rebuilt extension is recreated, not updated.
+	@# DROP EXTENSION takes its tables one by one while the worker's sweep may hold one and want another:
+	@# when the deadlock detector cancels the DROP (it does, rather than the sweep), it is made again.
 	@if [ $(PG_DIR)/.extension-loaded -ot target/.installed ] && $(PSQL) -tAc "SELECT 1 FROM pg_extension WHERE extname = 'dropstock'" | grep -q 1; then \
 	  echo "db: the extension changed; recreating it (drops and holds in this cluster are reset)"; \
-	  $(PSQL) -c "DROP EXTENSION dropstock CASCADE" 2>/dev/null; fi
+	  for attempt in 1 2 3 4 5; do $(PSQL) -c "DROP EXTENSION dropstock CASCADE" 2>/dev/null && break; \
+	    [ $$attempt = 5 ] && { $(PSQL) -c "DROP EXTENSION dropstock CASCADE"; exit 1; }; done; fi
 	@$(PSQL) -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS dropstock"
 	@touch $(PG_DIR)/.extension-loaded
 	@echo "db: dropstock is running at $(DATABASE_URL)"

@@ -9,6 +9,7 @@
 #   load       dropstock-load, 1,000 keep-alive clients reserving on a drop with more stock than demand
 #   sell-out   dropstock-load on a drop that sells out within seconds, then the sold-out answers
 #   watchers   dropstock-watch throughput: reservations with 1,000 watchers on the hot drop vs. none
+#   scale      dropstock-load over 1, 2 and 4 adapters on one database; through one while 4 and 16 listen
 #   feed       dropstock-watch delay: 10,000 watchers, commit-to-receipt delay and the adapter's RSS
 #
 # The adapter runs with its default pool (16 connections): concurrent reservations of one drop are
@@ -64,27 +65,45 @@ rm -f "$OUT/fsync.tmp"
 read -r fsync_ops fsync_us < <(awk '$1 == "fdatasync" && $3 == "ops/sec" { print $2, $4; exit }' "$OUT/fsync.txt") ||
     { cat "$OUT/fsync.txt" >&2; say "pg_test_fsync gave no fdatasync figure"; exit 1; }
 
-# ---- the adapter -------------------------------------------------------------------------------------------
+# ---- the adapter ----------------------------------------------------------------------------------------------
+# start_adapters N: N adapters on PORT, PORT+1, …, each with its own pool and LISTEN connection;
+# `adapter_pid` is the first one's. stop_adapters stops them all.
+adapter_pids=()
 adapter_pid=
-start_adapter() {
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-        say "127.0.0.1:$PORT is taken (set BENCH_PORT)"; exit 1
-    fi
-    RUST_LOG=warn DROPSTOCK_RATE_LIMIT_PER_IP=0 "$ADAPTER" --listen "127.0.0.1:$PORT" --pool-size "$POOL_SIZE" \
-        >> "$OUT/adapter.log" 2>&1 &
-    adapter_pid=$!
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-        kill -0 "$adapter_pid" 2>/dev/null || { cat "$OUT/adapter.log" >&2; exit 1; }
-        sleep 0.1
+start_adapters() {
+    local count=$1 k port
+    for k in $(seq 0 $((count - 1))); do
+        port=$((PORT + k))
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            say "127.0.0.1:$port is taken (set BENCH_PORT)"; exit 1
+        fi
+        RUST_LOG=warn DROPSTOCK_RATE_LIMIT_PER_IP=0 "$ADAPTER" --listen "127.0.0.1:$port" --pool-size "$POOL_SIZE" \
+            >> "$OUT/adapter.log" 2>&1 &
+        adapter_pids+=($!)
     done
-    say "the adapter did not listen within 10 s"; exit 1
+    adapter_pid=${adapter_pids[0]}
+    for k in $(seq 0 $((count - 1))); do
+        port=$((PORT + k))
+        for _ in $(seq 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue 2
+            kill -0 "${adapter_pids[$k]}" 2>/dev/null || { cat "$OUT/adapter.log" >&2; exit 1; }
+            sleep 0.1
+        done
+        say "the adapter on port $port did not listen within 10 s"; exit 1
+    done
 }
-stop_adapter() {
-    if [ -n "$adapter_pid" ]; then kill "$adapter_pid" 2>/dev/null || true; wait "$adapter_pid" 2>/dev/null || true; fi
+start_adapter() { start_adapters 1; }
+stop_adapters() {
+    local pid
+    for pid in "${adapter_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${adapter_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    adapter_pids=()
     adapter_pid=
 }
-trap stop_adapter EXIT
+stop_adapter() { stop_adapters; }
+# urls N: the first N adapters' base URLs, comma-separated.
+urls() { local k; for k in $(seq 0 $(($1 - 1))); do printf '%shttp://127.0.0.1:%s' "$([ "$k" = 0 ] || echo ,)" $((PORT + k)); done; }
+trap stop_adapters EXIT
 : > "$OUT/adapter.log"
 
 # run NAME TOOL ARGS…: runs a load tool, keeping its report; a failed correctness check stops the bench.
@@ -113,8 +132,24 @@ rate=$(field holds_per_s "$OUT/load.txt")
 sell_out_stock=$(awk -v r="$rate" 'BEGIN { s = int(r * 2); print (s < 2000 ? 2000 : s) }')
 run sell-out "$LOAD" --clients "$CLIENTS" --sell-out "$sell_out_stock" --sold-out-seconds 5
 run watchers "$WATCH" throughput --watchers 1000 --clients "$CLIENTS" --round-seconds 4 --pairs 3
-# A fresh adapter for the feed, so its RSS is the watchers' and not what the reservation bursts left behind.
 stop_adapter
+
+# ---- more than one adapter on one database ---------------------------------------------------------------------
+# The same load spread over 1, 2 and 4 adapters; then through one adapter while 4 and 16 adapters LISTEN,
+# for what each LISTEN connection costs the database. SCALE_SECONDS each, so the rows compare.
+SCALE_SECONDS=${BENCH_SCALE_SECONDS:-5}
+for count in 1 2 4; do
+    start_adapters "$count"
+    run "scale-$count" "$LOAD" --url "$(urls "$count")" --clients "$CLIENTS" --seconds "$SCALE_SECONDS" --quiet
+    stop_adapters
+done
+for count in 4 16; do
+    start_adapters "$count"
+    run "listen-$count" "$LOAD" --url "$(urls 1)" --clients "$CLIENTS" --seconds "$SCALE_SECONDS" --quiet
+    stop_adapters
+done
+
+# A fresh adapter for the feed, so its RSS is the watchers' and not what the reservation bursts left behind.
 start_adapter
 run feed "$WATCH" delay --clients "$WATCHERS" --seconds "$SECONDS_EACH" --rate "$FEED_RATE" --adapter-pid "$adapter_pid"
 stop_adapter
@@ -162,6 +197,11 @@ row "adapter, $CLIENTS clients: reservation latency p50 / p95 / p99" "$(field p5
 row "adapter: units oversold (both runs, checked in the database)" "$oversold" "0" "$(verdict "$([ "$oversold" = 0 ] && echo 1 || echo 0)")"
 row "adapter: sold-out answers/s after a sell-out" "$(int "$sold_out") ($(x "$sold_out" "$rate")x reservations/s)" ">= 10x reservations/s" "$(verdict "$(ge "$(x "$sold_out" "$rate")" 10)")"
 row "adapter: reservations/s while selling out $(int "$sell_out_stock") units; sold-out answers that arrived before the last unit's 201" "$(int "$sell_rate"); $early" "" ""
+scale_1=$(field holds_per_s "$OUT/scale-1.txt"); scale_2=$(field holds_per_s "$OUT/scale-2.txt"); scale_4=$(field holds_per_s "$OUT/scale-4.txt")
+scale_least=$(awk -v a="$scale_2" -v b="$scale_4" 'BEGIN { print (a < b ? a : b) }')
+row "1 / 2 / 4 adapters on one database, $CLIENTS clients spread over them: reservations/s (${SCALE_SECONDS} s each)" "$(int "$scale_1") / $(int "$scale_2") / $(int "$scale_4") ($(x "$scale_2" "$scale_1")x, $(x "$scale_4" "$scale_1")x)" ">= 1.0x one adapter" "$(verdict "$(ge "$(x "$scale_least" "$scale_1")" 1.0)")"
+listen_4=$(field holds_per_s "$OUT/listen-4.txt"); listen_16=$(field holds_per_s "$OUT/listen-16.txt")
+row "reservations/s through one adapter with 1 / 4 / 16 adapters listening (what a LISTEN connection costs)" "$(int "$scale_1") / $(int "$listen_4") / $(int "$listen_16") ($(x "$listen_4" "$scale_1")x, $(x "$listen_16" "$scale_1")x)" "" ""
 row "adapter: reservations/s with 1,000 watchers / with none (3 rounds each, alternating)" "$(field watched_per_s "$OUT/watchers.txt") / $(field none_per_s "$OUT/watchers.txt") (${watch_ratio}x)" ">= 0.9x" "$(verdict "$(ge "$watch_ratio" 0.9)")"
 row "$(int "$WATCHERS") watchers: commit to receipt, p50 / p99 ($FEED_RATE holds/s; $feed_missed missed)" "$feed_p50 / $feed_p99 ms" "p99 <= 250 ms, none missed" "$(verdict "$(awk -v p="$feed_p99" -v m="$feed_missed" 'BEGIN { print (p <= 250 && m == 0) }')")"
 row "$(int "$WATCHERS") watchers, of which: commit to the first watcher p99 (100 ms tick, NOTIFY, relay) / first to last watcher p99 (fan-out)" "$(field first_p99_ms "$OUT/feed.txt") / $(field fan_out_p99_ms "$OUT/feed.txt") ms" "" ""

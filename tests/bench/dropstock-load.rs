@@ -16,9 +16,14 @@ use dropstock_tests::load::{adapter_address, fixtures, limits, runtime, ResultLi
     about = "Reservations on one hot drop through dropstock-http, checked against the database"
 )]
 struct Args {
-    /// The adapter's base URL (loopback).
-    #[arg(long, env = "DROPSTOCK_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// The adapter's base URL (loopback); several, comma-separated, spread the clients over them.
+    #[arg(
+        long,
+        env = "DROPSTOCK_URL",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    url: Vec<String>,
     /// The database the adapter serves; buyers and the drop are made there, and the answers checked.
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
@@ -63,7 +68,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &Args) -> Result<bool, String> {
-    let address = adapter_address(&args.url)?;
+    let addresses = args
+        .url
+        .iter()
+        .map(|url| adapter_address(url))
+        .collect::<Result<Vec<_>, _>>()?;
     let database = fixtures::connect(&args.database_url).await?;
     let buyers = Arc::new(fixtures::buyers(&database, args.buyers).await?);
     let (mode, stock, label) = match args.sell_out {
@@ -86,7 +95,7 @@ async fn run(args: &Args) -> Result<bool, String> {
     let drop_id = fixtures::create_drop(&database, "bench adapter hot drop", stock).await?;
     let before = fixtures::stock(&database, drop_id).await?;
     let plan = Plan {
-        address,
+        addresses,
         drop_id,
         clients: args.clients,
         purchase: args.purchase,
@@ -102,8 +111,9 @@ async fn run(args: &Args) -> Result<bool, String> {
     let verdict = fixtures::verdict(before, after, outcome.fresh_holds, outcome.purchases);
 
     println!(
-        "dropstock-load: {} clients, {label}{}, drop {drop_id}",
+        "dropstock-load: {} clients over {} adapter(s), {label}{}, drop {drop_id}",
         args.clients,
+        args.url.len(),
         if args.purchase {
             ", buying every hold"
         } else {

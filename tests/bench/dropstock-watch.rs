@@ -291,7 +291,7 @@ async fn throughput(
             }
         );
         let plan = Plan {
-            address,
+            addresses: vec![address],
             drop_id,
             clients,
             purchase: false,

@@ -26,7 +26,9 @@ pub enum Mode {
 }
 
 pub struct Plan {
-    pub address: SocketAddr,
+    /// The adapters to spread the clients over, client k on adapter k mod n (behind a load balancer, as
+    /// it were).
+    pub addresses: Vec<SocketAddr>,
     pub drop_id: Uuid,
     pub clients: usize,
     pub purchase: bool,
@@ -130,11 +132,11 @@ pub async fn run(plan: &Plan, buyers: Arc<Vec<Uuid>>) -> Result<Outcome, String>
     let connecting = Arc::new(Semaphore::new(100));
     let start_line = Arc::new(Barrier::new(plan.clients + 1));
     let mut clients = Vec::with_capacity(plan.clients);
-    for _ in 0..plan.clients {
+    for k in 0..plan.clients {
         let shared = shared.clone();
         let connecting = connecting.clone();
         let start_line = start_line.clone();
-        let address = plan.address;
+        let address = plan.addresses[k % plan.addresses.len()];
         let purchase = plan.purchase;
         clients.push(tokio::spawn(async move {
             let mut connection = Connection::new(address);
