@@ -76,15 +76,16 @@ impl App {
             _ => database.clone(),
         };
         pool::check(&pool, &database).await?;
+        let metrics = Metrics::new();
         Ok(Arc::new(App {
             database,
             listen_database,
-            holds: Batcher::new(pool.clone()),
+            holds: Batcher::new(pool.clone(), metrics.reservation_queues.clone()),
             pool,
             access: Access::new(config.admin_token(), config.jwt_rules()),
             cors: Cors::new(&config.cors_origins),
             hub: Hub::new(),
-            metrics: Metrics::new(),
+            metrics,
             health: HealthCheck::default(),
             limits: config.rate_limits(),
             drain: config.drain(),

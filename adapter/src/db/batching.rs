@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -32,6 +33,8 @@ const IDLE: Duration = Duration::from_secs(5);
 /// Drops with a queue at once. Each costs a task and a little memory; a client naming random drop ids
 /// must not be able to make more (and a queue whose drop does not exist closes after its first call).
 const MAX_QUEUES: usize = 1024;
+/// The SQLSTATE of an unknown drop.
+const NO_SUCH_DROP: &str = "DS001";
 
 /// What reserving came to for one buyer.
 #[derive(Debug, Clone)]
@@ -53,13 +56,16 @@ struct Queue {
 pub struct Batcher {
     pool: Database,
     queues: Arc<Mutex<HashMap<Uuid, Queue>>>,
+    /// How many queues are open, for `/metrics`.
+    open: Gauge,
 }
 
 impl Batcher {
-    pub fn new(pool: Database) -> Self {
+    pub fn new(pool: Database, open: Gauge) -> Self {
         Batcher {
             pool,
             queues: Arc::new(Mutex::new(HashMap::new())),
+            open,
         }
     }
 
@@ -100,12 +106,14 @@ impl Batcher {
                 sender: sender.clone(),
             },
         );
+        self.open.set(queues.len() as i64);
         let flushers = Arc::new(Flushers {
             drop,
             pool: self.pool.clone(),
             receiver: tokio::sync::Mutex::new(receiver),
             running: AtomicUsize::new(1),
             queues: self.queues.clone(),
+            open: self.open.clone(),
         });
         tokio::spawn(flushers.run());
         Ok(sender)
@@ -119,6 +127,7 @@ struct Flushers {
     receiver: tokio::sync::Mutex<mpsc::UnboundedReceiver<Request>>,
     running: AtomicUsize,
     queues: Arc<Mutex<HashMap<Uuid, Queue>>>,
+    open: Gauge,
 }
 
 impl Flushers {
@@ -141,7 +150,7 @@ impl Flushers {
             Ok(Some(request)) => request,
             Ok(None) => return None,
             Err(_idle) => {
-                close(&mut receiver, &self.queues, self.drop);
+                close(&mut receiver, &self.queues, self.drop, &self.open);
                 receiver.try_recv().ok()?
             }
         };
@@ -202,18 +211,22 @@ impl Flushers {
                 for request in batch {
                     let _ = request.reply.send(Err(error.clone()));
                 }
-                if error.code == "DS001" {
-                    // No such drop: nothing will ever be batched for it, so its queue goes now rather
-                    // than after `IDLE` (unless another flusher is waiting on it; then it idles out).
-                    self.queues
-                        .lock()
-                        .expect("queue map lock")
-                        .remove(&self.drop);
-                    if let Ok(mut receiver) = self.receiver.try_lock() {
-                        receiver.close();
-                    }
+                if error.code == NO_SUCH_DROP {
+                    self.forget_queue();
                 }
             }
+        }
+    }
+
+    /// No such drop: nothing will ever be batched for it, so its queue goes now rather than after
+    /// `IDLE` (unless another flusher is waiting on it; then it idles out).
+    fn forget_queue(&self) {
+        let mut queues = self.queues.lock().expect("queue map lock");
+        queues.remove(&self.drop);
+        self.open.set(queues.len() as i64);
+        drop(queues);
+        if let Ok(mut receiver) = self.receiver.try_lock() {
+            receiver.close();
         }
     }
 
@@ -246,6 +259,7 @@ fn close(
     receiver: &mut mpsc::UnboundedReceiver<Request>,
     queues: &Mutex<HashMap<Uuid, Queue>>,
     drop_id: Uuid,
+    open: &Gauge,
 ) {
     receiver.close();
     let mut queues = queues.lock().expect("queue map lock");
@@ -255,4 +269,5 @@ fn close(
     {
         queues.remove(&drop_id);
     }
+    open.set(queues.len() as i64);
 }

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub listen_reconnects: Counter,
     pub connections_refused: Counter,
     pub health_checks: Counter,
+    pub reservation_queues: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -115,6 +116,12 @@ impl Metrics {
             "Database checks made for /healthz (at most about one a second, however often it is asked)",
             health_checks.clone(),
         );
+        let reservation_queues = Gauge::default();
+        registry.register(
+            "reservation_queues",
+            "Drops with a reservation batching queue open now (at most 1,024)",
+            reservation_queues.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -127,6 +134,7 @@ impl Metrics {
             listen_reconnects,
             connections_refused,
             health_checks,
+            reservation_queues,
         }
     }
 

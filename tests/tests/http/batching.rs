@@ -69,3 +69,35 @@ async fn two_hundred_buyers_racing_over_http_get_exactly_the_stock() {
     let (available, held, live): (i32, i32, i32) = (row.get(0), row.get(1), row.get(2));
     assert_eq!((available, held, live), (0, 50, 50));
 }
+
+/// The gauge of open batching queues, from `/metrics`.
+async fn open_queues(adapter: &Adapter) -> i64 {
+    adapter
+        .metrics()
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix("dropstock_http_reservation_queues "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("the reservation queue gauge")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_for_drops_that_do_not_exist_leave_no_queue_behind() {
+    // One buyer asks 200 times at once: past their rate limit, which is not what this is about.
+    let adapter =
+        Adapter::start_with(Options::admin().with("DROPSTOCK_RATE_LIMIT_PER_USER", "0")).await;
+    let buyer = adapter.new_buyer().await;
+    let unknown: Vec<String> = (0..200).map(|_| new_id()).collect();
+    let answers =
+        futures_util::future::join_all(unknown.iter().map(|drop| adapter.reserve(drop, &buyer)))
+            .await;
+    for answer in &answers {
+        assert_refused(answer, 404, "DS001", "does not exist");
+    }
+    // Each queue closes with its first answer, not after the idle time (5 s).
+    let closed = wait_until(std::time::Duration::from_secs(2), || async {
+        open_queues(&adapter).await == 0
+    })
+    .await;
+    assert!(closed, "{} queues still open", open_queues(&adapter).await);
+}
