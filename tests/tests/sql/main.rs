@@ -4,6 +4,7 @@
 
 mod access;
 mod concurrency;
+mod distribution;
 mod races;
 mod worker;
 mod worker_faults;
