@@ -265,6 +265,8 @@ where
 pub struct Listener {
     pub client: Client,
     pub notifications: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// The byte length of the longest payload received so far, as PostgreSQL sent it.
+    pub longest_payload: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A Listener on the test cluster.
@@ -279,11 +281,14 @@ pub async fn listen_at(url: &str) -> Listener {
         .await
         .expect("connect the listener");
     let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+    let longest_payload = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let longest = longest_payload.clone();
     // A LISTEN connection delivers nothing unless its messages are polled.
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {
         while let Some(Ok(message)) = messages.next().await {
             if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                longest.fetch_max(n.payload().len(), std::sync::atomic::Ordering::Relaxed);
                 let payload = serde_json::from_str(n.payload()).expect("payloads are JSON");
                 if sender.send(payload).is_err() {
                     break;
@@ -298,6 +303,7 @@ pub async fn listen_at(url: &str) -> Listener {
     Listener {
         client,
         notifications,
+        longest_payload,
     }
 }
 
