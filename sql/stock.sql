@@ -150,18 +150,33 @@ BEGIN
         END IF;
         RETURN CASE WHEN FOUND THEN 1 ELSE 0 END;
     END IF;
-    -- As many from one slot as it has, so a batch usually locks one or two.
+    -- As many from one slot as it has, so a batch usually locks one or two: slots from home up, then
+    -- below home, each look an index probe that stops at the first free slot (an ORDER BY on
+    -- "slot >= home" would read and sort every slot of the variant on every look).
     WHILE granted < wanted LOOP
         WITH pick AS (
             SELECT f.slot, f.available FROM dropstock.stock_slots f
-             WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant AND f.available > 0
-             ORDER BY f.slot >= home DESC, f.slot
+             WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant AND f.slot >= home
+               AND f.available > 0
+             ORDER BY f.slot
              LIMIT 1 FOR UPDATE SKIP LOCKED
         )
         UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
           FROM pick WHERE s.drop_id = _claim_free.drop_id AND s.variant = _claim_free.variant AND s.slot = pick.slot
         RETURNING least(pick.available, wanted - granted) INTO taken;
-        EXIT WHEN NOT FOUND;
+        IF NOT FOUND THEN
+            WITH pick AS (
+                SELECT f.slot, f.available FROM dropstock.stock_slots f
+                 WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant AND f.slot < home
+                   AND f.available > 0
+                 ORDER BY f.slot
+                 LIMIT 1 FOR UPDATE SKIP LOCKED
+            )
+            UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
+              FROM pick WHERE s.drop_id = _claim_free.drop_id AND s.variant = _claim_free.variant AND s.slot = pick.slot
+            RETURNING least(pick.available, wanted - granted) INTO taken;
+            EXIT WHEN NOT FOUND;
+        END IF;
         granted := granted + taken;
     END LOOP;
     RETURN granted;
