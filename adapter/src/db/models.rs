@@ -36,28 +36,43 @@ pub struct RecentSale {
     pub created_at: DateTime<Utc>,
 }
 
-/// `dropstock.recent_purchase[]`, walked element by element. The view builds it with `ARRAY(…)` over a
-/// join, so it holds no NULLs today; skipping them rather than failing keeps one odd row from turning a
-/// whole drop list into an error.
-#[derive(Debug, Clone, Default)]
-pub struct RecentSales(pub Vec<RecentSale>);
+/// `dropstock.variant_stock`: one size of a sized drop and its stock.
+#[derive(Debug, Clone, FromSql)]
+#[postgres(name = "variant_stock")]
+pub struct VariantStock {
+    pub variant: i16,
+    pub label: Option<String>,
+    pub total_stock: i32,
+    pub available_stock: i32,
+    pub held_stock: i32,
+    pub sold_stock: i32,
+}
 
-impl<'a> FromSql<'a> for RecentSales {
+/// An array of one of the extension's composite types (`recent_purchase[]`, `variant_stock[]`), walked
+/// element by element. The views build them with `ARRAY(…)`, so they hold no NULLs today; skipping
+/// them rather than failing keeps one odd row from turning a whole drop list into an error.
+#[derive(Debug, Clone, Default)]
+pub struct Elements<T>(pub Vec<T>);
+
+/// A drop's latest sales.
+pub type RecentSales = Elements<RecentSale>;
+
+impl<'a, T: FromSql<'a>> FromSql<'a> for Elements<T> {
     fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
         let Kind::Array(member) = ty.kind() else {
-            return Err(format!("expected an array of recent_purchase, got {ty}").into());
+            return Err(format!("expected an array, got {ty}").into());
         };
         let array = postgres_protocol::types::array_from_sql(raw)?;
-        let sales = array
+        let elements = array
             .values()
             .filter_map(Ok)
-            .map(|element| RecentSale::from_sql(member, element))
+            .map(|element| T::from_sql(member, element))
             .collect()?;
-        Ok(RecentSales(sales))
+        Ok(Elements(elements))
     }
 
     fn accepts(ty: &Type) -> bool {
-        matches!(ty.kind(), Kind::Array(member) if <RecentSale as FromSql>::accepts(member))
+        matches!(ty.kind(), Kind::Array(member) if T::accepts(member))
     }
 }
 
@@ -100,6 +115,50 @@ pub struct DropView {
     /// The three latest sales, newest first.
     #[serde(rename = "purchases")]
     pub sales: Vec<RecentSaleView>,
+    /// How many times a hold may be extended; left out when never, as before extensions existed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub max_extensions: i32,
+    /// A sized drop's sizes, in the extension's order; left out for a drop without sizes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<VariantView>,
+}
+
+fn is_zero(value: &i32) -> bool {
+    *value == 0
+}
+
+/// One size of a drop, as drops list them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantView {
+    pub label: String,
+    pub total_stock: i32,
+    pub available_stock: i32,
+}
+
+impl From<VariantStock> for VariantView {
+    fn from(size: VariantStock) -> Self {
+        VariantView {
+            label: size.label.unwrap_or_default(),
+            total_stock: size.total_stock,
+            available_stock: size.available_stock,
+        }
+    }
+}
+
+/// The size and the units of a hold or a sale. Left out of the JSON for one unit of a drop without
+/// sizes, so such holds and sales read exactly as before sizes existed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Units {
+    /// The size's label; null on a drop without sizes.
+    pub variant: Option<String>,
+    pub quantity: i32,
+}
+
+impl Units {
+    pub fn of(variant: Option<String>, quantity: i32) -> Option<Units> {
+        (variant.is_some() || quantity != 1).then_some(Units { variant, quantity })
+    }
 }
 
 /// One entry of a drop's `purchases` list.
@@ -146,6 +205,8 @@ pub struct HoldView {
     pub expires_at: DateTime<Utc>,
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub units: Option<Units>,
 }
 
 /// A sale, as `POST /api/purchases` answers.
@@ -159,9 +220,12 @@ pub struct SaleView {
     pub drop_id: Uuid,
     #[serde(rename = "userId")]
     pub buyer_id: Uuid,
+    /// Per unit.
     pub price: f64,
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub units: Option<Units>,
 }
 
 /// A buyer, as `POST /api/users` answers.
@@ -182,11 +246,15 @@ pub struct NewDrop {
     /// The price as the client wrote it (a JSON number), passed to SQL as text so `numeric` gets the exact
     /// decimal rather than a binary float's nearest value.
     pub price: String,
-    pub total_stock: i32,
+    /// Required without sizes; with them, None (their sum) or their sum.
+    pub total_stock: Option<i32>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub hold_seconds: Option<i32>,
     pub per_buyer_limit: Option<i32>,
+    /// The sizes and their stock, as the JSON object the client sent (checked by the extension).
+    pub variants: Option<String>,
+    pub max_extensions: Option<i32>,
 }
 
 #[cfg(test)]
@@ -231,6 +299,8 @@ mod tests {
                 username: "ada".to_owned(),
                 created_at: at,
             })],
+            max_extensions: 0,
+            variants: Vec::new(),
         })
         .unwrap();
         assert_eq!(
@@ -262,6 +332,7 @@ mod tests {
             status: HoldStatus::Sold,
             expires_at: at,
             created_at: at,
+            units: Units::of(None, 1),
         })
         .unwrap();
         assert_eq!(
@@ -277,6 +348,7 @@ mod tests {
             buyer_id: id,
             price: 65.0,
             created_at: at,
+            units: Units::of(None, 1),
         })
         .unwrap();
         assert_eq!(
@@ -298,5 +370,34 @@ mod tests {
         })
         .unwrap();
         assert_eq!(keys(&buyer), ["createdAt", "id", "username"]);
+    }
+
+    #[test]
+    fn sizes_and_quantities_show_only_when_used() {
+        let at = Utc::now();
+        let hold = |units| {
+            serde_json::to_value(HoldView {
+                id: Uuid::nil(),
+                drop_id: Uuid::nil(),
+                buyer_id: Uuid::nil(),
+                status: HoldStatus::Reserved,
+                expires_at: at,
+                created_at: at,
+                units,
+            })
+            .unwrap()
+        };
+        let plain = hold(Units::of(None, 1));
+        assert!(plain.get("variant").is_none() && plain.get("quantity").is_none());
+        let sized = hold(Units::of(Some("US 9".to_owned()), 1));
+        assert_eq!(
+            (&sized["variant"], &sized["quantity"]),
+            (&"US 9".into(), &1.into())
+        );
+        let two = hold(Units::of(None, 2));
+        assert_eq!(
+            (&two["variant"], &two["quantity"]),
+            (&serde_json::Value::Null, &2.into())
+        );
     }
 }

@@ -6,7 +6,9 @@ use deadpool_postgres::Object;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::db::models::{BuyerView, DropView, HoldView, NewDrop, RecentSales, SaleView};
+use crate::db::models::{
+    BuyerView, DropView, Elements, HoldView, NewDrop, RecentSales, SaleView, Units, VariantStock,
+};
 use crate::db::DbError;
 
 /// The call (evaluated anew each time) made again while `retry_again` says so; its last outcome. A
@@ -37,10 +39,11 @@ pub async fn extension_installed(client: &Object) -> Result<bool, DbError> {
 /// and prices of at most 12 digits with 2 decimals survive the trip exactly.
 const SUMMARY_COLUMNS: &str =
     "id, name, price::float8, total_stock, available_stock, held_stock, sold_stock, \
-     starts_at, ends_at, hold_seconds, per_user_limit, created_at, recent_purchases";
+     starts_at, ends_at, hold_seconds, per_user_limit, created_at, recent_purchases, max_extensions, variants";
 
 fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
     let sales: RecentSales = row.try_get(12)?;
+    let sizes: Elements<VariantStock> = row.try_get(14)?;
     Ok(DropView {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -55,6 +58,8 @@ fn drop_view(row: &Row) -> Result<DropView, tokio_postgres::Error> {
         per_buyer_limit: row.try_get(10)?,
         created_at: row.try_get(11)?,
         sales: sales.0.into_iter().map(Into::into).collect(),
+        max_extensions: row.try_get(13)?,
+        variants: sizes.0.into_iter().map(Into::into).collect(),
     })
 }
 
@@ -80,7 +85,8 @@ pub async fn drop_status(client: &Object, drop_id: Uuid) -> Result<DropView, DbE
 }
 
 /// Calls `create_drop` with named arguments for the fields given, so the ones left out take the
-/// extension's defaults. At most eight spellings of the call exist, each prepared once per connection.
+/// extension's defaults, and answers the new drop as `drop_status` shows it (a sized drop's sizes are
+/// numbered and trimmed by the extension). Each spelling of the call is prepared once per connection.
 pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, DbError> {
     let mut arguments = vec![
         "name => $1".to_owned(),
@@ -89,7 +95,7 @@ pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, Db
     ];
     let mut values: Vec<&(dyn postgres_types::ToSql + Sync)> =
         vec![&drop.name, &drop.price, &drop.total_stock];
-    let optional: [(&str, Option<&(dyn postgres_types::ToSql + Sync)>); 4] = [
+    let optional: [(&str, Option<&(dyn postgres_types::ToSql + Sync)>); 6] = [
         ("starts_at", drop.starts_at.as_ref().map(|v| v as _)),
         ("ends_at", drop.ends_at.as_ref().map(|v| v as _)),
         ("hold_seconds", drop.hold_seconds.as_ref().map(|v| v as _)),
@@ -97,23 +103,32 @@ pub async fn create_drop(client: &Object, drop: &NewDrop) -> Result<DropView, Db
             "per_user_limit",
             drop.per_buyer_limit.as_ref().map(|v| v as _),
         ),
+        ("variants", drop.variants.as_ref().map(|v| v as _)),
+        (
+            "max_extensions",
+            drop.max_extensions.as_ref().map(|v| v as _),
+        ),
     ];
     for (name, value) in optional {
         if let Some(value) = value {
             values.push(value);
-            arguments.push(format!("{name} => ${}", values.len()));
+            // The sizes travel as JSON text, read as jsonb by the extension.
+            let cast = if name == "variants" {
+                "::text::jsonb"
+            } else {
+                ""
+            };
+            arguments.push(format!("{name} => ${}{cast}", values.len()));
         }
     }
     let statement = client
         .prepare_cached(&format!(
-            "SELECT d.id, d.name, d.price::float8, d.total_stock, d.total_stock, 0, 0, d.starts_at, d.ends_at, \
-                    d.hold_seconds, d.per_user_limit, d.created_at, \
-                    '{{}}'::dropstock.recent_purchase[] \
-               FROM dropstock.create_drop({}) d",
+            "SELECT d.id FROM dropstock.create_drop({}) d",
             arguments.join(", ")
         ))
         .await?;
-    Ok(drop_view(&client.query_one(&statement, &values).await?)?)
+    let id: Uuid = client.query_one(&statement, &values).await?.try_get(0)?;
+    drop_status(client, id).await
 }
 
 /// Calls `create_user`.
@@ -129,6 +144,14 @@ pub async fn create_buyer(client: &Object, username: &str) -> Result<BuyerView, 
     })
 }
 
+/// The size label of a hold or sale row `r` (variant 0, a drop without sizes, has none), and its units.
+const UNITS_COLUMNS: &str =
+    "CASE WHEN r.variant > 0 THEN (SELECT v.label FROM dropstock.variant_status(r.drop_id) v \
+                                                      WHERE v.variant = r.variant) END, r.quantity";
+
+/// A hold row `r` as `hold_view` reads it.
+const HOLD_COLUMNS: &str = "r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at";
+
 fn hold_view(row: &Row) -> Result<HoldView, tokio_postgres::Error> {
     Ok(HoldView {
         id: row.try_get(0)?,
@@ -137,6 +160,7 @@ fn hold_view(row: &Row) -> Result<HoldView, tokio_postgres::Error> {
         status: row.try_get(3)?,
         expires_at: row.try_get(4)?,
         created_at: row.try_get(5)?,
+        units: Units::of(row.try_get(6)?, row.try_get(7)?),
     })
 }
 
@@ -144,6 +168,9 @@ fn hold_view(row: &Row) -> Result<HoldView, tokio_postgres::Error> {
 pub struct BatchAnswer {
     pub buyer: Uuid,
     pub hold: Option<BatchHold>,
+    /// The hold's size and units (those asked for, with a refusal).
+    pub variant: Option<String>,
+    pub quantity: i32,
     pub sqlstate: Option<String>,
     pub message: Option<String>,
 }
@@ -159,19 +186,30 @@ pub struct BatchHold {
     pub fresh: bool,
 }
 
+/// What one buyer asks `reserve_items` for: a size (on a sized drop) and a number of units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub buyer: Uuid,
+    pub variant: Option<String>,
+    pub quantity: i32,
+}
+
 /// Reserves for many buyers of one drop in one transaction (see `batch`).
 pub async fn reserve_batch(
     client: &Object,
     drop_id: Uuid,
-    buyers: &[Uuid],
+    asked: &[Asked],
 ) -> Result<Vec<BatchAnswer>, DbError> {
     let statement = client
         .prepare_cached(
-            "SELECT user_id, reservation_id, expires_at, created_at, fresh, sqlstate, message \
-               FROM dropstock.reserve_items($1, $2)",
+            "SELECT user_id, reservation_id, expires_at, created_at, fresh, sqlstate, message, variant, quantity \
+               FROM dropstock.reserve_items($1, $2, $3, $4)",
         )
         .await?;
-    let rows = retrying!(client.query(&statement, &[&drop_id, &buyers]))?;
+    let buyers: Vec<Uuid> = asked.iter().map(|a| a.buyer).collect();
+    let variants: Vec<Option<&str>> = asked.iter().map(|a| a.variant.as_deref()).collect();
+    let quantities: Vec<i32> = asked.iter().map(|a| a.quantity).collect();
+    let rows = retrying!(client.query(&statement, &[&drop_id, &buyers, &variants, &quantities]))?;
     rows.iter()
         .map(|row| {
             let hold = match row.try_get::<_, Option<Uuid>>(1)? {
@@ -188,6 +226,8 @@ pub async fn reserve_batch(
                 hold,
                 sqlstate: row.try_get(5)?,
                 message: row.try_get(6)?,
+                variant: row.try_get(7)?,
+                quantity: row.try_get(8)?,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()
@@ -197,22 +237,46 @@ pub async fn reserve_batch(
 /// Calls `cancel_reservation`: the buyer gives their hold back.
 pub async fn cancel(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
     let statement = client
-        .prepare_cached(
-            "SELECT r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at \
-               FROM dropstock.cancel_reservation($1, $2) r",
-        )
+        .prepare_cached(&format!(
+            "SELECT {HOLD_COLUMNS}, {UNITS_COLUMNS} FROM dropstock.cancel_reservation($1, $2) r"
+        ))
         .await?;
     let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;
     Ok(hold_view(&row)?)
 }
 
+/// Calls `extend_hold`: the buyer's hold gets the drop's hold time once more.
+pub async fn extend(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {HOLD_COLUMNS}, {UNITS_COLUMNS} FROM dropstock.extend_hold($1, $2) r"
+        ))
+        .await?;
+    let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;
+    Ok(hold_view(&row)?)
+}
+
+/// The labels of a sized drop's sizes, element i - 1 for variant i (none for a drop without sizes).
+pub async fn variant_labels(client: &Object, drop_id: Uuid) -> Result<Vec<String>, DbError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT label FROM dropstock.variant_status($1) WHERE variant > 0 ORDER BY variant",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&drop_id]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?)
+}
+
 /// Calls `purchase`: the buyer turns their hold into a sale.
 pub async fn buy(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
     let statement = client
-        .prepare_cached(
-            "SELECT p.id, p.reservation_id, p.drop_id, p.user_id, p.price::float8, p.created_at \
-               FROM dropstock.purchase($1, $2) p",
-        )
+        .prepare_cached(&format!(
+            "SELECT r.id, r.reservation_id, r.drop_id, r.user_id, r.price::float8, r.created_at, {UNITS_COLUMNS} \
+               FROM dropstock.purchase($1, $2) r"
+        ))
         .await?;
     let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;
     Ok(SaleView {
@@ -222,6 +286,7 @@ pub async fn buy(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<SaleView
         buyer_id: row.try_get(3)?,
         price: row.try_get(4)?,
         created_at: row.try_get(5)?,
+        units: Units::of(row.try_get(6)?, row.try_get(7)?),
     })
 }
 

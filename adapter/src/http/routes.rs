@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::db::models::NewDrop;
+use crate::db::queries::Asked;
 use crate::db::{pool, queries};
 use crate::feed::websocket as ws;
 use crate::http::errors::ApiError;
@@ -32,6 +33,7 @@ enum Route<'a> {
     Drop(&'a str),
     Holds,
     CancelHold(&'a str),
+    ExtendHold(&'a str),
     Sales,
     Buyers,
 }
@@ -50,6 +52,7 @@ impl<'a> Route<'a> {
             ["api", "drops", id] if !id.is_empty() => Route::Drop(id),
             ["api", "reservations"] => Route::Holds,
             ["api", "reservations", id, "cancel"] if !id.is_empty() => Route::CancelHold(id),
+            ["api", "reservations", id, "extend"] if !id.is_empty() => Route::ExtendHold(id),
             ["api", "purchases"] => Route::Sales,
             ["api", "users"] => Route::Buyers,
             _ => return None,
@@ -70,6 +73,7 @@ impl<'a> Route<'a> {
             Route::Drop(_) => "/api/drops/{id}",
             Route::Holds => "/api/reservations",
             Route::CancelHold(_) => "/api/reservations/{id}/cancel",
+            Route::ExtendHold(_) => "/api/reservations/{id}/extend",
             Route::Sales => "/api/purchases",
             Route::Buyers => "/api/users",
         }
@@ -79,7 +83,11 @@ impl<'a> Route<'a> {
     fn allow(self) -> &'static str {
         match self {
             Route::Drops => "GET, POST, OPTIONS",
-            Route::Holds | Route::CancelHold(_) | Route::Sales | Route::Buyers => "POST, OPTIONS",
+            Route::Holds
+            | Route::CancelHold(_)
+            | Route::ExtendHold(_)
+            | Route::Sales
+            | Route::Buyers => "POST, OPTIONS",
             _ => "GET, OPTIONS",
         }
     }
@@ -146,6 +154,7 @@ async fn dispatch(
         (Route::Drop(id), Method::GET) => show_drop(id, app).await,
         (Route::Holds, Method::POST) => reserve(request, app).await,
         (Route::CancelHold(id), Method::POST) => cancel(id, request, app).await,
+        (Route::ExtendHold(id), Method::POST) => extend(id, request, app).await,
         (Route::Sales, Method::POST) => buy(request, app).await,
         (Route::Buyers, Method::POST) => create_buyer(request, app).await,
         (route, method) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
@@ -197,14 +206,21 @@ async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<B
     app.access
         .require_admin(request.headers(), "creating drops")?;
     let fields = Fields::read(request).await?;
+    let variants = fields.optional_object("variants")?;
     let drop = NewDrop {
         name: fields.string("name")?,
         price: fields.decimal("price")?,
-        total_stock: fields.integer("totalStock")?,
+        // The sizes' stock adds up to the total; without sizes it is required, as it always was.
+        total_stock: match variants {
+            Some(_) => fields.optional_integer("totalStock")?,
+            None => Some(fields.integer("totalStock")?),
+        },
         starts_at: fields.optional_timestamp("startsAt")?,
         ends_at: fields.optional_timestamp("endsAt")?,
         hold_seconds: fields.optional_integer("holdSeconds")?,
         per_buyer_limit: fields.optional_integer("perUserLimit")?,
+        variants,
+        max_extensions: fields.optional_integer("maxExtensions")?,
     };
     let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
@@ -233,9 +249,14 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
     let fields = Fields::read(request).await?;
     let drop_id = fields.uuid("dropId")?;
     let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    let asked = Asked {
+        buyer,
+        variant: fields.optional_string("variant")?,
+        quantity: fields.optional_integer("quantity")?.unwrap_or(1),
+    };
     app.limits.check_buyer(buyer)?;
     // Batched with whoever else is reserving this drop right now: one commit serves them all.
-    let reserved = app.holds.reserve(drop_id, buyer).await?;
+    let reserved = app.holds.reserve(drop_id, asked).await?;
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
     let status = if reserved.fresh {
         StatusCode::CREATED
@@ -274,6 +295,23 @@ async fn cancel(
     Ok(respond::success(
         StatusCode::OK,
         queries::cancel(&client, hold_id, buyer).await?,
+    ))
+}
+
+async fn extend(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<Response<Body>, ApiError> {
+    let hold_id = parse_uuid("reservation id", id)?;
+    let identity = app.access.authenticate(request.headers())?;
+    let fields = Fields::read(request).await?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
+    let client = pool::connection(&app.pool).await?;
+    Ok(respond::success(
+        StatusCode::OK,
+        queries::extend(&client, hold_id, buyer).await?,
     ))
 }
 
