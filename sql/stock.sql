@@ -131,6 +131,8 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     home constant smallint := pg_backend_pid() % 64;
+    low smallint := home;                    -- the slots the multi-unit loop looks at: [low, high)
+    high smallint := 64;
     granted integer := 0;
     taken integer;
 BEGIN
@@ -156,28 +158,22 @@ BEGIN
     WHILE granted < wanted LOOP
         WITH pick AS (
             SELECT f.slot, f.available FROM dropstock.stock_slots f
-             WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant AND f.slot >= home
-               AND f.available > 0
+             WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant
+               AND f.slot >= low AND f.slot < high AND f.available > 0
              ORDER BY f.slot
              LIMIT 1 FOR UPDATE SKIP LOCKED
         )
         UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
           FROM pick WHERE s.drop_id = _claim_free.drop_id AND s.variant = _claim_free.variant AND s.slot = pick.slot
         RETURNING least(pick.available, wanted - granted) INTO taken;
-        IF NOT FOUND THEN
-            WITH pick AS (
-                SELECT f.slot, f.available FROM dropstock.stock_slots f
-                 WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant AND f.slot < home
-                   AND f.available > 0
-                 ORDER BY f.slot
-                 LIMIT 1 FOR UPDATE SKIP LOCKED
-            )
-            UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
-              FROM pick WHERE s.drop_id = _claim_free.drop_id AND s.variant = _claim_free.variant AND s.slot = pick.slot
-            RETURNING least(pick.available, wanted - granted) INTO taken;
-            EXIT WHEN NOT FOUND;
+        IF FOUND THEN
+            granted := granted + taken;
+        ELSIF low = home AND home > 0 THEN
+            low := 0;
+            high := home;
+        ELSE
+            EXIT;
         END IF;
-        granted := granted + taken;
     END LOOP;
     RETURN granted;
 END

@@ -234,22 +234,29 @@ pub async fn reserve_batch(
         .map_err(DbError::from)
 }
 
-/// Calls `cancel_reservation`: the buyer gives their hold back.
-pub async fn cancel(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
-    let statement = client
-        .prepare_cached(&format!(
-            "SELECT {HOLD_COLUMNS}, {UNITS_COLUMNS} FROM dropstock.cancel_reservation($1, $2) r"
-        ))
-        .await?;
-    let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;
-    Ok(hold_view(&row)?)
+/// What a buyer can do to their own hold besides buying it.
+#[derive(Debug, Clone, Copy)]
+pub enum HoldChange {
+    /// `cancel_reservation`: give the hold back.
+    Cancel,
+    /// `extend_hold`: the drop's hold time once more.
+    Extend,
 }
 
-/// Calls `extend_hold`: the buyer's hold gets the drop's hold time once more.
-pub async fn extend(client: &Object, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
+/// Calls `cancel_reservation` or `extend_hold`; the hold as it is afterwards.
+pub async fn change_hold(
+    client: &Object,
+    change: HoldChange,
+    hold_id: Uuid,
+    buyer: Uuid,
+) -> Result<HoldView, DbError> {
+    let function = match change {
+        HoldChange::Cancel => "cancel_reservation",
+        HoldChange::Extend => "extend_hold",
+    };
     let statement = client
         .prepare_cached(&format!(
-            "SELECT {HOLD_COLUMNS}, {UNITS_COLUMNS} FROM dropstock.extend_hold($1, $2) r"
+            "SELECT {HOLD_COLUMNS}, {UNITS_COLUMNS} FROM dropstock.{function}($1, $2) r"
         ))
         .await?;
     let row = retrying!(client.query_one(&statement, &[&hold_id, &buyer]))?;

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::db::models::NewDrop;
-use crate::db::queries::Asked;
+use crate::db::queries::{Asked, HoldChange};
 use crate::db::{pool, queries};
 use crate::feed::websocket as ws;
 use crate::http::errors::ApiError;
@@ -153,8 +153,12 @@ async fn dispatch(
         (Route::Drops, Method::POST) => create_drop(request, app).await,
         (Route::Drop(id), Method::GET) => show_drop(id, app).await,
         (Route::Holds, Method::POST) => reserve(request, app).await,
-        (Route::CancelHold(id), Method::POST) => cancel(id, request, app).await,
-        (Route::ExtendHold(id), Method::POST) => extend(id, request, app).await,
+        (Route::CancelHold(id), Method::POST) => {
+            change_hold(id, HoldChange::Cancel, request, app).await
+        }
+        (Route::ExtendHold(id), Method::POST) => {
+            change_hold(id, HoldChange::Extend, request, app).await
+        }
         (Route::Sales, Method::POST) => buy(request, app).await,
         (Route::Buyers, Method::POST) => create_buyer(request, app).await,
         (route, method) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
@@ -281,8 +285,10 @@ async fn buy(request: Request<Incoming>, app: &App) -> Result<Response<Body>, Ap
     ))
 }
 
-async fn cancel(
+/// Cancel or extend: the buyer's own hold, changed.
+async fn change_hold(
     id: &str,
+    change: HoldChange,
     request: Request<Incoming>,
     app: &App,
 ) -> Result<Response<Body>, ApiError> {
@@ -294,24 +300,7 @@ async fn cancel(
     let client = pool::connection(&app.pool).await?;
     Ok(respond::success(
         StatusCode::OK,
-        queries::cancel(&client, hold_id, buyer).await?,
-    ))
-}
-
-async fn extend(
-    id: &str,
-    request: Request<Incoming>,
-    app: &App,
-) -> Result<Response<Body>, ApiError> {
-    let hold_id = parse_uuid("reservation id", id)?;
-    let identity = app.access.authenticate(request.headers())?;
-    let fields = Fields::read(request).await?;
-    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
-    app.limits.check_buyer(buyer)?;
-    let client = pool::connection(&app.pool).await?;
-    Ok(respond::success(
-        StatusCode::OK,
-        queries::extend(&client, hold_id, buyer).await?,
+        queries::change_hold(&client, change, hold_id, buyer).await?,
     ))
 }
 
