@@ -317,6 +317,10 @@ BEGIN
     IF answer.sqlstate IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = answer.sqlstate, MESSAGE = answer.message;
     END IF;
+    IF NOT answer.fresh THEN
+        -- A retry: the hold as it stands (it may have been extended), read again.
+        RETURN (SELECT r FROM dropstock.reservations r WHERE r.id = answer.reservation_id);
+    END IF;
     RETURN ROW(answer.reservation_id, reserve_item.drop_id, reserve_item.user_id, 'reserved',
                answer.expires_at, answer.created_at, answer.variant_number, answer.quantity, 0)::dropstock.reservations;
 END

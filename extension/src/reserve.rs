@@ -499,6 +499,13 @@ mod tests {
             "DS034",
             "already extended 1 times",
         );
+        assert_eq!(
+            text(&format!(
+                "SELECT format('%s|%s', id, extensions) FROM dropstock.reserve_item('{drop}', '{ann}')"
+            )),
+            format!("{hold}|1"),
+            "a retry finds the hold as extended"
+        );
         let_hold_run_out(&hold);
         assert_refused(
             &format!("SELECT dropstock.extend_hold('{hold}', '{ann}')"),

@@ -120,7 +120,7 @@ pub struct DropView {
     pub max_extensions: i32,
     /// A sized drop's sizes, in the extension's order; left out for a drop without sizes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub variants: Vec<VariantView>,
+    pub variants: Vec<SizeView>,
 }
 
 fn is_zero(value: &i32) -> bool {
@@ -130,15 +130,15 @@ fn is_zero(value: &i32) -> bool {
 /// One size of a drop, as drops list them.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct VariantView {
+pub struct SizeView {
     pub label: String,
     pub total_stock: i32,
     pub available_stock: i32,
 }
 
-impl From<VariantStock> for VariantView {
+impl From<VariantStock> for SizeView {
     fn from(size: VariantStock) -> Self {
-        VariantView {
+        SizeView {
             label: size.label.unwrap_or_default(),
             total_stock: size.total_stock,
             available_stock: size.available_stock,
