@@ -22,12 +22,12 @@ REVOKE ALL ON ALL TABLES IN SCHEMA dropstock FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dropstock FROM PUBLIC;
 
 ALTER FUNCTION create_user(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz)
+ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz, jsonb, integer)
       SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION reserve_item(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ALTER FUNCTION reserve_item(uuid, uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off
       SET plan_cache_mode = force_generic_plan;
-ALTER FUNCTION reserve_items(uuid, uuid[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ALTER FUNCTION reserve_items(uuid, uuid[], text[], integer[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION purchase(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -39,6 +39,10 @@ ALTER FUNCTION cancel_reservation(uuid, uuid) SECURITY DEFINER SET search_path =
 ALTER FUNCTION expire_reservations(integer, timestamptz) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off
       SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION extend_hold(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off SET enable_bitmapscan = off
+      SET plan_cache_mode = force_generic_plan;
+ALTER FUNCTION variant_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION active_drops() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION drop_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -60,13 +64,15 @@ BEGIN
         RAISE EXCEPTION 'role and runs_drops are required' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA dropstock TO %s', role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid), '
-                   'dropstock.reserve_items(uuid, uuid[]), dropstock.purchase(uuid, uuid), '
-                   'dropstock.cancel_reservation(uuid, uuid), dropstock.create_user(text), '
-                   'dropstock.active_drops(), dropstock.drop_status(uuid) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid, text, integer), '
+                   'dropstock.reserve_items(uuid, uuid[], text[], integer[]), dropstock.purchase(uuid, uuid), '
+                   'dropstock.cancel_reservation(uuid, uuid), dropstock.extend_hold(uuid, uuid), '
+                   'dropstock.create_user(text), dropstock.active_drops(), dropstock.drop_status(uuid), '
+                   'dropstock.variant_status(uuid) TO %s', role);
     IF runs_drops THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION '
-                       'dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz), '
+                       'dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz, '
+                       'jsonb, integer), '
                        'dropstock.expire_reservations(integer, timestamptz), dropstock.publish_changes(), '
                        'dropstock.archive_holds(timestamptz, integer) TO %s', role);
     END IF;

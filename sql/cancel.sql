@@ -1,4 +1,4 @@
--- cancel_reservation: the buyer gives a live hold back; its unit is free again at once.
+-- cancel_reservation: the buyer gives a live hold back; its units are free again at once, in its variant.
 -- Cancelling a hold that is already cancelled or expired changes nothing and returns it as it is.
 -- Refusals: DS003 unknown reservation, DS031 another buyer's hold, DS033 already purchased;
 -- 22023 for a missing argument.
@@ -20,7 +20,7 @@ BEGIN
     END IF;
 
     UPDATE dropstock.reservations r SET status = 'cancelled' WHERE r.id = hold.id RETURNING r.* INTO hold;
-    PERFORM dropstock._adjust_stock(hold.drop_id, 1, 0);
+    PERFORM dropstock._adjust_stock(hold.drop_id, hold.variant, hold.quantity, 0);
     RETURN hold;
 END
 $$;

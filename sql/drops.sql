@@ -1,6 +1,11 @@
 -- Drops: creation, and what a screen shows of them (exact stock and the latest buyers).
 
--- create_drop: a new drop with its stock striped over min(total_stock, 64) slots.
+-- create_drop: a new drop, each variant's stock striped over min(its stock, 64) slots.
+-- `variants`: sizes and their stock as a JSON object, '{"US 8": 2, "US 9": 3}'; total_stock may then be
+-- NULL (it is their sum) or must equal it. Labels are trimmed, 1-32 characters, no control characters,
+-- unique per drop; each stock a whole number of at least 1; at most 100 sizes. The sizes are numbered
+-- from 1 in the order jsonb keeps an object's keys (shorter labels first, then byte order).
+-- `max_extensions`: how many times extend_hold may lengthen one hold (0, the default: never).
 CREATE FUNCTION create_drop(
     name           text,
     price          numeric,
@@ -8,14 +13,21 @@ CREATE FUNCTION create_drop(
     starts_at      timestamptz DEFAULT now(),
     hold_seconds   integer DEFAULT 60,
     per_user_limit integer DEFAULT 1,
-    ends_at        timestamptz DEFAULT NULL
+    ends_at        timestamptz DEFAULT NULL,
+    variants       jsonb DEFAULT NULL,
+    max_extensions integer DEFAULT 0
 )
 RETURNS drops
 LANGUAGE plpgsql
 AS $$
 DECLARE
     clean_name text := btrim(create_drop.name);
-    slots integer;
+    stock integer := create_drop.total_stock;
+    sizes record;
+    labels text[] := '{}';
+    stocks integer[] := '{}';
+    clean_label text;
+    units numeric;
     created dropstock.drops;
 BEGIN
     IF clean_name IS NULL OR regexp_replace(clean_name, '[\s\u200B-\u200F\u2060-\u2064\uFEFF]', '', 'g') = '' THEN
@@ -33,8 +45,54 @@ BEGIN
         RAISE EXCEPTION 'price must be a number from 0 to 9999999999.99, got %', coalesce(create_drop.price::text, 'NULL')
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF create_drop.total_stock IS NULL OR create_drop.total_stock < 1 THEN
-        RAISE EXCEPTION 'total stock must be at least 1, got %', coalesce(create_drop.total_stock::text, 'NULL')
+    IF create_drop.variants IS NOT NULL THEN
+        IF jsonb_typeof(create_drop.variants) <> 'object' THEN
+            RAISE EXCEPTION 'variants must be a JSON object from size label to stock, got %', jsonb_typeof(create_drop.variants)
+                  USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOR sizes IN SELECT e.key, e.value FROM jsonb_each(create_drop.variants) AS e LOOP
+            clean_label := btrim(sizes.key);
+            IF regexp_replace(clean_label, '[\s\u200B-\u200F\u2060-\u2064\uFEFF]', '', 'g') = '' THEN
+                RAISE EXCEPTION 'variant label "%" must not be empty', sizes.key USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF clean_label ~ '[[:cntrl:]]' THEN
+                RAISE EXCEPTION 'variant label "%" must not contain control characters', clean_label
+                      USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF length(clean_label) > 32 THEN
+                RAISE EXCEPTION 'variant label "%" must be at most 32 characters, got %', clean_label, length(clean_label)
+                      USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF clean_label = ANY (labels) THEN
+                RAISE EXCEPTION 'variant label "%" is given twice', clean_label USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            units := CASE WHEN jsonb_typeof(sizes.value) = 'number' THEN sizes.value::numeric END;
+            IF units IS NULL OR units <> trunc(units) OR units < 1 OR units > 1000000000 THEN
+                RAISE EXCEPTION 'stock of variant "%" must be a whole number of at least 1, got %', clean_label, sizes.value
+                      USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            labels := labels || clean_label;
+            stocks := stocks || units::integer;
+        END LOOP;
+        IF cardinality(labels) = 0 OR cardinality(labels) > 100 THEN
+            RAISE EXCEPTION 'a drop has 1 to 100 variants, got %', cardinality(labels)
+                  USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF (SELECT sum(x) FROM unnest(stocks) AS x) > 2147483647 THEN
+            RAISE EXCEPTION 'total stock of the variants is too large' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        stock := (SELECT sum(x) FROM unnest(stocks) AS x);
+        IF create_drop.total_stock IS NOT NULL AND create_drop.total_stock <> stock THEN
+            RAISE EXCEPTION 'total stock % is not the sum of the variants'' stock, %', create_drop.total_stock, stock
+                  USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass NULL as total stock.';
+        END IF;
+    END IF;
+    IF stock IS NULL OR stock < 1 THEN
+        RAISE EXCEPTION 'total stock must be at least 1, got %', coalesce(stock::text, 'NULL')
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF create_drop.max_extensions IS NULL OR create_drop.max_extensions < 0 OR create_drop.max_extensions > 100 THEN
+        RAISE EXCEPTION 'max extensions must be from 0 to 100, got %', coalesce(create_drop.max_extensions::text, 'NULL')
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF create_drop.starts_at IS NULL OR NOT isfinite(create_drop.starts_at) THEN
@@ -53,22 +111,34 @@ BEGIN
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    INSERT INTO dropstock.drops AS d (name, price, total_stock, starts_at, ends_at, hold_seconds, per_user_limit)
-    VALUES (clean_name, round(create_drop.price, 2), create_drop.total_stock, create_drop.starts_at,
-            create_drop.ends_at, create_drop.hold_seconds, create_drop.per_user_limit)
+    INSERT INTO dropstock.drops AS d (name, price, total_stock, starts_at, ends_at, hold_seconds, per_user_limit,
+                                      sized, max_extensions)
+    VALUES (clean_name, round(create_drop.price, 2), stock, create_drop.starts_at,
+            create_drop.ends_at, create_drop.hold_seconds, create_drop.per_user_limit,
+            create_drop.variants IS NOT NULL, create_drop.max_extensions)
     RETURNING d.* INTO created;
 
-    slots := least(created.total_stock, 64);
-    INSERT INTO dropstock.stock_slots (drop_id, slot, available)
-    SELECT created.id, s, created.total_stock / slots + (s < created.total_stock % slots)::integer
-      FROM generate_series(0, slots - 1) AS s;
-    INSERT INTO dropstock.feed_state (drop_id, available) VALUES (created.id, created.total_stock);
+    IF created.sized THEN
+        INSERT INTO dropstock.variants (drop_id, variant, label, total_stock)
+        SELECT created.id, v.n, v.label, v.units
+          FROM unnest(labels, stocks) WITH ORDINALITY AS v(label, units, n);
+    ELSE
+        INSERT INTO dropstock.variants (drop_id, variant, label, total_stock) VALUES (created.id, 0, NULL, stock);
+    END IF;
+    INSERT INTO dropstock.stock_slots (drop_id, variant, slot, available)
+    SELECT created.id, v.variant, s, v.total_stock / least(v.total_stock, 64) + (s < v.total_stock % least(v.total_stock, 64))::integer
+      FROM dropstock.variants v
+     CROSS JOIN LATERAL generate_series(0, least(v.total_stock, 64) - 1) AS s
+     WHERE v.drop_id = created.id;
+    INSERT INTO dropstock.feed_state (drop_id, available, variants)
+    VALUES (created.id, created.total_stock, CASE WHEN created.sized THEN stocks END);
     RETURN created;
 END
 $$;
 
--- Every drop with its exact stock split three ways and its three most recent buyers. The lateral
--- subqueries read at most 64 slot rows and 3 feed entries, and a filter on id reaches inside them.
+-- Every drop with its exact stock split three ways (in total, and per size for a sized drop) and its
+-- three most recent buyers. The lateral subqueries read the drop's slot rows (at most 64 per variant)
+-- and 3 feed entries, and a filter on id reaches inside them.
 CREATE VIEW drop_summaries AS
 SELECT d.id,
        d.name,
@@ -87,7 +157,17 @@ SELECT d.id,
                JOIN dropstock.users u ON u.id = p.user_id
               WHERE p.drop_id = d.id
               ORDER BY p.created_at DESC, p.id
-              LIMIT 3)                           AS recent_purchases
+              LIMIT 3)                           AS recent_purchases,
+       d.max_extensions,
+       -- Sizes only: a drop without them shows an empty list, as before sizes existed.
+       ARRAY(SELECT ROW(v.variant, v.label, v.total_stock, vs.available,
+                        v.total_stock - vs.available - vs.sold, vs.sold)::dropstock.variant_stock
+               FROM dropstock.variants v
+              CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
+                                    FROM dropstock.stock_slots s
+                                   WHERE s.drop_id = v.drop_id AND s.variant = v.variant) vs
+              WHERE d.sized AND v.drop_id = d.id
+              ORDER BY v.variant)                AS variants
   FROM dropstock.drops d
  CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
                        FROM dropstock.stock_slots s
@@ -122,5 +202,30 @@ BEGIN
         RAISE EXCEPTION 'drop % does not exist', drop_status.drop_id USING ERRCODE = 'DS001';
     END IF;
     RETURN summary;
+END
+$$;
+
+-- variant_status: one row per variant of the drop, by variant number: its stock split three ways. A
+-- drop without sizes has one row, variant 0 with no label.
+CREATE FUNCTION variant_status(drop_id uuid)
+RETURNS SETOF variant_stock
+LANGUAGE plpgsql
+STABLE
+AS $$
+BEGIN
+    IF variant_status.drop_id IS NULL THEN
+        RAISE EXCEPTION 'drop id is required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+        SELECT v.variant, v.label, v.total_stock, vs.available, v.total_stock - vs.available - vs.sold, vs.sold
+          FROM dropstock.variants v
+         CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
+                               FROM dropstock.stock_slots s
+                              WHERE s.drop_id = v.drop_id AND s.variant = v.variant) vs
+         WHERE v.drop_id = variant_status.drop_id
+         ORDER BY v.variant;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'drop % does not exist', variant_status.drop_id USING ERRCODE = 'DS001';
+    END IF;
 END
 $$;

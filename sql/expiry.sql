@@ -1,5 +1,5 @@
--- expire_reservations: end up to max_rows holds that are past due and give their units back; returns
--- how many it ended. Holds locked by an in-flight purchase or cancel are skipped (their owner decides
+-- expire_reservations: end up to max_rows holds that are past due and give their units back, each to
+-- its variant; returns how many holds it ended. Holds locked by an in-flight purchase or cancel are skipped (their owner decides
 -- them); each hold is ended once, because only a locked row still marked 'reserved' is changed.
 -- Run it in a loop until it returns less than max_rows to drain a backlog; the background worker does.
 -- `due_after` limits the look to holds that fell due after it. Holds that ended leave dead entries at
@@ -22,8 +22,8 @@ BEGIN
         RAISE EXCEPTION 'max_rows must be at least 1, got %', coalesce(max_rows::text, 'NULL')
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Drops are refilled in drop_id order so two concurrent sweeps that must wait for busy slots
-    -- always wait in the same order and cannot deadlock.
+    -- Variants are refilled in (drop_id, variant) order so two concurrent sweeps that must wait for busy
+    -- slots always wait in the same order and cannot deadlock.
     FOR per_drop IN
         WITH due AS (
             SELECT r.id FROM dropstock.reservations r
@@ -35,12 +35,13 @@ BEGIN
         ), gone AS (
             UPDATE dropstock.reservations r SET status = 'expired'
               FROM due WHERE r.id = due.id
-            RETURNING r.drop_id
+            RETURNING r.drop_id, r.variant, r.quantity
         )
-        SELECT gone.drop_id, count(*)::integer AS units FROM gone GROUP BY gone.drop_id ORDER BY gone.drop_id
+        SELECT gone.drop_id, gone.variant, count(*)::integer AS holds, sum(gone.quantity)::integer AS units
+          FROM gone GROUP BY gone.drop_id, gone.variant ORDER BY gone.drop_id, gone.variant
     LOOP
-        PERFORM dropstock._adjust_stock(per_drop.drop_id, per_drop.units, 0);
-        ended := ended + per_drop.units;
+        PERFORM dropstock._adjust_stock(per_drop.drop_id, per_drop.variant, per_drop.units, 0);
+        ended := ended + per_drop.holds;
     END LOOP;
     RETURN ended;
 END
@@ -69,10 +70,13 @@ BEGIN
          WHERE r.id IN (SELECT x.id FROM dropstock.reservations x
                          WHERE x.status IN ('expired', 'cancelled') AND x.expires_at < ended_before
                          LIMIT max_rows FOR UPDATE SKIP LOCKED)
-        RETURNING r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at
+        RETURNING r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at, r.variant, r.quantity,
+                  r.extensions
     )
-    INSERT INTO dropstock.archived_holds (id, drop_id, user_id, status, expires_at, created_at)
-    SELECT g.id, g.drop_id, g.user_id, g.status, g.expires_at, g.created_at FROM gone g;
+    INSERT INTO dropstock.archived_holds (id, drop_id, user_id, status, expires_at, created_at, variant, quantity,
+                                          extensions)
+    SELECT g.id, g.drop_id, g.user_id, g.status, g.expires_at, g.created_at, g.variant, g.quantity, g.extensions
+      FROM gone g;
     GET DIAGNOSTICS moved = ROW_COUNT;
     RETURN moved;
 END

@@ -16,8 +16,12 @@
 -- last publication; returns how many notifications it sent.
 -- Payload: {"dropId", "availableStock", "totalStock", "seq", "purchases": [{"id", "createdAt",
 -- "user": {"username"}}]}, the purchases being sales not announced before, newest first, at
--- most 10 per notification (well under PostgreSQL's 8,000-byte limit); more new sales than that go out
--- as several notifications in a row, oldest sales first, each with its own seq and the same stock.
+-- most 10 per notification; more new sales than that go out as several notifications in a row, oldest
+-- sales first, each with its own seq and the same stock. A sized drop's payload also has "variants":
+-- [[variant, available], ...], the variants whose available units changed since the last publication,
+-- by variant number (variant_status gives the labels). Numbers, not labels, keep a notice under
+-- PostgreSQL's 8,000-byte limit whatever the labels: 100 variants take at most 1,500 bytes, ten sales
+-- at most 4,300 (names of 64 four-byte characters).
 -- Drops that ended more than a minute ago are not looked at. Buyers appear by name only: any role that
 -- can connect can LISTEN, and a buyer's id is theirs alone.
 -- The background worker calls it every tick; without the worker, any scheduler can.
@@ -32,6 +36,7 @@ DECLARE
     next_seq bigint;
     announced integer;
     sales json;
+    sizes json;
     candidates uuid[];
 BEGIN
     -- One publisher at a time (the worker's tick and a manual call), so seq rises strictly.
@@ -59,6 +64,10 @@ BEGIN
     FOR changed IN
         SELECT d.id, d.total_stock, st.available, st.sold, f.drop_id IS NULL OR f.pending AS pending,
                coalesce(f.seq, 0) AS seq, f.available AS last_available, f.sold AS last_sold,
+               CASE WHEN d.sized THEN
+                   ARRAY(SELECT sum(s.available)::integer FROM dropstock.stock_slots s
+                          WHERE s.drop_id = c.drop_id GROUP BY s.variant ORDER BY s.variant)
+               END AS variants, f.variants AS last_variants,
                EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales
           FROM unnest(candidates) AS c(drop_id)
          CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id) d
@@ -69,7 +78,15 @@ BEGIN
          ORDER BY c.drop_id
     LOOP
         CONTINUE WHEN NOT (changed.pending OR changed.new_sales
-                           OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold);
+                           OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold
+                           OR changed.variants IS DISTINCT FROM changed.last_variants);
+        -- Units can move between sizes with the total unchanged (a cancel and a hold in one tick).
+        IF changed.variants IS NOT NULL THEN
+            SELECT coalesce(json_agg(json_build_array(x.variant, x.available) ORDER BY x.variant), '[]'::json)
+              INTO sizes
+              FROM unnest(changed.variants) WITH ORDINALITY AS x(available, variant)
+             WHERE changed.pending OR x.available IS DISTINCT FROM changed.last_variants[x.variant];
+        END IF;
         next_seq := changed.seq;
         LOOP
             next_seq := next_seq + 1;
@@ -90,23 +107,34 @@ BEGIN
                             ORDER BY m.created_at DESC, m.id DESC), '[]'::json)
               INTO announced, sales
               FROM marked m JOIN dropstock.users u ON u.id = m.user_id;
-            PERFORM pg_notify('dropstock', json_build_object(
-                'dropId', changed.id,
-                'availableStock', changed.available,
-                'totalStock', changed.total_stock,
-                'seq', next_seq,
-                'purchases', sales)::text);
+            IF changed.variants IS NULL THEN
+                PERFORM pg_notify('dropstock', json_build_object(
+                    'dropId', changed.id,
+                    'availableStock', changed.available,
+                    'totalStock', changed.total_stock,
+                    'seq', next_seq,
+                    'purchases', sales)::text);
+            ELSE
+                PERFORM pg_notify('dropstock', json_build_object(
+                    'dropId', changed.id,
+                    'availableStock', changed.available,
+                    'totalStock', changed.total_stock,
+                    'seq', next_seq,
+                    'purchases', sales,
+                    'variants', sizes)::text);
+            END IF;
             published := published + 1;
             EXIT WHEN announced < sales_per_notice
                    OR NOT EXISTS (SELECT FROM dropstock.purchases p
                                    WHERE p.drop_id = changed.id AND p.feed_seq IS NULL);
         END LOOP;
-        INSERT INTO dropstock.feed_state AS f (drop_id, seq, available, sold, held, pending, published_at)
+        INSERT INTO dropstock.feed_state AS f (drop_id, seq, available, sold, held, pending, published_at, variants)
         VALUES (changed.id, next_seq, changed.available, changed.sold,
-                changed.total_stock - changed.available - changed.sold, false, now())
+                changed.total_stock - changed.available - changed.sold, false, now(), changed.variants)
         ON CONFLICT (drop_id) DO UPDATE
            SET seq = excluded.seq, available = excluded.available, sold = excluded.sold,
-               held = excluded.held, pending = false, published_at = excluded.published_at;
+               held = excluded.held, pending = false, published_at = excluded.published_at,
+               variants = excluded.variants;
     END LOOP;
     RETURN published;
 END

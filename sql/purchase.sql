@@ -1,4 +1,5 @@
--- purchase: turn the buyer's live hold into a sale, exactly once; a retry returns the same sale.
+-- purchase: turn the buyer's live hold into a sale of all its units, exactly once; a retry returns the
+-- same sale.
 -- Refusals: DS003 unknown reservation, DS031 another buyer's hold, DS030 hold expired (by the database
 -- clock, even before any sweep has run), DS032 hold cancelled, DS021 the sale would pass the drop's
 -- per-buyer limit; 22023 for a missing argument.
@@ -31,16 +32,16 @@ BEGIN
     -- reserve_item never grants a hold past the limit, but a sale is what the limit is about: it is
     -- checked here too, under the same buyer lock, so no path around reserve_item can pass it.
     SELECT * INTO d FROM dropstock.drops x WHERE x.id = hold.drop_id;
-    IF (SELECT count(*) FROM dropstock.purchases p WHERE p.user_id = hold.user_id AND p.drop_id = hold.drop_id)
-       >= d.per_user_limit THEN
+    IF (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
+         WHERE p.user_id = hold.user_id AND p.drop_id = hold.drop_id) + hold.quantity > d.per_user_limit THEN
         RAISE EXCEPTION 'limit of % per buyer reached for drop "%"', d.per_user_limit, d.name
-              USING ERRCODE = 'DS021', HINT = 'Cancel the reservation to give the unit back.';
+              USING ERRCODE = 'DS021', HINT = 'Cancel the reservation to give the units back.';
     END IF;
 
     UPDATE dropstock.reservations r SET status = 'purchased' WHERE r.id = hold.id;
-    PERFORM dropstock._adjust_stock(hold.drop_id, 0, 1);
-    INSERT INTO dropstock.purchases AS p (reservation_id, drop_id, user_id, price)
-    VALUES (hold.id, hold.drop_id, hold.user_id, d.price)
+    PERFORM dropstock._adjust_stock(hold.drop_id, hold.variant, 0, hold.quantity);
+    INSERT INTO dropstock.purchases AS p (reservation_id, drop_id, user_id, price, variant, quantity)
+    VALUES (hold.id, hold.drop_id, hold.user_id, d.price, hold.variant, hold.quantity)
     RETURNING p.* INTO sale;
     RETURN sale;
 END

@@ -4,25 +4,29 @@
 
 -- _reserve: the reservation core. For each distinct buyer, in array order, one answer row: the live
 -- hold they already have (fresh = false), a new hold (fresh = true), or a refusal as a SQLSTATE and
--- message (DS002 unknown buyer, DS021 limit reached, DS020 sold out). What concerns the whole drop
--- (DS001 unknown, DS010 not started, DS011 ended) is raised.
+-- message (DS002 unknown buyer, DS012 no size named on a sized drop, DS013 unknown size, DS021 limit
+-- reached, DS020 sold out). `labels` and `quantities` go with `user_ids` element by element (NULL: no
+-- size, one unit). What concerns the whole drop (DS001 unknown, DS010 not started, DS011 ended) is raised.
 --
 -- The steps, in the lock order of stock.sql:
---   1. the drop, read once;
+--   1. the drop, read once (and a sized drop's labels);
 --   2. the buyer locks, so each buyer's state below is what their last call committed;
---   3. each buyer's state: known, live hold, purchases; a buyer's own hold that ran out before a sweep
---      saw it is ended here and its unit kept for the new holds;
---   4. units for the buyers still waiting, first come first served: the units in hand, then free
---      stock (_claim_units), then other buyers' past-due holds (_reclaim_due);
+--   3. each buyer's state: known, size, live hold, units bought; a buyer's own hold that ran out before
+--      a sweep saw it is ended here and its units kept for the new holds of its variant;
+--   4. units for the buyers still waiting, one variant at a time in ascending order, first come first
+--      served and all or nothing per buyer: the units in hand, then free stock (_claim_units), then
+--      other buyers' past-due holds (_reclaim_due); units nobody could use go back;
 --   5. the new holds, inserted together.
-CREATE FUNCTION _reserve(drop_id uuid, user_ids uuid[])
+CREATE FUNCTION _reserve(drop_id uuid, user_ids uuid[], labels text[], quantities integer[])
 RETURNS TABLE (user_id uuid, reservation_id uuid, expires_at timestamptz, created_at timestamptz,
-               fresh boolean, sqlstate text, message text)
+               fresh boolean, sqlstate text, message text, variant text, quantity integer,
+               variant_number smallint)
 LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
 DECLARE
     d dropstock.drops;
+    sizes text[];                            -- a sized drop's labels, element v for variant v
     buyer record;
     n integer := 0;                          -- distinct buyers seen so far
     uids uuid[] := '{}';                     -- per distinct buyer, in array order:
@@ -31,18 +35,26 @@ DECLARE
     hold_times timestamptz[] := '{}';
     states text[] := '{}';                   --   the refusal's SQLSTATE, or NULL
     messages text[] := '{}';
-    waiting uuid[] := '{}';                  -- buyers who need a unit, in order
-    waiting_at integer[] := '{}';            -- and where each stands in uids
-    in_hand integer := 0;                    -- units of buyers' own past-due holds, ended in step 3
-    wanted integer;
+    answer_labels text[] := '{}';            --   the hold's size label, number and units
+    answer_variants smallint[] := '{}';
+    answer_units integer[] := '{}';
+    waiting_at integer[] := '{}';            -- buyers who need units, in order: where each stands in uids,
+    waiting_variant smallint[] := '{}';      --   the variant
+    waiting_units integer[] := '{}';         --   and how many units
+    -- Per variant, element v + 1 for variant v:
+    wanted integer[] := '{}';                --   units the waiting buyers want
+    in_hand integer[] := '{}';               --   units of buyers' own past-due holds, ended in step 3
     granted integer;
-    sold_out_message text;
+    left_over integer;
+    short_variant smallint;
+    v smallint;
+    g integer;
+    granted_at integer[];                    -- the buyers who get a hold, in order (indexes into waiting_*)
     made_uids uuid[];
     made_ids uuid[];
     made_expiries timestamptz[];
     made_times timestamptz[];
     made_at integer;
-    from_hand integer;
     due_by timestamptz;        -- a variable, so the index on expires_at bounds the scan (see expiry.sql)
 BEGIN
     SELECT * INTO d FROM dropstock.drops x WHERE x.id = _reserve.drop_id;
@@ -57,6 +69,10 @@ BEGIN
         RAISE EXCEPTION 'drop "%" has ended', d.name USING ERRCODE = 'DS011',
               DETAIL = format('It closed at %s.', d.ends_at);
     END IF;
+    IF d.sized THEN
+        sizes := ARRAY(SELECT x.label FROM dropstock.variants x WHERE x.drop_id = d.id AND x.variant > 0
+                        ORDER BY x.variant);
+    END IF;
 
     PERFORM dropstock._lock_buyers(d.id, _reserve.user_ids);
 
@@ -64,13 +80,17 @@ BEGIN
     -- LIMIT on the live-hold look-up so that it cannot be turned into a join over all the drop's live
     -- holds (a new install's plan did that: 1 ms a call with 3,000 holds).
     FOR buyer IN
-        SELECT a.uid,
+        SELECT a.uid, _reserve.labels[a.pos] AS asked, coalesce(_reserve.quantities[a.pos], 1) AS units,
                EXISTS (SELECT FROM dropstock.users u WHERE u.id = a.uid) AS known,
                live.id AS live_id, live.expires_at AS live_expires_at, live.created_at AS live_created_at,
-               (SELECT count(*) FROM dropstock.purchases p WHERE p.user_id = a.uid AND p.drop_id = d.id) AS bought
-          FROM (SELECT t.uid, min(t.pos) AS pos FROM unnest(_reserve.user_ids) WITH ORDINALITY AS t(uid, pos)
+               live.variant AS live_variant, live.quantity AS live_units,
+               (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
+                 WHERE p.user_id = a.uid AND p.drop_id = d.id) AS bought
+          FROM (SELECT t.uid, min(t.pos)::integer AS pos
+                  FROM unnest(_reserve.user_ids) WITH ORDINALITY AS t(uid, pos)
                  GROUP BY t.uid) a
-          LEFT JOIN LATERAL (SELECT r.id, r.expires_at, r.created_at FROM dropstock.reservations r
+          LEFT JOIN LATERAL (SELECT r.id, r.expires_at, r.created_at, r.variant, r.quantity
+                               FROM dropstock.reservations r
                               WHERE r.drop_id = d.id AND r.user_id = a.uid AND r.status = 'reserved'
                               LIMIT 1) live ON true
          ORDER BY a.pos
@@ -83,100 +103,158 @@ BEGIN
         hold_times[n] := NULL;
         states[n] := NULL;
         messages[n] := NULL;
+        answer_labels[n] := NULL;
+        answer_variants[n] := NULL;
+        answer_units[n] := buyer.units;
         IF NOT buyer.known THEN
             states[n] := 'DS002';
             messages[n] := format('user %s does not exist', buyer.uid);
             CONTINUE;
         END IF;
+        IF d.sized THEN
+            IF buyer.asked IS NULL THEN
+                states[n] := 'DS012';
+                messages[n] := format('choose a size of drop "%s"', d.name);
+                CONTINUE;
+            END IF;
+            v := array_position(sizes, btrim(buyer.asked));
+            IF v IS NULL THEN
+                states[n] := 'DS013';
+                messages[n] := format('drop "%s" has no size "%s"', d.name, buyer.asked);
+                CONTINUE;
+            END IF;
+            answer_labels[n] := sizes[v];
+        ELSIF buyer.asked IS NOT NULL THEN
+            states[n] := 'DS013';
+            messages[n] := format('drop "%s" has no sizes, so no size "%s"', d.name, buyer.asked);
+            CONTINUE;
+        ELSE
+            v := 0;
+        END IF;
+        answer_variants[n] := v;
         IF buyer.live_id IS NOT NULL THEN
             IF buyer.live_expires_at > clock_timestamp() THEN
+                -- The hold they have, whatever they asked for this time: one live hold per buyer and drop.
                 hold_ids[n] := buyer.live_id;
                 hold_expiries[n] := buyer.live_expires_at;
                 hold_times[n] := buyer.live_created_at;
+                answer_labels[n] := CASE WHEN d.sized THEN sizes[buyer.live_variant] END;
+                answer_variants[n] := buyer.live_variant;
+                answer_units[n] := buyer.live_units;
                 CONTINUE;
             END IF;
-            -- Their own hold ran out before a sweep saw it: end it; its unit goes to a new hold.
+            -- Their own hold ran out before a sweep saw it: end it; its units go to new holds of its variant.
             UPDATE dropstock.reservations r SET status = 'expired'
              WHERE r.id = buyer.live_id AND r.status = 'reserved';
             IF FOUND THEN
-                in_hand := in_hand + 1;
+                in_hand[buyer.live_variant + 1] := coalesce(in_hand[buyer.live_variant + 1], 0) + buyer.live_units;
             END IF;
         END IF;
-        -- The limit counts live holds and purchases; the buyer holds no live hold at this point.
-        IF buyer.bought >= d.per_user_limit THEN
+        -- The limit counts units of live holds and purchases; the buyer holds no live hold at this point.
+        IF buyer.bought + buyer.units > d.per_user_limit THEN
             states[n] := 'DS021';
-            messages[n] := format('limit of %s per buyer reached for drop "%s"', d.per_user_limit, d.name);
+            messages[n] := CASE WHEN buyer.bought >= d.per_user_limit
+                                THEN format('limit of %s per buyer reached for drop "%s"', d.per_user_limit, d.name)
+                                ELSE format('limit of %s per buyer for drop "%s": %s more at most, not %s',
+                                            d.per_user_limit, d.name, d.per_user_limit - buyer.bought, buyer.units) END;
             CONTINUE;
         END IF;
-        waiting := waiting || buyer.uid;
         waiting_at := waiting_at || n;
+        waiting_variant := waiting_variant || v;
+        waiting_units := waiting_units || buyer.units;
+        wanted[v + 1] := coalesce(wanted[v + 1], 0) + buyer.units;
     END LOOP;
 
-    wanted := cardinality(waiting);
-    granted := least(in_hand, wanted);
-    IF in_hand > granted THEN
-        -- More of their own units came back than buyers want (a limit lowered since): free the rest.
-        PERFORM dropstock._adjust_stock(d.id, in_hand - granted, 0);
-    END IF;
-    from_hand := granted;
-    -- Units from stock, then from other buyers' past-due holds. Past-due holds that another transaction
-    -- is deciding right now (the sweep giving their units back, a cancel, a purchase being refused)
-    -- are skipped by the reclaim; while any are left, their units are on their way back to stock and
-    -- "sold out" would be false. Then the claim is undone (a batch may hold slots, and the sweep may be
-    -- waiting for one to put the units back), the call waits for those transactions to end, holding
-    -- nothing of the drop, and claims again. Each round waits for others to finish, so the rounds end.
+    -- Units per variant, in ascending variant order, then handed out in buyer order. Past-due holds that
+    -- another transaction is deciding right now (the sweep giving their units back, a cancel, a purchase
+    -- being refused) are skipped by the reclaim; while any are left, their units are on their way back
+    -- to stock and "sold out" would be false. Then every claim is undone (a batch may hold slots, and
+    -- the sweep may be waiting for one to put the units back), the call waits for those transactions
+    -- to end, holding nothing of the drop, and claims again. Each round waits for others to finish, so
+    -- the rounds end.
     FOR round IN 1..5 LOOP
         BEGIN
-            granted := from_hand + dropstock._claim_units(d.id, wanted - from_hand);
-            IF granted < wanted THEN
-                BEGIN
-                    granted := granted + dropstock._reclaim_due(d.id, wanted - granted);
-                EXCEPTION WHEN lock_not_available THEN
-                    NULL;  -- see _reclaim_due
-                END;
-            END IF;
-            due_by := clock_timestamp();
-            IF granted < wanted AND round < 5
-               AND EXISTS (SELECT FROM dropstock.reservations r
-                            WHERE r.drop_id = d.id AND r.status = 'reserved' AND r.expires_at <= due_by) THEN
-                RAISE EXCEPTION 'units on their way back' USING ERRCODE = 'DS9WT';
-            END IF;
+            granted_at := '{}';
+            -- Arrays filled at element v + 1 start where they were first filled: loop over subscripts, up to the highest.
+            FOR k IN 1 .. coalesce(greatest(array_upper(wanted, 1), array_upper(in_hand, 1)), 0) LOOP
+                CONTINUE WHEN coalesce(wanted[k], 0) = 0 AND coalesce(in_hand[k], 0) = 0;
+                v := k - 1;
+                short_variant := NULL;
+                granted := coalesce(in_hand[k], 0);
+                IF granted < coalesce(wanted[k], 0) THEN
+                    granted := granted + dropstock._claim_units(d.id, v, wanted[k] - granted);
+                    IF granted < wanted[k] THEN
+                        BEGIN
+                            granted := granted + dropstock._reclaim_due(d.id, v, wanted[k] - granted);
+                        EXCEPTION WHEN lock_not_available THEN
+                            NULL;  -- see _reclaim_due
+                        END;
+                    END IF;
+                END IF;
+                -- All or nothing per buyer, first come first served.
+                left_over := granted;
+                FOR i IN 1 .. coalesce(cardinality(waiting_at), 0) LOOP
+                    CONTINUE WHEN waiting_variant[i] <> v;
+                    IF waiting_units[i] <= left_over THEN
+                        granted_at := granted_at || i;
+                        left_over := left_over - waiting_units[i];
+                    ELSE
+                        short_variant := v;
+                        states[waiting_at[i]] := 'DS020';
+                        messages[waiting_at[i]] :=
+                            CASE WHEN left_over = 0 AND NOT d.sized THEN format('drop "%s" is sold out', d.name)
+                                 WHEN left_over = 0 THEN format('size "%s" of drop "%s" is sold out', sizes[v], d.name)
+                                 WHEN NOT d.sized THEN format('only %s left of drop "%s", not %s', left_over, d.name, waiting_units[i])
+                                 ELSE format('only %s left of size "%s" of drop "%s", not %s',
+                                             left_over, sizes[v], d.name, waiting_units[i]) END;
+                    END IF;
+                END LOOP;
+                IF left_over > 0 THEN
+                    PERFORM dropstock._adjust_stock(d.id, v, left_over, 0);
+                END IF;
+                due_by := clock_timestamp();
+                IF short_variant IS NOT NULL AND round < 5
+                   AND EXISTS (SELECT FROM dropstock.reservations r
+                                WHERE r.drop_id = d.id AND r.status = 'reserved' AND r.expires_at <= due_by
+                                  AND r.variant = short_variant) THEN
+                    RAISE EXCEPTION 'units on their way back' USING ERRCODE = 'DS9WT';
+                END IF;
+            END LOOP;
             EXIT;
         EXCEPTION WHEN SQLSTATE 'DS9WT' THEN
+            FOR i IN 1 .. coalesce(cardinality(waiting_at), 0) LOOP
+                states[waiting_at[i]] := NULL;
+                messages[waiting_at[i]] := NULL;
+            END LOOP;
             PERFORM FROM dropstock.reservations r
              WHERE r.drop_id = d.id AND r.status = 'reserved' AND r.expires_at <= due_by
+               AND r.variant = short_variant
              ORDER BY r.expires_at
                FOR UPDATE;
         END;
     END LOOP;
 
-    IF granted < wanted THEN
-        sold_out_message := format('drop "%s" is sold out', d.name);
-        FOR i IN granted + 1 .. wanted LOOP
-            states[waiting_at[i]] := 'DS020';
-            messages[waiting_at[i]] := sold_out_message;
-        END LOOP;
-    END IF;
-
-    IF granted > 0 THEN
+    IF cardinality(granted_at) > 0 THEN
         -- The buyer locks make a conflict here impossible through the API; ON CONFLICT keeps a hold
         -- made behind the API's back from turning into an error for the whole batch.
         WITH made AS (
-            INSERT INTO dropstock.reservations AS r (drop_id, user_id, expires_at)
-            SELECT d.id, w, clock_timestamp() + make_interval(secs => d.hold_seconds)
-              FROM unnest(waiting[1:granted]) AS w
+            INSERT INTO dropstock.reservations AS r (drop_id, user_id, expires_at, variant, quantity)
+            SELECT d.id, uids[waiting_at[g]], clock_timestamp() + make_interval(secs => d.hold_seconds),
+                   waiting_variant[g], waiting_units[g]
+              FROM unnest(granted_at) AS x(g)
+             ORDER BY x.g  -- buyer order, which the answers below rely on
             ON CONFLICT (drop_id, user_id) WHERE status = 'reserved' DO NOTHING  -- columns: use_column above
             RETURNING r.user_id, r.id, r.expires_at, r.created_at
         )
         SELECT array_agg(m.user_id), array_agg(m.id), array_agg(m.expires_at), array_agg(m.created_at)
           INTO made_uids, made_ids, made_expiries, made_times
           FROM made m;
-        IF coalesce(cardinality(made_uids), 0) < granted THEN
-            PERFORM dropstock._adjust_stock(d.id, granted - coalesce(cardinality(made_uids), 0), 0);
-            FOR i IN 1 .. granted LOOP
-                IF made_uids IS NULL OR NOT waiting[i] = ANY (made_uids) THEN
-                    states[waiting_at[i]] := '40001';
-                    messages[waiting_at[i]] := 'a hold for this buyer was made outside dropstock''s functions';
+        IF coalesce(cardinality(made_uids), 0) < cardinality(granted_at) THEN
+            FOR g IN SELECT x.g FROM unnest(granted_at) AS x(g) ORDER BY waiting_variant[x.g] LOOP
+                IF made_uids IS NULL OR NOT uids[waiting_at[g]] = ANY (made_uids) THEN
+                    PERFORM dropstock._adjust_stock(d.id, waiting_variant[g], waiting_units[g], 0);
+                    states[waiting_at[g]] := '40001';
+                    messages[waiting_at[g]] := 'a hold for this buyer was made outside dropstock''s functions';
                 END IF;
             END LOOP;
         END IF;
@@ -189,6 +267,9 @@ BEGIN
         user_id := uids[i];
         sqlstate := states[i];
         message := messages[i];
+        variant := answer_labels[i];
+        quantity := answer_units[i];
+        variant_number := answer_variants[i];
         IF states[i] IS NULL AND hold_ids[i] IS NULL THEN
             IF made_uids[made_at] IS DISTINCT FROM uids[i] THEN
                 made_at := array_position(made_uids, uids[i]);
@@ -209,11 +290,14 @@ BEGIN
 END
 $$;
 
--- reserve_item: hold one unit of a drop for the drop's hold_seconds, by the database clock.
--- A buyer who already holds a live hold on the drop gets that same hold back, so client retries are
--- safe. Refusals: DS001 unknown drop, DS002 unknown buyer, DS010 not started, DS011 ended,
--- DS021 per-user limit reached, DS020 sold out; 22023 for a missing argument.
-CREATE FUNCTION reserve_item(drop_id uuid, user_id uuid)
+-- reserve_item: hold `quantity` units of a drop (of the size `variant` on a sized drop) for the drop's
+-- hold_seconds, by the database clock, all or none. A buyer who already holds a live hold on the drop
+-- gets that same hold back, whatever size and quantity they ask for now, so client retries are safe.
+-- Refusals: DS001 unknown drop, DS002 unknown buyer, DS010 not started, DS011 ended, DS012 no size named
+-- on a sized drop, DS013 no such size, DS021 per-user limit reached (units of holds and purchases,
+-- across sizes), DS020 sold out (or fewer units left than asked); 22023 for a missing argument or a
+-- quantity outside 1..10000.
+CREATE FUNCTION reserve_item(drop_id uuid, user_id uuid, variant text DEFAULT NULL, quantity integer DEFAULT 1)
 RETURNS reservations
 LANGUAGE plpgsql
 AS $$
@@ -223,26 +307,39 @@ BEGIN
     IF reserve_item.drop_id IS NULL OR reserve_item.user_id IS NULL THEN
         RAISE EXCEPTION 'drop id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT * INTO answer FROM dropstock._reserve(reserve_item.drop_id, ARRAY[reserve_item.user_id]);
+    IF reserve_item.quantity IS NULL OR reserve_item.quantity < 1 OR reserve_item.quantity > 10000 THEN
+        RAISE EXCEPTION 'quantity must be from 1 to 10000, got %', coalesce(reserve_item.quantity::text, 'NULL')
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO answer
+      FROM dropstock._reserve(reserve_item.drop_id, ARRAY[reserve_item.user_id], ARRAY[reserve_item.variant],
+                              ARRAY[reserve_item.quantity]);
     IF answer.sqlstate IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = answer.sqlstate, MESSAGE = answer.message;
     END IF;
+    IF NOT answer.fresh THEN
+        -- A retry: the hold as it stands (it may have been extended), read again.
+        RETURN (SELECT r FROM dropstock.reservations r WHERE r.id = answer.reservation_id);
+    END IF;
     RETURN ROW(answer.reservation_id, reserve_item.drop_id, reserve_item.user_id, 'reserved',
-               answer.expires_at, answer.created_at)::dropstock.reservations;
+               answer.expires_at, answer.created_at, answer.variant_number, answer.quantity, 0)::dropstock.reservations;
 END
 $$;
 
 -- reserve_items: reserve_item for many buyers of one drop in one transaction, so that one commit (one
--- disk flush) serves them all. Each buyer gets exactly the answer reserve_item would have given them, as
--- one row, in the order the buyers are named: the live hold they already have (fresh = false), a new
--- hold (fresh = true), or a refusal as a SQLSTATE and message (DS002 unknown buyer, DS021 limit
--- reached, DS020 sold out). Units go to the buyers in array order; a buyer named twice gets one row.
+-- disk flush) serves them all. `variants` and `quantities`, when given, go with `user_ids` element by
+-- element (a NULL size: none named; NULL arrays: no sizes, one unit each). Each buyer gets exactly the
+-- answer reserve_item would have given them, as one row, in the order the buyers are named: the live
+-- hold they already have (fresh = false), a new hold (fresh = true), or a refusal as a SQLSTATE and
+-- message (DS002, DS012, DS013, DS021, DS020), with the hold's size label and units. Units go to the
+-- buyers in array order; a buyer named twice gets one row (for the first naming).
 -- What concerns the whole drop (DS001, DS010, DS011) and bad arguments (22023) are raised, as
 -- reserve_item raises them. Two calls naming the same buyers in any order never deadlock: buyer locks
--- are taken in one order, whatever the array's.
-CREATE FUNCTION reserve_items(drop_id uuid, user_ids uuid[])
+-- are taken in one order, whatever the array's, and slots variant by variant in ascending order.
+CREATE FUNCTION reserve_items(drop_id uuid, user_ids uuid[], variants text[] DEFAULT NULL,
+                              quantities integer[] DEFAULT NULL)
 RETURNS TABLE (user_id uuid, reservation_id uuid, expires_at timestamptz, created_at timestamptz,
-               fresh boolean, sqlstate text, message text)
+               fresh boolean, sqlstate text, message text, variant text, quantity integer)
 LANGUAGE plpgsql
 AS $$
 BEGIN
@@ -255,6 +352,59 @@ BEGIN
         RAISE EXCEPTION 'at most 10000 buyers per call, got %', cardinality(reserve_items.user_ids)
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN QUERY SELECT * FROM dropstock._reserve(reserve_items.drop_id, reserve_items.user_ids);
+    IF cardinality(reserve_items.variants) <> cardinality(reserve_items.user_ids)
+       OR cardinality(reserve_items.quantities) <> cardinality(reserve_items.user_ids) THEN
+        RAISE EXCEPTION 'variants and quantities must have one element per user id'
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT FROM unnest(reserve_items.quantities) AS q WHERE q IS NULL OR q < 1 OR q > 10000) THEN
+        RAISE EXCEPTION 'every quantity must be from 1 to 10000' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY SELECT r.user_id, r.reservation_id, r.expires_at, r.created_at, r.fresh, r.sqlstate,
+                        r.message, r.variant, r.quantity
+                   FROM dropstock._reserve(reserve_items.drop_id, reserve_items.user_ids,
+                                           reserve_items.variants, reserve_items.quantities) r;
+END
+$$;
+
+-- extend_hold: give the buyer's live hold the drop's hold_seconds more, from its current expiry, at most
+-- max_extensions times per hold. Refusals: DS003 unknown reservation, DS031 another buyer's hold,
+-- DS030 hold expired (by the database clock), DS032 cancelled, DS033 purchased, DS034 no (more)
+-- extensions allowed on this drop; 22023 for a missing argument.
+CREATE FUNCTION extend_hold(reservation_id uuid, user_id uuid)
+RETURNS reservations
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    hold dropstock.reservations;
+    d dropstock.drops;
+BEGIN
+    IF extend_hold.reservation_id IS NULL OR extend_hold.user_id IS NULL THEN
+        RAISE EXCEPTION 'reservation id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- The buyer lock and the row lock, as purchase and cancel take them: a sweep or a reclaim either
+    -- ended the hold before (the status says so) or skips it until this commits.
+    hold := dropstock._lock_hold(extend_hold.reservation_id, extend_hold.user_id);
+    IF hold.status = 'purchased' THEN
+        RAISE EXCEPTION 'reservation % is already purchased', hold.id USING ERRCODE = 'DS033';
+    ELSIF hold.status = 'cancelled' THEN
+        RAISE EXCEPTION 'reservation % was cancelled', hold.id USING ERRCODE = 'DS032';
+    ELSIF hold.status = 'expired' OR hold.expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'reservation % expired', hold.id USING ERRCODE = 'DS030',
+              DETAIL = format('The hold ran out at %s.', hold.expires_at), HINT = 'Reserve the item again.';
+    END IF;
+    SELECT * INTO d FROM dropstock.drops x WHERE x.id = hold.drop_id;
+    IF hold.extensions >= d.max_extensions THEN
+        RAISE EXCEPTION '%', CASE WHEN d.max_extensions = 0
+                                  THEN format('holds on drop "%s" cannot be extended', d.name)
+                                  ELSE format('reservation %s was already extended %s times, the most drop "%s" allows',
+                                              hold.id, hold.extensions, d.name) END
+              USING ERRCODE = 'DS034';
+    END IF;
+    UPDATE dropstock.reservations r
+       SET expires_at = r.expires_at + make_interval(secs => d.hold_seconds), extensions = r.extensions + 1
+     WHERE r.id = hold.id
+    RETURNING r.* INTO hold;
+    RETURN hold;
 END
 $$;

@@ -18,20 +18,39 @@ CREATE TABLE drops (
     ends_at        timestamptz CHECK (ends_at > starts_at),
     hold_seconds   integer NOT NULL DEFAULT 60 CHECK (hold_seconds >= 1),
     per_user_limit integer NOT NULL DEFAULT 1 CHECK (per_user_limit >= 1),
-    created_at     timestamptz NOT NULL DEFAULT now()
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    -- Sold by size: a buyer must name a variant. Read with the drop, so a drop without sizes finds its
+    -- one implicit variant without a look-up.
+    sized          boolean NOT NULL DEFAULT false,
+    -- How many times a buyer may extend one hold by hold_seconds (extend_hold); 0: never.
+    max_extensions integer NOT NULL DEFAULT 0 CHECK (max_extensions BETWEEN 0 AND 100)
 );
 
--- A drop's stock is striped over up to 64 slot rows. A reserver claims any slot it can lock without
+-- A drop's variants (sizes), each with its own stock. A drop without sizes has one implicit variant,
+-- number 0 with no label, so every stock path is the same for both kinds; a sized drop's variants are
+-- numbered from 1 in the order `variant_status` lists them. Nothing here changes after create_drop.
+CREATE TABLE variants (
+    drop_id     uuid NOT NULL REFERENCES drops (id) ON DELETE CASCADE,
+    variant     smallint NOT NULL CHECK (variant BETWEEN 0 AND 100),
+    label       text CHECK (length(label) BETWEEN 1 AND 32),
+    total_stock integer NOT NULL CHECK (total_stock > 0),
+    PRIMARY KEY (drop_id, variant),
+    UNIQUE (drop_id, label)
+);
+
+-- Each variant's stock is striped over up to 64 slot rows. A reserver claims any slot it can lock without
 -- waiting (FOR UPDATE SKIP LOCKED), so concurrent buyers of one drop commit side by side instead of
 -- queueing behind one row lock. `sold` is striped the same way so purchases stay off a hot row too.
--- Exact counts are a sum over at most 64 rows:
+-- Exact counts are a sum over a variant's slots (at most 64 rows), or over the drop's for its totals:
 --     available = sum(available), sold = sum(sold), held = total_stock - available - sold.
+-- drop_id leads the key so that a drop's totals are one range of the index, whatever its variants.
 CREATE TABLE stock_slots (
     drop_id   uuid NOT NULL REFERENCES drops (id) ON DELETE CASCADE,
+    variant   smallint NOT NULL DEFAULT 0,
     slot      smallint NOT NULL,
     available integer NOT NULL CHECK (available >= 0),
     sold      integer NOT NULL DEFAULT 0 CHECK (sold >= 0),
-    PRIMARY KEY (drop_id, slot)
+    PRIMARY KEY (drop_id, variant, slot)
 ) WITH (fillfactor = 50); -- room for HOT updates: slot rows are rewritten on every claim
 
 -- Holds and purchases carry drop_id and user_id without foreign keys on purpose: a foreign-key check
@@ -43,7 +62,12 @@ CREATE TABLE reservations (
     user_id    uuid NOT NULL,
     status     reservation_status NOT NULL DEFAULT 'reserved',
     expires_at timestamptz NOT NULL,
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- The variant the units come from (0 on a drop without sizes), how many units the hold keeps (all
+    -- bought, given back or expired together), and how many times extend_hold lengthened it.
+    variant    smallint NOT NULL DEFAULT 0,
+    quantity   integer NOT NULL DEFAULT 1 CHECK (quantity >= 1),
+    extensions integer NOT NULL DEFAULT 0
 ) WITH (
     -- Every hold is inserted and then ended (a non-HOT update: status is in the partial indexes'
     -- predicates), so a busy day leaves dead rows and dead index entries at the pace of the holds
@@ -53,7 +77,8 @@ CREATE TABLE reservations (
     autovacuum_vacuum_insert_scale_factor = 0.02,
     autovacuum_analyze_scale_factor = 0.02
 );
--- At most one live hold per buyer and drop: a retry finds it instead of taking a second unit.
+-- At most one live hold per buyer and drop, whatever its variant: a retry finds it instead of taking
+-- more units, and a buyer changes size by buying or cancelling it first.
 CREATE UNIQUE INDEX reservations_one_live_hold ON reservations (drop_id, user_id) WHERE status = 'reserved';
 -- The expiry sweep reads live holds across drops, oldest first; a reserver that finds a drop's free
 -- stock gone takes over that drop's oldest past-due hold. Without the per-drop index that look-up would
@@ -77,7 +102,10 @@ CREATE TABLE archived_holds (
     status      reservation_status NOT NULL CHECK (status IN ('expired', 'cancelled')),
     expires_at  timestamptz NOT NULL,
     created_at  timestamptz NOT NULL,
-    archived_at timestamptz NOT NULL DEFAULT now()
+    archived_at timestamptz NOT NULL DEFAULT now(),
+    variant     smallint NOT NULL DEFAULT 0,
+    quantity    integer NOT NULL DEFAULT 1,
+    extensions  integer NOT NULL DEFAULT 0
 );
 
 -- A sale keeps its hold: the key has no ON DELETE CASCADE, so removing holds can never remove sales
@@ -90,11 +118,14 @@ CREATE TABLE purchases (
     price          numeric(12, 2) NOT NULL,
     created_at     timestamptz NOT NULL DEFAULT now(),
     -- The stock feed's publication that announced this sale; NULL until one has (see feed.sql).
-    feed_seq       bigint
+    feed_seq       bigint,
+    -- The hold's variant and units; `price` is per unit.
+    variant        smallint NOT NULL DEFAULT 0,
+    quantity       integer NOT NULL DEFAULT 1 CHECK (quantity >= 1)
 );
 -- The activity feed: the most recent buyers of a drop.
 CREATE INDEX purchases_feed ON purchases (drop_id, created_at DESC);
--- The per-user limit counts a buyer's purchases of a drop.
+-- The per-user limit counts the units of a buyer's purchases of a drop.
 CREATE INDEX purchases_by_buyer ON purchases (user_id, drop_id);
 -- Sales the feed has not announced yet: small, whatever the number of sales behind it.
 CREATE INDEX purchases_unpublished ON purchases (drop_id) WHERE feed_seq IS NULL;
@@ -108,7 +139,10 @@ CREATE TABLE feed_state (
     sold         integer NOT NULL DEFAULT 0,
     held         integer NOT NULL DEFAULT 0,
     pending      boolean NOT NULL DEFAULT true,
-    published_at timestamptz
+    published_at timestamptz,
+    -- A sized drop's available units per variant at the last publication, element i for variant i;
+    -- NULL for a drop without sizes. The notice carries only the variants that differ from it.
+    variants     integer[]
 );
 -- The drops a tick must look at besides those with live holds: units held at the last publication
 -- (they may have ended since), or never published.
@@ -136,4 +170,15 @@ CREATE TYPE drop_summary AS (
     per_user_limit  integer,
     created_at      timestamptz,
     recent_purchases recent_purchase[]
+);
+
+-- One variant of a drop as `variant_status` and the drop summaries show it (label NULL: the implicit
+-- variant of a drop without sizes).
+CREATE TYPE variant_stock AS (
+    variant         smallint,
+    label           text,
+    total_stock     integer,
+    available_stock integer,
+    held_stock      integer,
+    sold_stock      integer
 );

@@ -1,4 +1,5 @@
--- Striped stock: take units from, or give units back to, a drop's slot rows; and the buyer lock.
+-- Striped stock: take units from, or give units back to, a variant's slot rows; and the buyer lock.
+-- Every stock helper works on one variant of a drop (variant 0 for a drop without sizes).
 -- Internal helpers (leading underscore); the public API in reserve.sql, purchase.sql, cancel.sql and
 -- expiry.sql is what applications call.
 --
@@ -7,11 +8,14 @@
 --   1. buyer locks (_lock_buyers), in ascending key order;
 --   2. hold rows (a buyer's own hold, by the function acting on it; the sweep takes due holds with
 --      SKIP LOCKED and so never waits for one);
---   3. slot rows. A claimer first takes slots nobody is committing on (SKIP LOCKED, no waiting). When
---      the only stock left sits in slots other transactions have locked, it lets go of every slot its
---      first pass locked and then waits: for one unit, on one slot while holding none; for several,
---      in ascending slot order, only for slots above every slot of that drop it holds (_claim_units). Whoever gives units back waits
---      for at most one slot of a drop, holding none of that drop, and takes drops in id order.
+--   3. slot rows, ranked by (drop, variant, slot). A claimer works on one variant at a time, variants
+--      in ascending order, and first takes slots nobody is committing on (SKIP LOCKED, no waiting).
+--      When the only stock left sits in slots other transactions have locked, it lets go of every slot
+--      its first pass locked and then waits: for one unit, on one slot while holding none of that
+--      variant; for several, in ascending slot order, only for slots above every slot of that variant
+--      it holds (_claim_units). It holds slots of lower variants only, never of higher ones. Whoever
+--      gives units back waits for at most one slot of a variant, holding none of that variant, and
+--      takes (drop, variant) pairs in ascending order.
 -- A wait for a lock of a lower rank never happens while holding one of a higher rank, and waits within
 -- a rank follow one order, so no cycle of waits can form. Nothing polls, and the answer is known as
 -- soon as the transactions ahead in line end.
@@ -76,7 +80,8 @@ BEGIN
             RETURN hold;
         END IF;
     END IF;
-    SELECT a.id, a.drop_id, a.user_id, a.status, a.expires_at, a.created_at INTO hold
+    SELECT a.id, a.drop_id, a.user_id, a.status, a.expires_at, a.created_at, a.variant, a.quantity, a.extensions
+      INTO hold
       FROM dropstock.archived_holds a WHERE a.id = _lock_hold.reservation_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'reservation % does not exist', _lock_hold.reservation_id USING ERRCODE = 'DS003';
@@ -88,26 +93,26 @@ BEGIN
 END
 $$;
 
--- _adjust_stock: add `available_delta` free units and `sold_delta` sales to any one slot of the drop.
+-- _adjust_stock: add `available_delta` free units and `sold_delta` sales to any one slot of the variant.
 -- Any slot will do because only the sums matter: take one nobody is committing on right now, and wait
--- for the first slot only when every slot is busy (the caller holds no slot of this drop then, or it
--- would have found its own).
-CREATE FUNCTION _adjust_stock(drop_id uuid, available_delta integer, sold_delta integer)
+-- for the first slot only when every slot is busy (the caller holds no slot of this variant then, or
+-- it would have found its own).
+CREATE FUNCTION _adjust_stock(drop_id uuid, variant smallint, available_delta integer, sold_delta integer)
 RETURNS void
 LANGUAGE plpgsql
 AS $$
 BEGIN
     UPDATE dropstock.stock_slots s
        SET available = s.available + available_delta, sold = s.sold + sold_delta
-     WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                   WHERE f.drop_id = _adjust_stock.drop_id
+     WHERE (s.drop_id, s.variant, s.slot) = (SELECT f.drop_id, f.variant, f.slot FROM dropstock.stock_slots f
+                                   WHERE f.drop_id = _adjust_stock.drop_id AND f.variant = _adjust_stock.variant
                                    ORDER BY f.slot >= pg_backend_pid() % 64 DESC, f.slot
                                    LIMIT 1 FOR UPDATE SKIP LOCKED);
     IF NOT FOUND THEN
         UPDATE dropstock.stock_slots s
            SET available = s.available + available_delta, sold = s.sold + sold_delta
-         WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                       WHERE f.drop_id = _adjust_stock.drop_id
+         WHERE (s.drop_id, s.variant, s.slot) = (SELECT f.drop_id, f.variant, f.slot FROM dropstock.stock_slots f
+                                       WHERE f.drop_id = _adjust_stock.drop_id AND f.variant = _adjust_stock.variant
                                        ORDER BY f.slot LIMIT 1 FOR UPDATE);
     END IF;
 END
@@ -120,12 +125,14 @@ $$;
 -- version"), and such a wait, taken out of slot order, could close a cycle with claimers waiting in
 -- order. _claim_units runs it under a short lock_timeout, which turns any such wait into 55P03: it then
 -- undoes this pass and waits in order instead.
-CREATE FUNCTION _claim_free(drop_id uuid, wanted integer)
+CREATE FUNCTION _claim_free(drop_id uuid, variant smallint, wanted integer)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
     home constant smallint := pg_backend_pid() % 64;
+    low smallint := home;                    -- the slots the multi-unit loop looks at: [low, high)
+    high smallint := 64;
     granted integer := 0;
     taken integer;
 BEGIN
@@ -133,47 +140,56 @@ BEGIN
         -- One unit: the hot path of a drop, two index probes at most.
         UPDATE dropstock.stock_slots s
            SET available = s.available - 1
-         WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                       WHERE f.drop_id = _claim_free.drop_id AND f.slot >= home AND f.available > 0
+         WHERE (s.drop_id, s.variant, s.slot) = (SELECT f.drop_id, f.variant, f.slot FROM dropstock.stock_slots f
+                                       WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant AND f.slot >= home AND f.available > 0
                                        ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
         IF NOT FOUND THEN
             UPDATE dropstock.stock_slots s
                SET available = s.available - 1
-             WHERE (s.drop_id, s.slot) = (SELECT f.drop_id, f.slot FROM dropstock.stock_slots f
-                                           WHERE f.drop_id = _claim_free.drop_id AND f.slot < home AND f.available > 0
+             WHERE (s.drop_id, s.variant, s.slot) = (SELECT f.drop_id, f.variant, f.slot FROM dropstock.stock_slots f
+                                           WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant AND f.slot < home AND f.available > 0
                                            ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED);
         END IF;
         RETURN CASE WHEN FOUND THEN 1 ELSE 0 END;
     END IF;
-    -- As many from one slot as it has, so a batch usually locks one or two.
+    -- As many from one slot as it has, so a batch usually locks one or two: slots from home up, then
+    -- below home, each look an index probe that stops at the first free slot (an ORDER BY on
+    -- "slot >= home" would read and sort every slot of the variant on every look).
     WHILE granted < wanted LOOP
         WITH pick AS (
             SELECT f.slot, f.available FROM dropstock.stock_slots f
-             WHERE f.drop_id = _claim_free.drop_id AND f.available > 0
-             ORDER BY f.slot >= home DESC, f.slot
+             WHERE f.drop_id = _claim_free.drop_id AND f.variant = _claim_free.variant
+               AND f.slot >= low AND f.slot < high AND f.available > 0
+             ORDER BY f.slot
              LIMIT 1 FOR UPDATE SKIP LOCKED
         )
         UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
-          FROM pick WHERE s.drop_id = _claim_free.drop_id AND s.slot = pick.slot
+          FROM pick WHERE s.drop_id = _claim_free.drop_id AND s.variant = _claim_free.variant AND s.slot = pick.slot
         RETURNING least(pick.available, wanted - granted) INTO taken;
-        EXIT WHEN NOT FOUND;
-        granted := granted + taken;
+        IF FOUND THEN
+            granted := granted + taken;
+        ELSIF low = home AND home > 0 THEN
+            low := 0;
+            high := home;
+        ELSE
+            EXIT;
+        END IF;
     END LOOP;
     RETURN granted;
 END
 $$;
 
--- _claim_units: take up to `wanted` free units of the drop; returns how many it took. Fewer than
+-- _claim_units: take up to `wanted` free units of the variant; returns how many it took. Fewer than
 -- wanted means no free unit is left (committed, and in no slot another transaction holds): the stock
 -- is exactly known to be gone, never guessed.
 -- First _claim_free. When that comes up short, it waits for a slot that still has stock: for one
--- unit, any one such slot while holding none; for several, such slots in ascending order (see the
--- discipline above). Before it waits it lets go of every slot the first pass
+-- unit, any one such slot while holding none of the variant; for several, such slots in ascending
+-- order (see the discipline above). Before it waits it lets go of every slot the first pass
 -- locked, by undoing that pass (a subtransaction): a pass can keep a slot locked that it only skipped
 -- (a slot emptied by a commit after the statement's snapshot stays locked once the row lock is taken,
 -- although the row is then passed over), and two claimers that each kept one while waiting for the
 -- other's would deadlock.
-CREATE FUNCTION _claim_units(drop_id uuid, wanted integer)
+CREATE FUNCTION _claim_units(drop_id uuid, variant smallint, wanted integer)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
@@ -193,7 +209,7 @@ BEGIN
     BEGIN
         PERFORM set_config('lock_timeout', '20ms', true);
         FOR attempt IN 1..10 LOOP
-            granted := dropstock._claim_free(_claim_units.drop_id, wanted);
+            granted := dropstock._claim_free(_claim_units.drop_id, _claim_units.variant, wanted);
             IF granted = wanted THEN
                 PERFORM set_config('lock_timeout', previous_timeout, true);
                 RETURN granted;
@@ -203,7 +219,7 @@ BEGIN
             -- whichever frees first, where queueing on one slot would wait out its holder's commit
             -- (and chain the waiters' commits one after the other: 0.4x the throughput, measured).
             EXIT WHEN wanted > 1 OR NOT EXISTS (SELECT FROM dropstock.stock_slots f
-                                                 WHERE f.drop_id = _claim_units.drop_id AND f.available > 0);
+                                                 WHERE f.drop_id = _claim_units.drop_id AND f.variant = _claim_units.variant AND f.available > 0);
             PERFORM pg_sleep(0.0005 + random() * 0.001);
         END LOOP;
         RAISE EXCEPTION 'short' USING ERRCODE = 'DS9RT';  -- undo the pass, let its slots go
@@ -221,14 +237,14 @@ BEGIN
         -- had; the answer is never a guess.
         LOOP
             SELECT f.slot INTO last_slot FROM dropstock.stock_slots f
-             WHERE f.drop_id = _claim_units.drop_id AND f.available > 0
+             WHERE f.drop_id = _claim_units.drop_id AND f.variant = _claim_units.variant AND f.available > 0
              ORDER BY f.slot >= pg_backend_pid() % 64 DESC, f.slot LIMIT 1;
             IF NOT FOUND THEN
                 RETURN 0;
             END IF;
             BEGIN
                 UPDATE dropstock.stock_slots s SET available = s.available - 1
-                 WHERE s.drop_id = _claim_units.drop_id AND s.slot = last_slot AND s.available > 0;
+                 WHERE s.drop_id = _claim_units.drop_id AND s.variant = _claim_units.variant AND s.slot = last_slot AND s.available > 0;
                 IF FOUND THEN
                     RETURN 1;
                 END IF;
@@ -245,11 +261,11 @@ BEGIN
     WHILE granted < wanted LOOP
         WITH pick AS (
             SELECT f.slot, f.available FROM dropstock.stock_slots f
-             WHERE f.drop_id = _claim_units.drop_id AND f.slot > last_slot AND f.available > 0
+             WHERE f.drop_id = _claim_units.drop_id AND f.variant = _claim_units.variant AND f.slot > last_slot AND f.available > 0
              ORDER BY f.slot LIMIT 1 FOR UPDATE
         )
         UPDATE dropstock.stock_slots s SET available = s.available - least(pick.available, wanted - granted)
-          FROM pick WHERE s.drop_id = _claim_units.drop_id AND s.slot = pick.slot
+          FROM pick WHERE s.drop_id = _claim_units.drop_id AND s.variant = _claim_units.variant AND s.slot = pick.slot
         RETURNING pick.slot, least(pick.available, wanted - granted) INTO last_slot, taken;
         EXIT WHEN NOT FOUND;
         granted := granted + taken;
@@ -258,15 +274,16 @@ BEGIN
 END
 $$;
 
--- _reclaim_due: end up to `wanted` holds of the drop that are past due but not yet swept, oldest
--- first, and return how many; their units pass straight to new holds (stock totals do not move), so a
--- drop is never reported sold out while it has dead holds. Holds another transaction is deciding
+-- _reclaim_due: end holds of the variant that are past due but not yet swept, oldest first, until they
+-- make up `wanted` units (at most `wanted` holds), and return how many units they had; their units pass
+-- straight to new holds (stock totals do not move; the caller gives back what it does not use), so a
+-- size is never reported sold out while it has dead holds. Holds another transaction is deciding
 -- (a purchase, a cancel, the sweep) are skipped: their owner settles them.
 -- It may run while the caller holds slots of the drop, and the transaction deciding a hold may be
 -- waiting for one of them (a cancel giving its unit back), so it must not wait for hold rows: the same
 -- short lock_timeout as _claim_free, and the caller counts a timeout as nothing reclaimed (the unit is
 -- on its way back to stock through that other transaction).
-CREATE FUNCTION _reclaim_due(drop_id uuid, wanted integer)
+CREATE FUNCTION _reclaim_due(drop_id uuid, variant smallint, wanted integer)
 RETURNS integer
 LANGUAGE plpgsql
 SET lock_timeout = '20ms'
@@ -278,15 +295,25 @@ BEGIN
     IF wanted < 1 THEN
         RETURN 0;
     END IF;
-    WITH gone AS (
+    -- Enough of the oldest past-due holds to make up `wanted` units: each hold while the units of the
+    -- holds before it are short of `wanted`. Holds locked but not needed stay as they are (the sweep
+    -- ends them once this transaction is over).
+    WITH due AS (
+        SELECT x.id, x.quantity, x.expires_at FROM dropstock.reservations x
+         WHERE x.drop_id = _reclaim_due.drop_id AND x.status = 'reserved' AND x.expires_at <= due_by
+           AND x.variant = _reclaim_due.variant
+         ORDER BY x.expires_at LIMIT wanted FOR UPDATE SKIP LOCKED
+    ), enough AS (
+        SELECT d.id FROM (SELECT due.id, sum(due.quantity) OVER (ORDER BY due.expires_at, due.id
+                                                                   ROWS UNBOUNDED PRECEDING) - due.quantity AS before
+                            FROM due) d
+         WHERE d.before < wanted
+    ), gone AS (
         UPDATE dropstock.reservations r SET status = 'expired'
-         WHERE r.id IN (SELECT x.id FROM dropstock.reservations x
-                         WHERE x.drop_id = _reclaim_due.drop_id AND x.status = 'reserved'
-                           AND x.expires_at <= due_by
-                         ORDER BY x.expires_at LIMIT wanted FOR UPDATE SKIP LOCKED)
-        RETURNING 1
+          FROM enough WHERE r.id = enough.id
+        RETURNING r.quantity
     )
-    SELECT count(*) INTO reclaimed FROM gone;
+    SELECT coalesce(sum(gone.quantity), 0) INTO reclaimed FROM gone;
     RETURN reclaimed;
 END
 $$;

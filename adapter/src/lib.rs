@@ -56,8 +56,10 @@
 //! The code uses one word per thing; the public API keeps the replaced system's names (`reservation`,
 //! `user`, `purchase` in paths, JSON fields and SQL functions).
 //!
-//! - **hold**: one unit kept for one buyer until it expires, is bought or is cancelled (the API's
-//!   "reservation"); to **reserve** is to ask for one.
+//! - **hold**: units of one size kept for one buyer until it expires, is bought or is cancelled (the
+//!   API's "reservation"); to **reserve** is to ask for one.
+//! - **size**: one variant of a drop sold by size, named by its label (the API's "variant"); a hold's
+//!   **units** are its "quantity".
 //! - **buyer**: a person who holds and buys (the API's "user").
 //! - **sale**: a hold turned into a purchase (the API's "purchase").
 //! - **feed**: the stream of stock changes and sales clients watch over `/ws`.

@@ -12,11 +12,13 @@
 //! replaces (`users`, `reservations`, `purchases`, `reserve_item`), so where a name says otherwise the
 //! word is given with it.
 //! - **drop**: a product released at a set time with a fixed number of **units** (`drops`).
-//! - **slot**: one of up to 64 rows a drop's stock is striped over (`stock_slots`); stock is their sum.
+//! - **variant**: one size of a drop sold by size, with its own stock (`variants`, labelled, numbered from
+//!   1); a drop without sizes has one implicit variant, number 0 with no label, so both take one path.
+//! - **slot**: one of up to 64 rows a variant's stock is striped over (`stock_slots`); stock is their sum.
 //! - **buyer**: someone who may hold and buy units (a row of `users`, a `user_id`).
-//! - **hold**: one unit set aside for one buyer until it runs out (a row of `reservations`, made by
-//!   `reserve_item`); **live** while `reserved` and not past due; it **ends** as a sale, a cancel or an
-//!   expiry.
+//! - **hold**: `quantity` units of one variant set aside for one buyer until it runs out (a row of
+//!   `reservations`, made by `reserve_item`); **live** while `reserved` and not past due; it **ends**, for
+//!   all its units at once, as a sale, a cancel or an expiry; **extended** by `extend_hold`.
 //! - **sale**: a hold turned into a purchase (a row of `purchases`).
 //! - **sweep**: ending past-due holds and giving their units back (`expire_reservations`, the worker).
 //! - **reclaim**: a reserver taking over a past-due hold's unit before the sweep has seen it.

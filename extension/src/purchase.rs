@@ -114,7 +114,9 @@ mod tests {
         let first = reserve(&drop, &ann);
         run(&format!("SELECT dropstock.purchase('{first}', '{ann}')"));
         assert_eq!(
-            int(&format!("SELECT dropstock._claim_units('{drop}', 1)")),
+            int(&format!(
+                "SELECT dropstock._claim_units('{drop}', 0::smallint, 1)"
+            )),
             1
         );
         let forged = text(&format!(

@@ -1,4 +1,5 @@
-//! Holds (sql/reserve.sql): `reserve_item`, and `reserve_items` for many buyers in one transaction.
+//! Holds (sql/reserve.sql): `reserve_item`, `reserve_items` for many buyers in one transaction, and
+//! `extend_hold`.
 
 pgrx::extension_sql_file!(
     "../../sql/reserve.sql",
@@ -261,5 +262,278 @@ mod tests {
         ));
         assert_eq!(order, format!("{bob},{ann}"));
         assert_stock_invariant(&drop);
+    }
+
+    /// The variant number, units and status of a hold, as `number|units|status`.
+    fn hold_row(hold: &str) -> String {
+        text(&format!(
+            "SELECT format('%s|%s|%s', variant, quantity, status) FROM dropstock.reservations WHERE id = '{hold}'"
+        ))
+    }
+
+    fn reserve_sized(drop: &str, user: &str, size: &str, units: i32) -> String {
+        text(&format!(
+            "SELECT id::text FROM dropstock.reserve_item('{drop}', '{user}', '{size}', {units})"
+        ))
+    }
+
+    #[pg_test]
+    fn reserve_item_holds_units_of_the_size_asked_for() {
+        let drop = sized_drop(r#"{"US 8": 2, "US 9": 3}"#, 3);
+        let ann = buyer("ann");
+        let hold = reserve_sized(&drop, &ann, "US 9", 2);
+        let us9 = int(&format!(
+            "SELECT variant FROM dropstock.variant_status('{drop}') WHERE label = 'US 9'"
+        ));
+        assert_eq!(hold_row(&hold), format!("{us9}|2|reserved"));
+        assert_eq!(available_of(&drop, "US 9"), 1);
+        assert_eq!(available_of(&drop, "US 8"), 2);
+        assert_eq!(available(&drop), 3);
+        // A retry, even for another size, finds the hold the buyer has.
+        assert_eq!(reserve_sized(&drop, &ann, "US 8", 1), hold);
+        assert_eq!(available_of(&drop, "US 8"), 2);
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn reserve_item_on_a_sized_drop_wants_a_known_size() {
+        let drop = sized_drop(r#"{"US 8": 2, "US 9": 3}"#, 1);
+        let plain = drop_with_stock(2);
+        let ann = buyer("ann");
+        assert_refused(
+            &format!("SELECT dropstock.reserve_item('{drop}', '{ann}')"),
+            "DS012",
+            "choose a size",
+        );
+        assert_refused(
+            &format!("SELECT dropstock.reserve_item('{drop}', '{ann}', 'US 99')"),
+            "DS013",
+            r#"no size "US 99""#,
+        );
+        assert_refused(
+            &format!("SELECT dropstock.reserve_item('{plain}', '{ann}', 'US 9')"),
+            "DS013",
+            r#"no size "US 9""#,
+        );
+        // A label is found trimmed, as create_drop stored it.
+        reserve_sized(&drop, &ann, " US 8 ", 1);
+        assert_eq!(available_of(&drop, "US 8"), 1);
+        assert_stock_invariant(&drop);
+        assert_stock_invariant(&plain);
+    }
+
+    #[pg_test]
+    fn reserve_item_refuses_a_sold_out_size_by_name_and_holds_all_units_or_none() {
+        let drop = sized_drop(r#"{"US 9": 1, "US 10": 3}"#, 5);
+        let (ann, bob) = (buyer("ann"), buyer("bob"));
+        reserve_sized(&drop, &ann, "US 9", 1);
+        assert_refused(
+            &format!("SELECT dropstock.reserve_item('{drop}', '{bob}', 'US 9')"),
+            "DS020",
+            r#"size "US 9" of drop "Sized drop" is sold out"#,
+        );
+        assert_refused(
+            &format!("SELECT dropstock.reserve_item('{drop}', '{bob}', 'US 10', 4)"),
+            "DS020",
+            r#"only 3 left of size "US 10""#,
+        );
+        assert_eq!(available_of(&drop, "US 10"), 3, "nothing taken");
+        reserve_sized(&drop, &bob, "US 10", 3);
+        assert_eq!(available(&drop), 0);
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn the_per_buyer_limit_counts_units_across_sizes_holds_and_purchases() {
+        let drop = sized_drop(r#"{"US 8": 5, "US 9": 5}"#, 3);
+        let ann = buyer("ann");
+        let hold = reserve_sized(&drop, &ann, "US 8", 2);
+        run(&format!("SELECT dropstock.purchase('{hold}', '{ann}')"));
+        assert_refused(
+            &format!("SELECT dropstock.reserve_item('{drop}', '{ann}', 'US 9', 2)"),
+            "DS021",
+            "1 more at most, not 2",
+        );
+        let second = reserve_sized(&drop, &ann, "US 9", 1);
+        run(&format!("SELECT dropstock.purchase('{second}', '{ann}')"));
+        assert_refused(
+            &format!("SELECT dropstock.reserve_item('{drop}', '{ann}', 'US 9', 1)"),
+            "DS021",
+            "limit of 3 per buyer reached",
+        );
+        assert_eq!(
+            int(&format!(
+                "SELECT sum(quantity) FROM dropstock.purchases WHERE user_id = '{ann}'"
+            )),
+            3
+        );
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn reserve_item_refuses_a_quantity_outside_1_to_10000() {
+        let drop = drop_with_stock(2);
+        let ann = buyer("ann");
+        for units in ["0", "-1", "NULL", "10001"] {
+            assert_refused(
+                &format!("SELECT dropstock.reserve_item('{drop}', '{ann}', NULL, {units})"),
+                "22023",
+                "quantity must be from 1 to 10000",
+            );
+        }
+        assert_eq!(available(&drop), 2);
+    }
+
+    #[pg_test]
+    fn every_unit_of_a_hold_is_bought_or_given_back_to_its_size() {
+        let drop = sized_drop(r#"{"S": 4, "M": 4, "L": 4}"#, 2);
+        let (ann, bob, cat) = (buyer("ann"), buyer("bob"), buyer("cat"));
+        let bought = reserve_sized(&drop, &ann, "M", 2);
+        let cancelled = reserve_sized(&drop, &bob, "M", 2);
+        let expired = reserve_sized(&drop, &cat, "L", 2);
+        assert_eq!(available_of(&drop, "M"), 0);
+        run(&format!("SELECT dropstock.purchase('{bought}', '{ann}')"));
+        run(&format!(
+            "SELECT dropstock.cancel_reservation('{cancelled}', '{bob}')"
+        ));
+        let_hold_run_out(&expired);
+        assert_eq!(int("SELECT dropstock.expire_reservations()"), 1);
+        let rows = text(&format!(
+            "SELECT string_agg(format('%s:%s/%s/%s', label, available_stock, held_stock, sold_stock), ' ' ORDER BY variant)
+               FROM dropstock.variant_status('{drop}')"
+        ));
+        // jsonb keeps shorter keys first, then byte order: L, M, S.
+        assert_eq!(rows, "L:4/0/0 M:2/0/2 S:4/0/0");
+        assert_eq!(
+            int(&format!(
+                "SELECT quantity FROM dropstock.purchases WHERE reservation_id = '{bought}'"
+            )),
+            2
+        );
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn a_past_due_hold_of_several_units_is_reclaimed_and_the_surplus_given_back() {
+        let drop = sized_drop(r#"{"US 9": 3, "US 10": 1}"#, 3);
+        let (ann, bob) = (buyer("ann"), buyer("bob"));
+        let old = reserve_sized(&drop, &ann, "US 9", 3);
+        let_hold_run_out(&old);
+        reserve_sized(&drop, &bob, "US 9", 1);
+        assert_eq!(
+            hold_row(&old),
+            "1|3|expired",
+            "US 9 is variant 1: jsonb keeps shorter keys first"
+        );
+        assert_eq!(available_of(&drop, "US 9"), 2);
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn a_buyers_own_past_due_hold_goes_back_to_its_size_when_they_take_another() {
+        let drop = sized_drop(r#"{"US 9": 2, "US 10": 2}"#, 2);
+        let ann = buyer("ann");
+        let old = reserve_sized(&drop, &ann, "US 9", 2);
+        let_hold_run_out(&old);
+        let new = reserve_sized(&drop, &ann, "US 10", 1);
+        assert_ne!(old, new);
+        assert_eq!(available_of(&drop, "US 9"), 2);
+        assert_eq!(available_of(&drop, "US 10"), 1);
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn reserve_items_takes_a_size_and_quantity_per_buyer() {
+        let drop = sized_drop(r#"{"US 8": 2, "US 9": 3}"#, 3);
+        let (ann, bob, cat, dan) = (buyer("ann"), buyer("bob"), buyer("cat"), buyer("dan"));
+        let answers = text(&format!(
+            "SELECT string_agg(format('%s %s %s', coalesce(sqlstate, CASE WHEN fresh THEN 'new' ELSE 'kept' END),
+                                      coalesce(variant, '-'), quantity), ',')
+               FROM dropstock.reserve_items('{drop}', ARRAY['{ann}', '{bob}', '{cat}', '{dan}']::uuid[],
+                                            ARRAY['US 9', 'US 9', NULL, 'US 8'], ARRAY[2, 2, 1, 2])"
+        ));
+        assert_eq!(answers, "new US 9 2,DS020 US 9 2,DS012 - 1,new US 8 2");
+        assert_eq!(available_of(&drop, "US 9"), 1);
+        assert_eq!(available_of(&drop, "US 8"), 0);
+        assert_refused(
+            &format!(
+                "SELECT * FROM dropstock.reserve_items('{drop}', ARRAY['{ann}']::uuid[], ARRAY['US 9', 'US 8'])"
+            ),
+            "22023",
+            "one element per user id",
+        );
+        assert_refused(
+            &format!(
+                "SELECT * FROM dropstock.reserve_items('{drop}', ARRAY['{ann}']::uuid[], NULL, ARRAY[0])"
+            ),
+            "22023",
+            "every quantity",
+        );
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
+    fn extend_hold_adds_hold_seconds_as_often_as_the_drop_allows() {
+        let drop = text(
+            "SELECT id::text FROM dropstock.create_drop('Cart', 10, 5, now() - interval '1 minute', 60, 1, NULL, NULL, 1)",
+        );
+        let (ann, bob) = (buyer("ann"), buyer("bob"));
+        let hold = reserve(&drop, &ann);
+        let before = text(&format!(
+            "SELECT expires_at::text FROM dropstock.reservations WHERE id = '{hold}'"
+        ));
+        assert_refused(
+            &format!("SELECT dropstock.extend_hold('{hold}', '{bob}')"),
+            "DS031",
+            "another buyer",
+        );
+        run(&format!("SELECT dropstock.extend_hold('{hold}', '{ann}')"));
+        assert_eq!(
+            int(&format!(
+                "SELECT extract(epoch FROM expires_at - '{before}'::timestamptz) FROM dropstock.reservations WHERE id = '{hold}'"
+            )),
+            60
+        );
+        assert_refused(
+            &format!("SELECT dropstock.extend_hold('{hold}', '{ann}')"),
+            "DS034",
+            "already extended 1 times",
+        );
+        assert_eq!(
+            text(&format!(
+                "SELECT format('%s|%s', id, extensions) FROM dropstock.reserve_item('{drop}', '{ann}')"
+            )),
+            format!("{hold}|1"),
+            "a retry finds the hold as extended"
+        );
+        let_hold_run_out(&hold);
+        assert_refused(
+            &format!("SELECT dropstock.extend_hold('{hold}', '{ann}')"),
+            "DS030",
+            "expired",
+        );
+        assert_refused(
+            &format!("SELECT dropstock.extend_hold(NULL, '{ann}')"),
+            "22023",
+            "required",
+        );
+    }
+
+    #[pg_test]
+    fn extend_hold_is_refused_on_a_drop_that_does_not_allow_it() {
+        let drop = drop_with_stock(2);
+        let ann = buyer("ann");
+        let hold = reserve(&drop, &ann);
+        assert_refused(
+            &format!("SELECT dropstock.extend_hold('{hold}', '{ann}')"),
+            "DS034",
+            "cannot be extended",
+        );
+        run(&format!("SELECT dropstock.purchase('{hold}', '{ann}')"));
+        assert_refused(
+            &format!("SELECT dropstock.extend_hold('{hold}', '{ann}')"),
+            "DS033",
+            "already purchased",
+        );
     }
 }

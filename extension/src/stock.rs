@@ -37,11 +37,15 @@ mod tests {
     fn a_unit_claimed_and_given_back_keeps_the_sum() {
         let drop = drop_with_stock(3);
         assert_eq!(
-            int(&format!("SELECT dropstock._claim_units('{drop}', 1)")),
+            int(&format!(
+                "SELECT dropstock._claim_units('{drop}', 0::smallint, 1)"
+            )),
             1
         );
         assert_eq!(available(&drop), 2);
-        run(&format!("SELECT dropstock._adjust_stock('{drop}', 1, 0)"));
+        run(&format!(
+            "SELECT dropstock._adjust_stock('{drop}', 0::smallint, 1, 0)"
+        ));
         assert_eq!(available(&drop), 3);
     }
 }

@@ -85,15 +85,44 @@ pub fn let_hold_run_out(hold: &str) {
     ));
 }
 
-/// available + held + sold = total, each part non-negative, and the held count matches live holds.
+/// An open sized drop's id: `sizes` is the variants object, e.g. `{"US 8": 2, "US 9": 1}`.
+pub fn sized_drop(sizes: &str, per_user_limit: i32) -> String {
+    text(&format!(
+        "SELECT id::text FROM dropstock.create_drop('Sized drop', 100, NULL, now() - interval '1 minute', 60,
+                                                    {per_user_limit}, NULL, '{sizes}')"
+    ))
+}
+
+/// Available units of one size of a drop.
+pub fn available_of(drop: &str, label: &str) -> i64 {
+    int(&format!(
+        "SELECT available_stock FROM dropstock.variant_status('{drop}') WHERE label = '{label}'"
+    ))
+}
+
+/// available + held + sold = total, each part non-negative, for the drop and for each of its variants,
+/// and the held and sold counts match the units of live holds and of sales.
 pub fn assert_stock_invariant(drop: &str) {
     let ok = boolean(&format!(
         "SELECT s.available_stock + s.held_stock + s.sold_stock = s.total_stock
             AND s.available_stock >= 0 AND s.held_stock >= 0 AND s.sold_stock >= 0
-            AND s.held_stock = (SELECT count(*) FROM dropstock.reservations r
+            AND s.held_stock = (SELECT coalesce(sum(r.quantity), 0) FROM dropstock.reservations r
                                  WHERE r.drop_id = s.id AND r.status = 'reserved')
-            AND s.sold_stock = (SELECT count(*) FROM dropstock.purchases p WHERE p.drop_id = s.id)
+            AND s.sold_stock = (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p WHERE p.drop_id = s.id)
            FROM dropstock.drop_status('{drop}') s"
     ));
     assert!(ok, "stock invariant broken for drop {drop}");
+    let per_variant = boolean(&format!(
+        "SELECT bool_and(v.available_stock + v.held_stock + v.sold_stock = v.total_stock
+            AND v.available_stock >= 0 AND v.held_stock >= 0 AND v.sold_stock >= 0
+            AND v.held_stock = (SELECT coalesce(sum(r.quantity), 0) FROM dropstock.reservations r
+                                 WHERE r.drop_id = '{drop}' AND r.variant = v.variant AND r.status = 'reserved')
+            AND v.sold_stock = (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
+                                 WHERE p.drop_id = '{drop}' AND p.variant = v.variant))
+           FROM dropstock.variant_status('{drop}') v"
+    ));
+    assert!(
+        per_variant,
+        "stock invariant broken for a variant of drop {drop}"
+    );
 }

@@ -379,8 +379,59 @@ async function scenario() {
   await waitForBuyer(a, single.id, `cy-${tag}`, 1_000, 'A');
   step('a drop sold elsewhere appears on A\'s page by itself, marked "Sold out"', started);
 
+  // A drop sold by size. C follows it on a phone; A takes the last "US 9", and C's picker greys that size
+  // out live, with no reload. C then holds two of "US 8" and extends the hold once, as the drop allows.
   started = Date.now();
-  for (const [who, page] of [['A', a], ['B', b]]) {
+  const sized = await rest(base, 'POST', '/api/drops', {
+    name: `High-top ${tag}`, price: 150, variants: { 'US 8': 2, 'US 9': 1 }, perUserLimit: 2, maxExtensions: 1,
+  }, adminToken);
+  if (sized.totalStock !== 3 || sized.variants.map((v) => v.label).join() !== 'US 8,US 9') {
+    throw new StepFailure(`the sized drop came back as ${JSON.stringify(sized)}`);
+  }
+  const c = await openBuyer('user-c', base, `?drop=${sized.id}`, { width: 390, height: 844 });
+  await waitFor(c, "C's page goes live", () => document.querySelector('#connection').dataset.state === 'live', undefined, 10_000);
+  await pickName(c, `cat-${tag}`);
+  const sizeRadio = (page, label) => cardText(page, sized.id, `.sizes input[value="${label}"]`);
+  for (const [who, page] of [['A', a], ['C', c]]) {
+    await waitFor(page, `${who} sees both sizes on sale`, (id) => {
+      const radios = [...document.querySelectorAll(`li.drop[data-drop-id="${id}"] .sizes input`)];
+      return radios.length === 2 && radios.every((r) => !r.disabled);
+    }, sized.id, 5_000);
+  }
+  step('a sized drop shows its size picker on both pages, every size on sale', started);
+
+  started = Date.now();
+  await sizeRadio(a, 'US 9').check();
+  await cardText(a, sized.id, 'button.reserve').click();
+  const clicked = Date.now();
+  await waitForOutcome(a, sized.id, '^Reserved', 3_000, 'A');
+  await waitFor(a, 'A\'s hold names its size', (id) =>
+    document.querySelector(`li.drop[data-drop-id="${id}"] .hold-what`).textContent === 'US 9', sized.id, 1_000);
+  await waitFor(c, 'C\'s picker greys "US 9" out', (id) => {
+    const card = document.querySelector(`li.drop[data-drop-id="${id}"]`);
+    const nine = card.querySelector('.sizes input[value="US 9"]');
+    const eight = card.querySelector('.sizes input[value="US 8"]');
+    return nine.disabled && nine.closest('label').classList.contains('soldout') && !eight.disabled;
+  }, sized.id, 3_000);
+  step(`A took the last "US 9"; C's picker greyed it out ${Date.now() - clicked} ms after A's click`, started);
+
+  started = Date.now();
+  await sizeRadio(c, 'US 8').check();
+  await cardText(c, sized.id, 'select.quantity').selectOption('2');
+  await cardText(c, sized.id, 'button.reserve').click();
+  await waitForOutcome(c, sized.id, '^Reserved', 3_000, 'C');
+  await waitFor(c, 'C\'s hold shows size and quantity', (id) =>
+    document.querySelector(`li.drop[data-drop-id="${id}"] .hold-what`).textContent === 'US 8 × 2', sized.id, 1_000);
+  await cardText(c, sized.id, 'button.extend').click();
+  await waitForOutcome(c, sized.id, '^Extended', 3_000, 'C');
+  await waitFor(c, 'the extend button goes once used up', (id) =>
+    document.querySelector(`li.drop[data-drop-id="${id}"] button.extend`).hidden, sized.id, 1_000);
+  await waitFor(a, 'A\'s picker greys "US 8" out too', (id) =>
+    document.querySelector(`li.drop[data-drop-id="${id}"] .sizes input[value="US 8"]`).disabled, sized.id, 3_000);
+  step('C held 2 of "US 8", extended the hold once; A\'s picker greyed "US 8" out', started);
+
+  started = Date.now();
+  for (const [who, page] of [['A', a], ['B', b], ['C', c]]) {
     if (!(await page.evaluate(() => window.noReloadMarker === true))) throw new StepFailure(`${who}'s page reloaded`);
     if (page.errors.length) throw new StepFailure(`${who}'s page logged errors: ${page.errors.join(' | ')}`);
   }

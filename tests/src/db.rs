@@ -92,6 +92,18 @@ pub async fn new_drop(db: &Client, stock: i32, hold_seconds: i32) -> Uuid {
     .get(0)
 }
 
+/// An open sized drop (started a minute ago, holds of an hour): `sizes` is the variants object, e.g.
+/// `{"US 8": 10, "US 9": 10}`.
+pub async fn new_sized_drop(db: &Client, sizes: &str, per_buyer_limit: i32) -> Uuid {
+    db.query_one(
+        "SELECT id FROM dropstock.create_drop($1, 10, NULL, now() - interval '1 minute', 3600, $2, NULL, $3::text::jsonb)",
+        &[&unique("sized drop"), &per_buyer_limit, &sizes],
+    )
+    .await
+    .expect("create_drop with variants")
+    .get(0)
+}
+
 /// `buyer`'s hold on `drop`, which the test expects to be granted.
 pub async fn reserve(db: &Client, drop: Uuid, buyer: Uuid) -> Uuid {
     db.query_one(
@@ -161,35 +173,52 @@ pub async fn stock(db: &Client, drop: Uuid) -> (i32, i32, i32) {
     (row.get(0), row.get(1), row.get(2))
 }
 
-/// available + live holds + purchases = total, nothing negative, and the striped counters agree with
-/// the rows they stand for.
+/// available + units of live holds + units sold = total, nothing negative, and the striped counters
+/// agree with the rows they stand for: for the drop, and for each of its variants.
 pub async fn assert_invariant(db: &Client, drop: Uuid) {
-    let row = db
-        .query_one(
-            "SELECT s.total_stock, s.available_stock, s.held_stock, s.sold_stock,
-                    (SELECT count(*)::int FROM dropstock.reservations r WHERE r.drop_id = s.id AND r.status = 'reserved'),
-                    (SELECT count(*)::int FROM dropstock.purchases p WHERE p.drop_id = s.id),
-                    (SELECT count(*)::int FROM dropstock.stock_slots t WHERE t.drop_id = s.id AND (t.available < 0 OR t.sold < 0))
+    let rows = db
+        .query(
+            "SELECT v.label, v.total_stock, v.available_stock, v.held_stock, v.sold_stock,
+                    (SELECT coalesce(sum(r.quantity), 0)::int FROM dropstock.reservations r
+                      WHERE r.drop_id = $1 AND r.variant = v.variant AND r.status = 'reserved'),
+                    (SELECT coalesce(sum(p.quantity), 0)::int FROM dropstock.purchases p
+                      WHERE p.drop_id = $1 AND p.variant = v.variant),
+                    (SELECT count(*)::int FROM dropstock.stock_slots t
+                      WHERE t.drop_id = $1 AND t.variant = v.variant AND (t.available < 0 OR t.sold < 0))
+               FROM dropstock.variant_status($1) v
+             UNION ALL
+             SELECT 'the drop', s.total_stock, s.available_stock, s.held_stock, s.sold_stock,
+                    (SELECT coalesce(sum(r.quantity), 0)::int FROM dropstock.reservations r
+                      WHERE r.drop_id = s.id AND r.status = 'reserved'),
+                    (SELECT coalesce(sum(p.quantity), 0)::int FROM dropstock.purchases p WHERE p.drop_id = s.id),
+                    0
                FROM dropstock.drop_status($1) s",
             &[&drop],
         )
         .await
         .expect("invariant query");
-    let (total, available, held, sold): (i32, i32, i32, i32) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    let (live_holds, purchases, negative_slots): (i32, i32, i32) =
-        (row.get(4), row.get(5), row.get(6));
-    assert_eq!(
-        available + live_holds + purchases,
-        total,
-        "available + holds + purchases = total"
-    );
-    assert_eq!(
-        (held, sold),
-        (live_holds, purchases),
-        "striped counters match the rows"
-    );
-    assert!(available >= 0 && negative_slots == 0, "no negative stock");
+    for row in rows {
+        let part: Option<String> = row.get(0);
+        let part = part.unwrap_or_else(|| "the drop's one variant".to_owned());
+        let (total, available, held, sold): (i32, i32, i32, i32) =
+            (row.get(1), row.get(2), row.get(3), row.get(4));
+        let (live_units, sold_units, negative_slots): (i32, i32, i32) =
+            (row.get(5), row.get(6), row.get(7));
+        assert_eq!(
+            available + live_units + sold_units,
+            total,
+            "{part}: available + held units + sold units = total"
+        );
+        assert_eq!(
+            (held, sold),
+            (live_units, sold_units),
+            "{part}: striped counters match the rows"
+        );
+        assert!(
+            available >= 0 && negative_slots == 0,
+            "{part}: no negative stock"
+        );
+    }
 }
 
 /// The SQLSTATE of a failed call, e.g. "DS020".
@@ -236,6 +265,8 @@ where
 pub struct Listener {
     pub client: Client,
     pub notifications: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// The byte length of the longest payload received so far, as PostgreSQL sent it.
+    pub longest_payload: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A Listener on the test cluster.
@@ -250,11 +281,14 @@ pub async fn listen_at(url: &str) -> Listener {
         .await
         .expect("connect the listener");
     let (sender, notifications) = tokio::sync::mpsc::unbounded_channel();
+    let longest_payload = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let longest = longest_payload.clone();
     // A LISTEN connection delivers nothing unless its messages are polled.
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     tokio::spawn(async move {
         while let Some(Ok(message)) = messages.next().await {
             if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                longest.fetch_max(n.payload().len(), std::sync::atomic::Ordering::Relaxed);
                 let payload = serde_json::from_str(n.payload()).expect("payloads are JSON");
                 if sender.send(payload).is_err() {
                     break;
@@ -269,6 +303,7 @@ pub async fn listen_at(url: &str) -> Listener {
     Listener {
         client,
         notifications,
+        longest_payload,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Batching: concurrent `POST /api/reservations` for the same drop share one
 //! `dropstock.reserve_items` call, so one transaction and one commit (one disk flush) serve them all,
-//! and each buyer still gets exactly the answer `reserve_item` would have given them.
+//! and each buyer still gets exactly the answer `reserve_item` would have given them. Each request
+//! carries its own size and quantity into the call.
 //!
 //! Per drop, a queue and up to `FLUSHERS_PER_DROP` flusher tasks: a flusher takes whatever is waiting
 //! (up to `MAX_BATCH`), makes the call, and answers each request. A request that arrives while the
@@ -19,9 +20,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::db::models::{HoldStatus, HoldView};
+use crate::db::models::{HoldStatus, HoldView, Units};
 use crate::db::pool::Database;
-use crate::db::queries::{self, BatchAnswer};
+use crate::db::queries::{self, Asked, BatchAnswer};
 use crate::http::errors::ApiError;
 
 /// Buyers one call serves at most: beyond this a call holds its slot locks longer than it saves.
@@ -45,7 +46,7 @@ pub struct Reserved {
 }
 
 struct Request {
-    buyer: Uuid,
+    asked: Asked,
     reply: oneshot::Sender<Result<Reserved, ApiError>>,
 }
 
@@ -69,10 +70,10 @@ impl Batcher {
         }
     }
 
-    /// Reserves one unit of `drop` for `buyer`, in whichever batch forms next.
-    pub async fn reserve(&self, drop: Uuid, buyer: Uuid) -> Result<Reserved, ApiError> {
+    /// Reserves what `asked` names (a buyer, a size, units) of `drop`, in whichever batch forms next.
+    pub async fn reserve(&self, drop: Uuid, asked: Asked) -> Result<Reserved, ApiError> {
         let (reply, answer) = oneshot::channel();
-        let mut request = Request { buyer, reply };
+        let mut request = Request { asked, reply };
         // A queue that closed for idleness refuses the request; `queue_for` then opens a new one.
         loop {
             match self.queue_for(drop)?.send(request) {
@@ -176,9 +177,9 @@ impl Flushers {
         if batch.is_empty() {
             return;
         }
-        let buyers: Vec<Uuid> = batch.iter().map(|request| request.buyer).collect();
+        let asked: Vec<Asked> = batch.iter().map(|request| request.asked.clone()).collect();
         let answers = match self.pool.connection().await {
-            Ok(client) => queries::reserve_batch(&client, self.drop, &buyers).await,
+            Ok(client) => queries::reserve_batch(&client, self.drop, &asked).await,
             Err(error) => Err(error),
         };
         match answers {
@@ -191,14 +192,14 @@ impl Flushers {
                 // made it (201), the others get it back as a retry would (200).
                 let mut answered = std::collections::HashSet::new();
                 for request in batch {
-                    let outcome = match by_buyer.get(&request.buyer) {
+                    let buyer = request.asked.buyer;
+                    let outcome = match by_buyer.get(&buyer) {
                         Some(answer) => self.outcome(answer).map(|reserved| Reserved {
-                            fresh: reserved.fresh && answered.insert(request.buyer),
+                            fresh: reserved.fresh && answered.insert(buyer),
                             ..reserved
                         }),
                         None => Err(ApiError::internal(&format_args!(
-                            "reserve_items gave no answer for buyer {}",
-                            request.buyer
+                            "reserve_items gave no answer for buyer {buyer}"
                         ))),
                     };
                     let _ = request.reply.send(outcome);
@@ -240,6 +241,7 @@ impl Flushers {
                     status: HoldStatus::Reserved,
                     expires_at: hold.expires_at,
                     created_at: hold.created_at,
+                    units: Units::of(answer.variant.clone(), answer.quantity),
                 },
                 fresh: hold.fresh,
             }),

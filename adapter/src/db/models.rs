@@ -41,6 +41,18 @@ pub struct RecentSale {
     pub created_at: DateTime<Utc>,
 }
 
+/// One size of a sized drop and its stock, as `dropstock.variant_stock` spells it in JSON (queries read
+/// the `variant_stock[]` column as `to_json(…)`, a built-in type, as they do the latest sales).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VariantStock {
+    pub variant: i16,
+    pub label: Option<String>,
+    pub total_stock: i32,
+    pub available_stock: i32,
+    pub held_stock: i32,
+    pub sold_stock: i32,
+}
+
 /// Timestamps go out as JavaScript's `Date.prototype.toISOString()` writes them
 /// (`2026-11-27T21:30:00.000Z`), which clients of the replaced API parse already.
 pub fn timestamp<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
@@ -80,6 +92,50 @@ pub struct DropView {
     /// The three latest sales, newest first.
     #[serde(rename = "purchases")]
     pub sales: Vec<RecentSaleView>,
+    /// How many times a hold may be extended; left out when never, as before extensions existed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub max_extensions: i32,
+    /// A sized drop's sizes, in the extension's order; left out for a drop without sizes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<SizeView>,
+}
+
+fn is_zero(value: &i32) -> bool {
+    *value == 0
+}
+
+/// One size of a drop, as drops list them.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SizeView {
+    pub label: String,
+    pub total_stock: i32,
+    pub available_stock: i32,
+}
+
+impl From<VariantStock> for SizeView {
+    fn from(size: VariantStock) -> Self {
+        SizeView {
+            label: size.label.unwrap_or_default(),
+            total_stock: size.total_stock,
+            available_stock: size.available_stock,
+        }
+    }
+}
+
+/// The size and the units of a hold or a sale. Left out of the JSON for one unit of a drop without
+/// sizes, so such holds and sales read exactly as before sizes existed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Units {
+    /// The size's label; null on a drop without sizes.
+    pub variant: Option<String>,
+    pub quantity: i32,
+}
+
+impl Units {
+    pub fn of(variant: Option<String>, quantity: i32) -> Option<Units> {
+        (variant.is_some() || quantity != 1).then_some(Units { variant, quantity })
+    }
 }
 
 /// One entry of a drop's `purchases` list.
@@ -125,6 +181,8 @@ pub struct HoldView {
     pub expires_at: DateTime<Utc>,
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub units: Option<Units>,
 }
 
 /// A sale, as `POST /api/purchases` answers.
@@ -138,9 +196,12 @@ pub struct SaleView {
     pub drop_id: Uuid,
     #[serde(rename = "userId")]
     pub buyer_id: Uuid,
+    /// Per unit.
     pub price: f64,
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub units: Option<Units>,
 }
 
 /// A buyer, as `POST /api/users` answers.
@@ -161,11 +222,15 @@ pub struct NewDrop {
     /// The price as the client wrote it (a JSON number), passed to SQL as text so `numeric` gets the exact
     /// decimal rather than a binary float's nearest value.
     pub price: String,
-    pub total_stock: i32,
+    /// Required without sizes; with them, None (their sum) or their sum.
+    pub total_stock: Option<i32>,
     pub starts_at: Option<DateTime<Utc>>,
     pub ends_at: Option<DateTime<Utc>>,
     pub hold_seconds: Option<i32>,
     pub per_buyer_limit: Option<i32>,
+    /// The sizes and their stock, as the JSON object the client sent (checked by the extension).
+    pub variants: Option<String>,
+    pub max_extensions: Option<i32>,
 }
 
 #[cfg(test)]
@@ -210,6 +275,8 @@ mod tests {
                 username: "ada".to_owned(),
                 created_at: at,
             })],
+            max_extensions: 0,
+            variants: Vec::new(),
         })
         .unwrap();
         assert_eq!(
@@ -241,6 +308,7 @@ mod tests {
             status: HoldStatus::Sold,
             expires_at: at,
             created_at: at,
+            units: Units::of(None, 1),
         })
         .unwrap();
         assert_eq!(
@@ -256,6 +324,7 @@ mod tests {
             buyer_id: id,
             price: 65.0,
             created_at: at,
+            units: Units::of(None, 1),
         })
         .unwrap();
         assert_eq!(
@@ -277,5 +346,34 @@ mod tests {
         })
         .unwrap();
         assert_eq!(keys(&buyer), ["createdAt", "id", "username"]);
+    }
+
+    #[test]
+    fn sizes_and_quantities_show_only_when_used() {
+        let at = Utc::now();
+        let hold = |units| {
+            serde_json::to_value(HoldView {
+                id: Uuid::nil(),
+                drop_id: Uuid::nil(),
+                buyer_id: Uuid::nil(),
+                status: HoldStatus::Reserved,
+                expires_at: at,
+                created_at: at,
+                units,
+            })
+            .unwrap()
+        };
+        let plain = hold(Units::of(None, 1));
+        assert!(plain.get("variant").is_none() && plain.get("quantity").is_none());
+        let sized = hold(Units::of(Some("US 9".to_owned()), 1));
+        assert_eq!(
+            (&sized["variant"], &sized["quantity"]),
+            (&"US 9".into(), &1.into())
+        );
+        let two = hold(Units::of(None, 2));
+        assert_eq!(
+            (&two["variant"], &two["quantity"]),
+            (&serde_json::Value::Null, &2.into())
+        );
     }
 }

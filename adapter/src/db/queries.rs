@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use postgres_types::{ToSql, Type};
 
-use crate::db::models::{BuyerView, DropView, HoldStatus, HoldView, NewDrop, RecentSale, SaleView};
+use crate::db::models::{
+    BuyerView, DropView, HoldStatus, HoldView, NewDrop, RecentSale, SaleView, Units, VariantStock,
+};
 use crate::db::pool::{Connection, Statements};
 use crate::db::DbError;
 
@@ -76,17 +78,30 @@ pub async fn extension_installed(client: &Connection) -> Result<bool, DbError> {
 }
 
 /// The columns of `dropstock.drop_summaries`, with the price as float8 (JSON has only one kind of number,
-/// and prices of at most 12 digits with 2 decimals survive the trip exactly) and the latest sales as JSON
-/// (a built-in type, see `HoldStatus`).
+/// and prices of at most 12 digits with 2 decimals survive the trip exactly) and the latest sales and the
+/// sizes as JSON (built-in types, see `HoldStatus`).
 const SUMMARY_COLUMNS: &str =
     "id, name, price::float8, total_stock, available_stock, held_stock, sold_stock, \
-     starts_at, ends_at, hold_seconds, per_user_limit, created_at, to_json(recent_purchases)::text";
+     starts_at, ends_at, hold_seconds, per_user_limit, created_at, to_json(recent_purchases)::text, \
+     max_extensions, to_json(variants)::text";
+
+/// A JSON array column (`to_json` of an array of the extension's composite type). The views build them
+/// with `ARRAY(…)`, so they hold no NULLs today; skipping them rather than failing keeps one odd row from
+/// turning a whole drop list into an error.
+fn json_array<T: serde::de::DeserializeOwned>(
+    row: &Row,
+    column: usize,
+    name: &str,
+) -> Result<Vec<T>, DbError> {
+    let text: Option<&str> = row.try_get(column)?;
+    let elements: Vec<Option<T>> = serde_json::from_str(text.unwrap_or("[]"))
+        .map_err(|error| DbError::Shape(format!("{name}: {error}")))?;
+    Ok(elements.into_iter().flatten().collect())
+}
 
 fn drop_view(row: &Row) -> Result<DropView, DbError> {
-    // The view builds `recent_purchases` with `ARRAY(…)` over a join, so it holds no NULLs today; skipping
-    // them rather than failing keeps one odd row from turning a whole drop list into an error.
-    let sales: Vec<Option<RecentSale>> = serde_json::from_str(row.try_get(12)?)
-        .map_err(|error| DbError::Shape(format!("recent_purchases: {error}")))?;
+    let sales: Vec<RecentSale> = json_array(row, 12, "recent_purchases")?;
+    let sizes: Vec<VariantStock> = json_array(row, 14, "variants")?;
     Ok(DropView {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -100,7 +115,9 @@ fn drop_view(row: &Row) -> Result<DropView, DbError> {
         hold_seconds: row.try_get(9)?,
         per_buyer_limit: row.try_get(10)?,
         created_at: row.try_get(11)?,
-        sales: sales.into_iter().flatten().map(Into::into).collect(),
+        sales: sales.into_iter().map(Into::into).collect(),
+        max_extensions: row.try_get(13)?,
+        variants: sizes.into_iter().map(Into::into).collect(),
     })
 }
 
@@ -117,7 +134,8 @@ pub async fn drop_status(client: &Connection, drop_id: Uuid) -> Result<DropView,
 }
 
 /// Calls `create_drop` with named arguments for the fields given, so the ones left out take the
-/// extension's defaults. At most eight spellings of the call exist, each prepared once per connection.
+/// extension's defaults, and answers the new drop as `drop_status` shows it (a sized drop's sizes are
+/// numbered and trimmed by the extension). Each spelling of the call is prepared once per connection.
 pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView, DbError> {
     let mut arguments = vec![
         "name => $1".to_owned(),
@@ -129,7 +147,7 @@ pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView
         (&drop.price, Type::TEXT),
         (&drop.total_stock, Type::INT4),
     ];
-    let optional: [(&str, Option<&(dyn ToSql + Sync)>, Type); 4] = [
+    let optional: [(&str, Option<&(dyn ToSql + Sync)>, Type); 6] = [
         (
             "starts_at",
             drop.starts_at.as_ref().map(|v| v as _),
@@ -150,21 +168,31 @@ pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView
             drop.per_buyer_limit.as_ref().map(|v| v as _),
             Type::INT4,
         ),
+        // The sizes travel as JSON text, read as jsonb by the extension.
+        (
+            "variants",
+            drop.variants.as_ref().map(|v| v as _),
+            Type::TEXT,
+        ),
+        (
+            "max_extensions",
+            drop.max_extensions.as_ref().map(|v| v as _),
+            Type::INT4,
+        ),
     ];
     for (name, value, ty) in optional {
         if let Some(value) = value {
             values.push((value, ty));
-            arguments.push(format!("{name} => ${}", values.len()));
+            let cast = if name == "variants" { "::jsonb" } else { "" };
+            arguments.push(format!("{name} => ${}{cast}", values.len()));
         }
     }
     let sql = format!(
-        "SELECT d.id, d.name, d.price::float8, d.total_stock, d.total_stock, 0, 0, d.starts_at, d.ends_at, \
-                d.hold_seconds, d.per_user_limit, d.created_at, '[]' \
-           FROM dropstock.create_drop({}) d",
+        "SELECT d.id FROM dropstock.create_drop({}) d",
         arguments.join(", ")
     );
-    let rows = call!(client, &sql, &values)?;
-    drop_view(&only(rows)?)
+    let id: Uuid = only(call!(client, &sql, &values)?)?.try_get(0)?;
+    drop_status(client, id).await
 }
 
 /// Calls `create_user`.
@@ -182,6 +210,15 @@ pub async fn create_buyer(client: &Connection, username: &str) -> Result<BuyerVi
     })
 }
 
+/// The size (its label, on a sized drop) and the units of a hold, read beside it. Labels come from
+/// `variant_status`, the one place that names a drop's sizes.
+const UNITS_COLUMNS: &str =
+    "CASE WHEN r.variant > 0 THEN (SELECT v.label FROM dropstock.variant_status(r.drop_id) v \
+                                                      WHERE v.variant = r.variant) END, r.quantity";
+
+/// A hold's columns, with its status as text (see `HoldStatus`).
+const HOLD_COLUMNS: &str = "r.id, r.drop_id, r.user_id, r.status::text, r.expires_at, r.created_at";
+
 fn hold_view(row: &Row) -> Result<HoldView, DbError> {
     let label: &str = row.try_get(3)?;
     Ok(HoldView {
@@ -192,6 +229,7 @@ fn hold_view(row: &Row) -> Result<HoldView, DbError> {
             .ok_or_else(|| DbError::Shape(format!("unknown hold status {label:?}")))?,
         expires_at: row.try_get(4)?,
         created_at: row.try_get(5)?,
+        units: Units::of(row.try_get(6)?, row.try_get(7)?),
     })
 }
 
@@ -199,6 +237,9 @@ fn hold_view(row: &Row) -> Result<HoldView, DbError> {
 pub struct BatchAnswer {
     pub buyer: Uuid,
     pub hold: Option<BatchHold>,
+    /// The hold's size and units (those asked for, with a refusal).
+    pub variant: Option<String>,
+    pub quantity: i32,
     pub sqlstate: Option<String>,
     pub message: Option<String>,
 }
@@ -214,17 +255,33 @@ pub struct BatchHold {
     pub fresh: bool,
 }
 
+/// What one buyer asks `reserve_items` for: a size (on a sized drop) and a number of units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub buyer: Uuid,
+    pub variant: Option<String>,
+    pub quantity: i32,
+}
+
 /// Reserves for many buyers of one drop in one transaction (see `batch`).
 pub async fn reserve_batch(
     client: &Connection,
     drop_id: Uuid,
-    buyers: &[Uuid],
+    asked: &[Asked],
 ) -> Result<Vec<BatchAnswer>, DbError> {
+    let buyers: Vec<Uuid> = asked.iter().map(|a| a.buyer).collect();
+    let variants: Vec<Option<&str>> = asked.iter().map(|a| a.variant.as_deref()).collect();
+    let quantities: Vec<i32> = asked.iter().map(|a| a.quantity).collect();
     let rows = call!(
         client,
-        "SELECT user_id, reservation_id, expires_at, created_at, fresh, sqlstate, message \
-           FROM dropstock.reserve_items($1, $2)",
-        &[(&drop_id, Type::UUID), (&buyers, Type::UUID_ARRAY)]
+        "SELECT user_id, reservation_id, expires_at, created_at, fresh, sqlstate, message, variant, quantity \
+           FROM dropstock.reserve_items($1, $2, $3, $4)",
+        &[
+            (&drop_id, Type::UUID),
+            (&buyers, Type::UUID_ARRAY),
+            (&variants, Type::TEXT_ARRAY),
+            (&quantities, Type::INT4_ARRAY),
+        ]
     )?;
     rows.iter()
         .map(|row| {
@@ -242,32 +299,67 @@ pub async fn reserve_batch(
                 hold,
                 sqlstate: row.try_get(5)?,
                 message: row.try_get(6)?,
+                variant: row.try_get(7)?,
+                quantity: row.try_get(8)?,
             })
         })
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(DbError::from)
 }
 
-/// Calls `cancel_reservation`: the buyer gives their hold back.
-pub async fn cancel(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<HoldView, DbError> {
+/// What a buyer can do to their own hold besides buying it.
+#[derive(Debug, Clone, Copy)]
+pub enum HoldChange {
+    /// `cancel_reservation`: give the hold back.
+    Cancel,
+    /// `extend_hold`: the drop's hold time once more.
+    Extend,
+}
+
+/// Calls `cancel_reservation` or `extend_hold`; the hold as it is afterwards.
+pub async fn change_hold(
+    client: &Connection,
+    change: HoldChange,
+    hold_id: Uuid,
+    buyer: Uuid,
+) -> Result<HoldView, DbError> {
+    let function = match change {
+        HoldChange::Cancel => "cancel_reservation",
+        HoldChange::Extend => "extend_hold",
+    };
+    let sql = format!("SELECT {HOLD_COLUMNS}, {UNITS_COLUMNS} FROM dropstock.{function}($1, $2) r");
     let rows = call!(
         client,
-        "SELECT r.id, r.drop_id, r.user_id, r.status::text, r.expires_at, r.created_at \
-           FROM dropstock.cancel_reservation($1, $2) r",
+        &sql,
         &[(&hold_id, Type::UUID), (&buyer, Type::UUID)]
     )?;
     hold_view(&only(rows)?)
 }
 
-/// Calls `purchase`: the buyer turns their hold into a sale.
-pub async fn buy(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
+/// The labels of a sized drop's sizes, element i - 1 for variant i (none for a drop without sizes).
+pub async fn variant_labels(client: &Connection, drop_id: Uuid) -> Result<Vec<String>, DbError> {
     let rows = call!(
         client,
-        "SELECT p.id, p.reservation_id, p.drop_id, p.user_id, p.price::float8, p.created_at \
-           FROM dropstock.purchase($1, $2) p",
-        &[(&hold_id, Type::UUID), (&buyer, Type::UUID)]
+        "SELECT label FROM dropstock.variant_status($1) WHERE variant > 0 ORDER BY variant",
+        &[(&drop_id, Type::UUID)]
     )?;
-    let row = only(rows)?;
+    Ok(rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Calls `purchase`: the buyer turns their hold into a sale.
+pub async fn buy(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
+    let sql = format!(
+        "SELECT r.id, r.reservation_id, r.drop_id, r.user_id, r.price::float8, r.created_at, {UNITS_COLUMNS} \
+           FROM dropstock.purchase($1, $2) r"
+    );
+    let row = only(call!(
+        client,
+        &sql,
+        &[(&hold_id, Type::UUID), (&buyer, Type::UUID)]
+    )?)?;
     Ok(SaleView {
         id: row.try_get(0)?,
         hold_id: row.try_get(1)?,
@@ -275,6 +367,7 @@ pub async fn buy(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<Sale
         buyer_id: row.try_get(3)?,
         price: row.try_get(4)?,
         created_at: row.try_get(5)?,
+        units: Units::of(row.try_get(6)?, row.try_get(7)?),
     })
 }
 

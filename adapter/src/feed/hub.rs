@@ -31,10 +31,11 @@ pub enum FeedEvent {
 }
 
 impl FeedEvent {
-    pub fn from_notice(notice: &Notice) -> Self {
+    /// `labels`: the drop's size labels, element i - 1 for variant i (empty for a drop without sizes).
+    pub fn from_notice(notice: &Notice, labels: &[String]) -> Self {
         FeedEvent::Drop {
             drop_id: notice.drop_id,
-            frames: messages::notice_frames(notice),
+            frames: messages::notice_frames(notice, labels),
         }
     }
 }

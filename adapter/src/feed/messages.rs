@@ -28,11 +28,21 @@ struct Snapshot<'a> {
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "stock", rename_all = "camelCase")]
-struct StockMessage {
+struct StockMessage<'a> {
     drop_id: Uuid,
     available_stock: i64,
     total_stock: i64,
     seq: u64,
+    /// A sized drop's sizes that changed; left out for a drop without sizes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    variants: Vec<StockVariant<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StockVariant<'a> {
+    label: &'a str,
+    available_stock: i64,
 }
 
 #[derive(Serialize)]
@@ -60,14 +70,26 @@ pub fn snapshot_frame(drops: &[DropView], live: bool) -> Utf8Bytes {
 }
 
 /// The stock change first (it is what every screen shows), then one `purchase` per new sale, oldest
-/// first, so a client that prepends each to its feed ends with the newest on top.
-pub fn notice_frames(notice: &Notice) -> Vec<Utf8Bytes> {
+/// first, so a client that prepends each to its feed ends with the newest on top. `labels` names the
+/// sizes: element i - 1 for variant i.
+pub fn notice_frames(notice: &Notice, labels: &[String]) -> Vec<Utf8Bytes> {
     let mut frames = Vec::with_capacity(1 + notice.sales.len());
     frames.push(to_frame(&StockMessage {
         drop_id: notice.drop_id,
         available_stock: notice.available_stock,
         total_stock: notice.total_stock,
         seq: notice.seq,
+        variants: notice
+            .variants
+            .iter()
+            .filter_map(|size| {
+                let label = labels.get(usize::try_from(size.0).ok()?.checked_sub(1)?)?;
+                Some(StockVariant {
+                    label,
+                    available_stock: size.1,
+                })
+            })
+            .collect(),
     }));
     for sale in notice.sales.iter().rev() {
         frames.push(to_frame(&SaleMessage {
@@ -103,7 +125,7 @@ mod tests {
                    "user":{"id":"00000000-0000-0000-0000-0000000000b1","username":"ada"}}]}"#,
         )
         .unwrap();
-        let messages: Vec<serde_json::Value> = notice_frames(&notice)
+        let messages: Vec<serde_json::Value> = notice_frames(&notice, &[])
             .iter()
             .map(|frame| serde_json::from_str(frame.as_str()).unwrap())
             .collect();
@@ -112,6 +134,10 @@ mod tests {
         assert_eq!(messages[0]["availableStock"], 12);
         assert_eq!(messages[0]["totalStock"], 100);
         assert_eq!(messages[0]["seq"], 57);
+        assert!(
+            messages[0].get("variants").is_none(),
+            "a drop without sizes"
+        );
         assert_eq!(messages[1]["type"], "purchase");
         assert_eq!(messages[1]["user"]["username"], "ada");
         assert_eq!(messages[2]["user"]["username"], "grace");
@@ -123,6 +149,22 @@ mod tests {
         assert_eq!(
             messages[2]["dropId"],
             "6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11"
+        );
+    }
+
+    #[test]
+    fn names_the_sizes_that_changed() {
+        let notice: Notice = serde_json::from_str(
+            r#"{"dropId":"6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11","availableStock":7,"totalStock":9,"seq":3,
+                "purchases":[],"variants":[[2, 0], [3, 4]]}"#,
+        )
+        .unwrap();
+        let labels = ["US 8", "US 9", "US 10"].map(str::to_owned);
+        let stock: serde_json::Value =
+            serde_json::from_str(notice_frames(&notice, &labels)[0].as_str()).unwrap();
+        assert_eq!(
+            stock["variants"],
+            serde_json::json!([{"label": "US 9", "availableStock": 0}, {"label": "US 10", "availableStock": 4}])
         );
     }
 }

@@ -18,7 +18,15 @@ pub struct Notice {
     /// New sales since the previous notice of this drop, newest first.
     #[serde(default, rename = "purchases")]
     pub sales: Vec<NoticeSale>,
+    /// A sized drop's sizes whose available units changed since its previous notice (all of them in
+    /// its first), by variant number: labels would not fit the payload limit, numbers do.
+    #[serde(default)]
+    pub variants: Vec<NoticeVariant>,
 }
+
+/// One size in a notice, `[variant, availableStock]`; variant i is the i-th size the drop lists.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+pub struct NoticeVariant(pub i16, pub i64);
 
 /// One sale in a notice.
 #[derive(Debug, Clone, Deserialize, Serialize)]

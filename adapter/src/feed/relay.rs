@@ -7,14 +7,17 @@
 //! it is lost and `resync` whenever LISTEN is (re-)established, the first time included, since clients
 //! are served before it is: whatever changed in between was never heard.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use uuid::Uuid;
 
 use crate::app::App;
+use crate::db::queries;
 use crate::feed::hub::FeedEvent;
 use crate::feed::notice::Notice;
 
@@ -152,10 +155,11 @@ async fn listen(config: &tokio_postgres::Config, app: &App, listened_before: boo
                 return;
             }
         }));
+    let mut sizes = SizeLabels::default();
     loop {
         tokio::select! {
             notification = notifications.recv() => match notification {
-                Some(notification) => relay(app, notification.payload()),
+                Some(notification) => relay(app, &mut sizes, notification.payload()).await,
                 None => {
                     let reason = match pump.await {
                         Ok(Err(error)) => error.to_string(),
@@ -183,11 +187,47 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-fn relay(app: &App, payload: &str) {
+/// The size labels of sized drops, read once per drop: notices name sizes by number, clients by label,
+/// and a drop's sizes never change once it is created.
+#[derive(Default)]
+struct SizeLabels(HashMap<Uuid, Arc<[String]>>);
+
+/// Sized drops remembered at most; past this the memory starts over (labels are read again as needed).
+const SIZED_DROPS_REMEMBERED: usize = 10_000;
+
+impl SizeLabels {
+    async fn of(&mut self, app: &App, drop_id: Uuid) -> Result<Arc<[String]>, crate::db::DbError> {
+        if let Some(labels) = self.0.get(&drop_id) {
+            return Ok(labels.clone());
+        }
+        let client = app.pool.connection().await?;
+        let labels: Arc<[String]> = queries::variant_labels(&client, drop_id).await?.into();
+        if self.0.len() >= SIZED_DROPS_REMEMBERED {
+            self.0.clear();
+        }
+        self.0.insert(drop_id, labels.clone());
+        Ok(labels)
+    }
+}
+
+async fn relay(app: &App, sizes: &mut SizeLabels, payload: &str) {
     match serde_json::from_str::<Notice>(payload) {
         Ok(notice) => {
             app.metrics.notices.inc();
-            app.hub.publish(FeedEvent::from_notice(&notice));
+            let labels = if notice.variants.is_empty() {
+                Arc::from([])
+            } else {
+                match sizes.of(app, notice.drop_id).await {
+                    Ok(labels) => labels,
+                    Err(error) => {
+                        // Without the labels the sizes' change cannot be told: clients reload instead.
+                        tracing::warn!(%error, drop = %notice.drop_id, "cannot read a drop's sizes");
+                        app.hub.publish(FeedEvent::Resync);
+                        return;
+                    }
+                }
+            };
+            app.hub.publish(FeedEvent::from_notice(&notice, &labels));
         }
         Err(error) => {
             app.metrics.bad_notices.inc();

@@ -175,6 +175,8 @@ impl ApiError {
 ///   the client must start over (reserve again), not retry.
 /// - DS021 limit reached → 409: 429 tells clients and proxies to back off and retry, and a retry can
 ///   never succeed here.
+/// - DS012 no size named, DS013 no such size → 422, as the extension's other argument checks (22023):
+///   the request names the drop rightly but asks for something it does not sell.
 pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
     let status = match sqlstate {
         "DS001" | "DS002" | "DS003" => StatusCode::NOT_FOUND,
@@ -183,7 +185,8 @@ pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
         "DS020" | "DS021" => StatusCode::CONFLICT,
         "DS030" | "DS032" => StatusCode::GONE,
         "DS031" => StatusCode::FORBIDDEN,
-        "DS033" | "DS040" => StatusCode::CONFLICT,
+        "DS033" | "DS034" | "DS040" => StatusCode::CONFLICT,
+        "DS012" | "DS013" => StatusCode::UNPROCESSABLE_ENTITY,
         // invalid_parameter_value: the extension's own argument checks.
         "22023" => StatusCode::UNPROCESSABLE_ENTITY,
         // A lock wait ran out (lock_not_available, only under an operator's lock_timeout), or the

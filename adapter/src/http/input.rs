@@ -117,6 +117,23 @@ impl Fields {
         }
     }
 
+    pub fn optional_string(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(_) => self.string(name).map(Some),
+        }
+    }
+
+    /// A JSON object, returned as its JSON text for a `jsonb` argument; its members are the extension's
+    /// to check.
+    pub fn optional_object(&self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(object @ Value::Object(_)) => Ok(Some(object.to_string())),
+            Some(_) => Err(ApiError::bad_request(format!("{name} must be an object"))),
+        }
+    }
+
     pub fn optional_timestamp(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
         match self.get(name) {
             None => Ok(None),

@@ -43,6 +43,10 @@ fn id_parameter(description: &str) -> Value {
 pub fn document() -> Value {
     let uuid = json!({ "type": "string", "format": "uuid" });
     let time = json!({ "type": "string", "format": "date-time" });
+    let units = json!({
+        "variant": { "type": "string", "nullable": true, "description":
+            "the size's label (null on a drop without sizes); with quantity, left out for one unit of a drop without sizes" },
+        "quantity": { "type": "integer", "minimum": 1, "description": "units held or sold together" } });
     let user_id = json!({ "type": "string", "format": "uuid",
         "description": "The buyer. In JWT mode it may be left out (the token's sub is used) and must match it when given." });
     json!({
@@ -81,14 +85,23 @@ pub fn document() -> Value {
                     "holdSeconds": { "type": "integer" }, "perUserLimit": { "type": "integer" },
                     "createdAt": time,
                     "purchases": { "type": "array", "maxItems": 3, "items": schema("Purchase"),
-                        "description": "The three most recent purchases, newest first." } } },
+                        "description": "The three most recent purchases, newest first." },
+                    "maxExtensions": { "type": "integer", "description":
+                        "How many times a hold may be extended; left out when 0 (never)." },
+                    "variants": { "type": "array", "maxItems": 100, "items": schema("Variant"), "description":
+                        "A sized drop's sizes; left out for a drop without sizes." } } },
+                "Variant": { "type": "object", "properties": {
+                    "label": { "type": "string", "maxLength": 32 }, "totalStock": { "type": "integer" },
+                    "availableStock": { "type": "integer" } } },
                 "Reservation": { "type": "object", "properties": {
                     "id": uuid, "dropId": uuid, "userId": uuid,
                     "status": { "type": "string", "enum": ["reserved", "purchased", "expired", "cancelled"] },
-                    "expiresAt": time, "createdAt": time } },
+                    "expiresAt": time, "createdAt": time,
+                    "variant": units["variant"], "quantity": units["quantity"] } },
                 "Sale": { "type": "object", "properties": {
                     "id": uuid, "reservationId": uuid, "dropId": uuid, "userId": uuid,
-                    "price": { "type": "number" }, "createdAt": time } },
+                    "price": { "type": "number", "description": "per unit" }, "createdAt": time,
+                    "variant": units["variant"], "quantity": units["quantity"] } },
                 "User": { "type": "object", "properties": {
                     "id": uuid, "username": { "type": "string" }, "createdAt": time } }
             }
@@ -103,14 +116,20 @@ pub fn document() -> Value {
                 "post": {
                     "summary": "Create a drop (admin token)",
                     "security": [{ "adminToken": [] }],
-                    "requestBody": body(&["name", "price", "totalStock"], json!({
+                    "requestBody": body(&["name", "price"], json!({
                         "name": { "type": "string" }, "price": { "type": "number" },
                         "totalStock": { "type": "integer", "minimum": 1 },
                         "startsAt": { "type": "string", "description":
                             "RFC 3339, or \"DD-MM-YYYY, hh:mm A\" read as UTC; default now" },
                         "endsAt": { "type": "string", "description": "RFC 3339 or \"DD-MM-YYYY, hh:mm A\"; default none" },
                         "holdSeconds": { "type": "integer", "default": 60 },
-                        "perUserLimit": { "type": "integer", "default": 1 } })),
+                        "perUserLimit": { "type": "integer", "default": 1, "description": "units per buyer, across sizes" },
+                        "variants": { "type": "object", "additionalProperties": { "type": "integer", "minimum": 1 },
+                            "maxProperties": 100, "example": { "US 8": 2, "US 9": 3 }, "description":
+                            "Sizes and their stock (labels trimmed, 1-32 characters, unique); totalStock may then \
+                             be left out, or must be their sum" },
+                        "maxExtensions": { "type": "integer", "default": 0, "minimum": 0, "maximum": 100,
+                            "description": "how many times a buyer may extend a hold by holdSeconds" } })),
                     "responses": { "201": ok("the new drop", schema("Drop")),
                                    "400": failure("malformed body"), "401": failure("missing or wrong admin token"),
                                    "403": failure("creating drops over HTTP is disabled (no admin token configured)"),
@@ -127,17 +146,36 @@ pub fn document() -> Value {
             },
             "/api/reservations": {
                 "post": {
-                    "summary": "Hold one unit for the drop's hold time; the same buyer's retry returns the same hold",
+                    "summary": "Hold units (of one size on a sized drop) for the drop's hold time, all or none; \
+                                the same buyer's retry returns the same hold",
                     "security": [{}, { "buyerToken": [] }],
-                    "requestBody": body(&["dropId"], json!({ "dropId": uuid, "userId": user_id })),
+                    "requestBody": body(&["dropId"], json!({ "dropId": uuid, "userId": user_id,
+                        "variant": { "type": "string", "description": "the size's label; required on a sized drop" },
+                        "quantity": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 1 } })),
                     "responses": {
                         "201": ok("a new hold", schema("Reservation")),
                         "200": ok("the buyer's existing live hold", schema("Reservation")),
                         "400": failure("malformed body"), "401": failure("JWT mode: missing or invalid buyer token"),
                         "403": failure("JWT mode: userId is not the token's buyer"),
                         "404": failure("unknown drop (DS001) or user (DS002)"),
-                        "409": failure("sold out (DS020), limit reached (DS021), not started (DS010)"),
-                        "410": failure("drop ended (DS011)") }
+                        "409": failure("sold out or fewer units left than asked (DS020), limit reached (DS021), \
+                                        not started (DS010)"),
+                        "410": failure("drop ended (DS011)"),
+                        "422": failure("no size named on a sized drop (DS012), no such size (DS013), \
+                                        quantity out of range (22023)") }
+                }
+            },
+            "/api/reservations/{id}/extend": {
+                "post": {
+                    "summary": "Give a live hold the drop's hold time once more, when the drop allows it",
+                    "security": [{}, { "buyerToken": [] }],
+                    "parameters": [id_parameter("reservation id")],
+                    "requestBody": body(&[], json!({ "userId": user_id })),
+                    "responses": {
+                        "200": ok("the hold, with its new expiry", schema("Reservation")),
+                        "403": failure("not the buyer's hold (DS031)"), "404": failure("unknown reservation (DS003)"),
+                        "409": failure("not allowed on this drop, or no extensions left (DS034); purchased (DS033)"),
+                        "410": failure("hold expired (DS030) or cancelled (DS032)") }
                 }
             },
             "/api/reservations/{id}/cancel": {

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::db::models::NewDrop;
-use crate::db::queries;
+use crate::db::queries::{self, Asked, HoldChange};
 use crate::feed::websocket as ws;
 use crate::http::connections::BeyondCap;
 use crate::http::errors::ApiError;
@@ -32,6 +32,7 @@ enum Route<'a> {
     Drop(&'a str),
     Holds,
     CancelHold(&'a str),
+    ExtendHold(&'a str),
     Sales,
     Buyers,
 }
@@ -50,6 +51,7 @@ impl<'a> Route<'a> {
             ["api", "drops", id] if !id.is_empty() => Route::Drop(id),
             ["api", "reservations"] => Route::Holds,
             ["api", "reservations", id, "cancel"] if !id.is_empty() => Route::CancelHold(id),
+            ["api", "reservations", id, "extend"] if !id.is_empty() => Route::ExtendHold(id),
             ["api", "purchases"] => Route::Sales,
             ["api", "users"] => Route::Buyers,
             _ => return None,
@@ -70,6 +72,7 @@ impl<'a> Route<'a> {
             Route::Drop(_) => "/api/drops/{id}",
             Route::Holds => "/api/reservations",
             Route::CancelHold(_) => "/api/reservations/{id}/cancel",
+            Route::ExtendHold(_) => "/api/reservations/{id}/extend",
             Route::Sales => "/api/purchases",
             Route::Buyers => "/api/users",
         }
@@ -79,7 +82,11 @@ impl<'a> Route<'a> {
     fn allow(self) -> &'static str {
         match self {
             Route::Drops => "GET, HEAD, POST, OPTIONS",
-            Route::Holds | Route::CancelHold(_) | Route::Sales | Route::Buyers => "POST, OPTIONS",
+            Route::Holds
+            | Route::CancelHold(_)
+            | Route::ExtendHold(_)
+            | Route::Sales
+            | Route::Buyers => "POST, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
         }
     }
@@ -181,7 +188,12 @@ async fn dispatch(
         (Route::Drops, Method::POST) => create_drop(request, app).await,
         (Route::Drop(id), Method::GET) => show_drop(id, app).await,
         (Route::Holds, Method::POST) => reserve(request, app).await,
-        (Route::CancelHold(id), Method::POST) => cancel(id, request, app).await,
+        (Route::CancelHold(id), Method::POST) => {
+            change_hold(id, HoldChange::Cancel, request, app).await
+        }
+        (Route::ExtendHold(id), Method::POST) => {
+            change_hold(id, HoldChange::Extend, request, app).await
+        }
         (Route::Sales, Method::POST) => buy(request, app).await,
         (Route::Buyers, Method::POST) => create_buyer(request, app).await,
         (route, _) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
@@ -209,14 +221,21 @@ async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<B
     app.access
         .require_admin(request.headers(), "creating drops")?;
     let fields = Fields::read(request, app.timeouts.body).await?;
+    let variants = fields.optional_object("variants")?;
     let drop = NewDrop {
         name: fields.string("name")?,
         price: fields.decimal("price")?,
-        total_stock: fields.integer("totalStock")?,
+        // The sizes' stock adds up to the total; without sizes it is required, as it always was.
+        total_stock: match variants {
+            Some(_) => fields.optional_integer("totalStock")?,
+            None => Some(fields.integer("totalStock")?),
+        },
         starts_at: fields.optional_timestamp("startsAt")?,
         ends_at: fields.optional_timestamp("endsAt")?,
         hold_seconds: fields.optional_integer("holdSeconds")?,
         per_buyer_limit: fields.optional_integer("perUserLimit")?,
+        variants,
+        max_extensions: fields.optional_integer("maxExtensions")?,
     };
     let client = app.pool.connection().await?;
     Ok(respond::success(
@@ -245,9 +264,14 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
     let fields = Fields::read(request, app.timeouts.body).await?;
     let drop_id = fields.uuid("dropId")?;
     let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    let asked = Asked {
+        buyer,
+        variant: fields.optional_string("variant")?,
+        quantity: fields.optional_integer("quantity")?.unwrap_or(1),
+    };
     app.limits.check_buyer(buyer)?;
     // Batched with whoever else is reserving this drop right now: one commit serves them all.
-    let reserved = app.holds.reserve(drop_id, buyer).await?;
+    let reserved = app.holds.reserve(drop_id, asked).await?;
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
     let status = if reserved.fresh {
         StatusCode::CREATED
@@ -272,8 +296,10 @@ async fn buy(request: Request<Incoming>, app: &App) -> Result<Response<Body>, Ap
     ))
 }
 
-async fn cancel(
+/// Cancel or extend: the buyer's own hold, changed.
+async fn change_hold(
     id: &str,
+    change: HoldChange,
     request: Request<Incoming>,
     app: &App,
 ) -> Result<Response<Body>, ApiError> {
@@ -285,7 +311,7 @@ async fn cancel(
     let client = app.pool.connection().await?;
     Ok(respond::success(
         StatusCode::OK,
-        queries::cancel(&client, hold_id, buyer).await?,
+        queries::change_hold(&client, change, hold_id, buyer).await?,
     ))
 }
 

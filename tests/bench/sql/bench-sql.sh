@@ -9,6 +9,7 @@
 #   (f) reserve_items: 16 buyers per call, 16 clients (holds per second)
 #   (h) day two: reserve_item on a new drop after a million short holds came and went, vs. after VACUUM ANALYZE
 #   (i) a quiet tick: one worker tick's cost with 10,000 open drops and nothing changing
+#   (j) sizes: reserve_item of one hot size of a 10-size drop, and of 2 units of it, vs. a one-stock drop
 # (g) recreates the extension in this cluster, so it runs first and everything else builds on that install.
 # Prints a Markdown table with the ratios, then checks the stock invariant of the drops used.
 set -euo pipefail
@@ -57,12 +58,18 @@ new_drop() {
     psql -tAc "SELECT id FROM dropstock.create_drop('bench hot drop', 1, 100000000, now() - interval '1 minute', 3600)"
 }
 
+# (j) The same stock as new_drop's, in 10 sizes of 10,000,000; two units a buyer, so quantity 2 is allowed.
+new_sized_drop() {
+    psql -tAc "SELECT id FROM dropstock.create_drop('bench sized drop', 1, NULL, now() - interval '1 minute', 3600, 2,
+                      NULL, (SELECT jsonb_object_agg('US ' || s, 10000000) FROM generate_series(4, 13) AS s))"
+}
+
 # run NAME SCRIPT: prints the tps pgbench measured on a fresh drop (so every buyer is new to it), after
 # checking that no client failed. pgbench's whole report is left in $tmp/last-run.log.
 run() {
     echo "bench-sql: $1 (${RUN_CLIENTS:-$CLIENTS} clients, ${SECONDS_EACH}s)" >&2
     local out drop
-    drop=$(new_drop)
+    drop=$(${NEW_DROP:-new_drop})
     echo "$drop" >> "$drops_file"
     out=$("$PG_BIN/pgbench" -n -M prepared -c "${RUN_CLIENTS:-$CLIENTS}" -j 2 -T "$SECONDS_EACH" -D n=0 -D drop="$drop" \
           ${RUN_ARGS:-} -f "$2" "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
@@ -179,6 +186,15 @@ psql -c "VACUUM ANALYZE"
 day2_tick_vacuumed=$(tick_ms)
 vacuumed=$(run "(h) reserve_item on a new drop after VACUUM ANALYZE" reserve.sql)
 
+# (j) Sizes: one hot size ("US 9") of a 10-size drop, one unit and two units a hold, against the one-stock
+# drop, in alternating runs so that drift hits all three alike.
+plain=0; sized=0; pair=0
+for round in 1 2; do
+    plain=$(awk -v x="$plain" -v y="$(SECONDS_EACH=$half run "(j) reserve_item, one-stock drop ($round/2)" reserve.sql)" 'BEGIN{print x+y/2}')
+    sized=$(awk -v x="$sized" -v y="$(SECONDS_EACH=$half NEW_DROP=new_sized_drop run "(j) reserve_item, one hot size of 10 ($round/2)" reserve_size.sql)" 'BEGIN{print x+y/2}')
+    pair=$(awk -v x="$pair" -v y="$(SECONDS_EACH=$half NEW_DROP=new_sized_drop run "(j) reserve_item, 2 units of one hot size ($round/2)" reserve_pair.sql)" 'BEGIN{print x+y/2}')
+done
+
 # (i) A quiet tick: many open drops, published once, then nothing changes; what the worker pays per tick.
 echo "bench-sql: (i) creating $QUIET_DROPS open drops" >&2
 psql -c "SELECT count(dropstock.create_drop('bench quiet drop', 1, 100, now() - interval '1 minute'))
@@ -188,7 +204,7 @@ psql -c "SELECT dropstock.publish_changes()" >/dev/null
 quiet_tick=$(tick_ms)
 
 psql -tAc "SELECT CASE WHEN bool_and(available_stock + held_stock + sold_stock = total_stock
-                         AND held_stock = (SELECT count(*) FROM dropstock.reservations r
+                         AND held_stock = (SELECT coalesce(sum(r.quantity), 0) FROM dropstock.reservations r
                                             WHERE r.drop_id = s.id AND r.status = 'reserved'))
                        THEN 'ok' ELSE 'BROKEN' END
              FROM unnest(array_remove(string_to_array('$sweep_drop $(tr '\n' ' ' < "$drops_file")', ' '), '')::uuid[]) AS d(id),
@@ -205,6 +221,7 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     -v s="$sweep" -v t="$busy_tps" -v f="$batch" -v tba="$TARGET_BA" -v tbc="$TARGET_BC" \
     -v gc="$cold" -v gw="$warm" -v ge="$cold_early" -v gen="$COLD_EARLY" -v gb="$COLD_BUYERS" \
     -v hc="$churned" -v hv="$vacuumed" -v hn="$((day2_calls * DAY2_CLIENTS * DAY2_BATCH))" \
+    -v jp="$plain" -v js="$sized" -v jq="$pair" \
     -v htc="$day2_tick_churned" -v htv="$day2_tick_vacuumed" -v hfc="$day2_full_churned" -v qn="$QUIET_DROPS" -v qt="$quiet_tick" -v qk="$QUIET_TICKS" 'BEGIN {
     printf "| %-58s | %10s |\n", "pattern (" n " clients, one hot drop, synchronous_commit on)", "tps"
     printf "| %-58s | %10s |\n", "----------------------------------------------------------", "---------:"
@@ -231,4 +248,9 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     printf "| %-58s | %8.2fms |\n", "(h) idle worker tick, churned / vacuumed: vacuumed", htv
     printf "| %-58s | %8.2fms |\n", "(h) the full sweep every 30 s, churned", hfc
     printf "| %-58s | %8.2fms |\n", "(i) one worker tick, " qn " open drops, nothing changing (avg of " qk ") (target < 5 ms)", qt
+    printf "| %-58s | %10.0f |\n", "(j) reserve_item, one-stock drop", jp
+    printf "| %-58s | %10.0f |\n", "(j) reserve_item, one hot size of a 10-size drop", js
+    printf "| %-58s | %10.0f |\n", "(j) reserve_item, 2 units of that hot size", jq
+    printf "| %-58s | %9.2fx |\n", "hot size / one-stock (target >= 0.9x)", js / jp
+    printf "| %-58s | %9.2fx |\n", "2 units / one-stock (target >= 0.8x)", jq / jp
 }'

@@ -340,3 +340,57 @@ async fn sigterm_closes_feeds_with_1001_and_exits_cleanly() {
     let status = adapter.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
 }
+
+/// A sized drop's stock message names the sizes that changed, by label, as the worker publishes them.
+#[tokio::test]
+async fn a_sized_drops_stock_message_names_the_sizes_that_changed() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let adapter = Adapter::start().await;
+    adapter.wait_listening().await;
+    let drop = id(&adapter
+        .create_drop(
+            json!({"name": unique("sized feed"), "price": 5, "variants": {"S": 3, "M": 3, "L": 3}}),
+        )
+        .await);
+    let mut feed = adapter.ws(&format!("?drop={drop}")).await;
+    let snapshot = feed.snapshot().await;
+    assert_eq!(
+        snapshot["drops"][0]["variants"].as_array().map(Vec::len),
+        Some(3)
+    );
+    // The drop's first publication names every size; wait until it is out, so the next names the hold's.
+    let db = connect().await;
+    let drop_id: uuid::Uuid = drop.parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            db.query_one(
+                "SELECT NOT pending FROM dropstock.feed_state WHERE drop_id = $1",
+                &[&drop_id],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        })
+        .await,
+        "the new drop is published"
+    );
+    let buyer = adapter.new_buyer().await;
+    let (status, hold) = adapter
+        .post(
+            "/api/reservations",
+            json!({"dropId": drop, "userId": buyer, "variant": "M", "quantity": 1}),
+        )
+        .await;
+    assert_eq!(status, 201, "{hold}");
+    let stock = feed
+        .expect(
+            Duration::from_secs(5),
+            "a stock message after the hold",
+            |m| is_stock(&drop)(m) && m["availableStock"] == 8,
+        )
+        .await;
+    assert_eq!(
+        stock["variants"],
+        json!([{"label": "M", "availableStock": 2}])
+    );
+}

@@ -569,6 +569,7 @@ async fn health_metrics_openapi_and_page_answer() {
         ("/api/drops/{id}", "get"),
         ("/api/reservations", "post"),
         ("/api/reservations/{id}/cancel", "post"),
+        ("/api/reservations/{id}/extend", "post"),
         ("/api/purchases", "post"),
         ("/api/users", "post"),
         ("/healthz", "get"),
@@ -692,5 +693,155 @@ async fn refuses_to_start_without_database_or_extension() {
         stderr.contains("extension is not installed")
             && stderr.contains("CREATE EXTENSION dropstock"),
         "{stderr}"
+    );
+}
+
+/// Whether any of `fields` is in the object `value`.
+fn has_any(value: &Value, fields: &[&str]) -> bool {
+    fields.iter().any(|field| value.get(field).is_some())
+}
+
+/// A drop sold by size, end to end: created from sizes alone, listed with each size's stock, reserved
+/// by size and quantity (all or nothing), refused by size, extended once, bought whole.
+#[tokio::test]
+async fn a_sized_drop_is_reserved_by_size_and_quantity() {
+    let adapter = Adapter::start().await;
+    let created = adapter
+        .create_drop(json!({"name": unique("sized drop"), "price": 150, "perUserLimit": 3, "maxExtensions": 1,
+                            "variants": {"US 8": 2, " US 9 ": 1}}))
+        .await;
+    assert_eq!(created["totalStock"], 3);
+    assert_eq!(created["maxExtensions"], 1);
+    assert_eq!(
+        created["variants"],
+        json!([{"label": "US 8", "totalStock": 2, "availableStock": 2},
+               {"label": "US 9", "totalStock": 1, "availableStock": 1}])
+    );
+    let drop = id(&created);
+    let buyer = adapter.new_buyer().await;
+    let ask = |body: Value| adapter.post("/api/reservations", body);
+
+    assert_refused(
+        &ask(json!({"dropId": drop, "userId": buyer})).await,
+        422,
+        "DS012",
+        "choose a size",
+    );
+    assert_refused(
+        &ask(json!({"dropId": drop, "userId": buyer, "variant": "US 14"})).await,
+        422,
+        "DS013",
+        "US 14",
+    );
+    assert_refused(
+        &ask(json!({"dropId": drop, "userId": buyer, "variant": "US 9", "quantity": 2})).await,
+        409,
+        "DS020",
+        r#"only 1 left of size "US 9""#,
+    );
+    assert_refused(
+        &ask(json!({"dropId": drop, "userId": buyer, "variant": "US 8", "quantity": 0})).await,
+        422,
+        "22023",
+        "quantity",
+    );
+    assert_eq!(
+        ask(json!({"dropId": drop, "userId": buyer, "variant": "US 8", "quantity": "two"}))
+            .await
+            .0,
+        400
+    );
+
+    let (status, hold) =
+        ask(json!({"dropId": drop, "userId": buyer, "variant": "US 8", "quantity": 2})).await;
+    assert_eq!(status, 201, "{hold}");
+    let hold = &hold["data"];
+    assert_eq!(
+        (&hold["variant"], &hold["quantity"]),
+        (&json!("US 8"), &json!(2))
+    );
+    let (_, shown) = adapter.get(&format!("/api/drops/{drop}")).await;
+    assert_eq!(shown["data"]["variants"][0]["availableStock"], 0);
+    assert_eq!(shown["data"]["availableStock"], 1);
+
+    let extend = format!("/api/reservations/{}/extend", id(hold));
+    let (status, extended) = adapter.post(&extend, json!({"userId": buyer})).await;
+    assert_eq!(status, 200, "{extended}");
+    let moved =
+        chrono::DateTime::parse_from_rfc3339(extended["data"]["expiresAt"].as_str().unwrap())
+            .unwrap()
+            - chrono::DateTime::parse_from_rfc3339(hold["expiresAt"].as_str().unwrap()).unwrap();
+    assert_eq!(moved.num_seconds(), 60, "one more hold time");
+    assert_eq!(extended["data"]["variant"], "US 8");
+    assert_refused(
+        &adapter.post(&extend, json!({"userId": buyer})).await,
+        409,
+        "DS034",
+        "already extended 1 times",
+    );
+
+    let (status, sale) = adapter
+        .post(
+            "/api/purchases",
+            json!({"reservationId": id(hold), "userId": buyer}),
+        )
+        .await;
+    assert_eq!(status, 200, "{sale}");
+    assert_eq!(
+        (&sale["data"]["variant"], &sale["data"]["quantity"]),
+        (&json!("US 8"), &json!(2))
+    );
+    assert_refused(
+        &ask(json!({"dropId": drop, "userId": buyer, "variant": "US 9", "quantity": 2})).await,
+        409,
+        "DS021",
+        "1 more at most",
+    );
+}
+
+/// A drop without sizes reads, reserves and sells without any of the new fields (the ones it always had
+/// are pinned by the test above and the views' own), and refuses an extension it never allowed.
+#[tokio::test]
+async fn a_drop_without_sizes_answers_as_it_always_did() {
+    let adapter = Adapter::start().await;
+    let drop = adapter
+        .create_drop(json!({"name": unique("plain drop"), "price": 10, "totalStock": 2}))
+        .await;
+    assert!(!has_any(&drop, &["variants", "maxExtensions"]), "{drop}");
+    let buyer = adapter.new_buyer().await;
+    let (status, hold) = adapter.reserve(&id(&drop), &buyer).await;
+    assert_eq!(status, 201);
+    assert!(!has_any(&hold["data"], &["variant", "quantity"]), "{hold}");
+    assert_refused(
+        &adapter
+            .post(
+                &format!("/api/reservations/{}/extend", id(&hold["data"])),
+                json!({"userId": buyer}),
+            )
+            .await,
+        409,
+        "DS034",
+        "cannot be extended",
+    );
+    let (status, sale) = adapter
+        .post(
+            "/api/purchases",
+            json!({"reservationId": id(&hold["data"]), "userId": buyer}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(!has_any(&sale["data"], &["variant", "quantity"]), "{sale}");
+    // Without sizes the stock is required, as it always was.
+    assert_refused(
+        &adapter
+            .post_as(
+                "/api/drops",
+                ADMIN_TOKEN,
+                json!({"name": "no stock", "price": 1}),
+            )
+            .await,
+        400,
+        "bad_request",
+        "totalStock is required",
     );
 }

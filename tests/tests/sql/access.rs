@@ -70,7 +70,7 @@ async fn an_app_role_with_only_execute_works_through_the_api_and_nothing_else() 
         format!("UPDATE dropstock.reservations SET status = 'reserved' WHERE id = '{hold}'"),
         "DELETE FROM dropstock.purchases".to_string(),
         "SELECT * FROM dropstock.users".to_string(),
-        format!("SELECT dropstock._adjust_stock('{drop}', 100, 0)"),
+        format!("SELECT dropstock._adjust_stock('{drop}', 0::smallint, 100, 0)"),
         "SELECT dropstock.create_drop('free stock', 0, 1000000)".to_string(),
         "SELECT dropstock.expire_reservations()".to_string(),
     ];

@@ -443,3 +443,129 @@ async fn sell_out_storm_answers_only_holds_and_sold_out() {
     assert_eq!(stock(&setup, drop).await, (0, 30, 0));
     assert_invariant(&setup, drop).await;
 }
+
+/// 300 buyers race for a drop of 5 sizes × 10 units, limit 3 a buyer: each asks for two sizes at once
+/// (1 to 3 units), buys what they got and asks for a third size. No size is oversold, nobody passes
+/// the limit across sizes, every answer is a hold or a definite refusal (sold out, limit), and a size
+/// refused as sold out really had fewer units than asked, since no unit ever came back during the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buyers_race_for_sizes_with_mixed_quantities() {
+    const BUYERS: usize = 300;
+    const SIZES: [&str; 5] = ["US 7", "US 8", "US 9", "US 10", "US 11"];
+    let setup = connect().await;
+    let drop = new_sized_drop(
+        &setup,
+        r#"{"US 7": 10, "US 8": 10, "US 9": 10, "US 10": 10, "US 11": 10}"#,
+        3,
+    )
+    .await;
+    let buyers = new_buyers(&setup, BUYERS).await;
+    let connections = connect_many(150).await;
+    let start = Arc::new(tokio::sync::Barrier::new(BUYERS));
+
+    async fn ask(
+        db: &tokio_postgres::Client,
+        drop: Uuid,
+        buyer: Uuid,
+        size: &'static str,
+        units: i32,
+    ) -> (&'static str, i32, Result<Uuid, String>) {
+        let answer = db
+            .query_one(
+                "SELECT id FROM dropstock.reserve_item($1, $2, $3, $4)",
+                &[&drop, &buyer, &size, &units],
+            )
+            .await
+            .map(|row| row.get::<_, Uuid>(0))
+            .map_err(|e| sqlstate(&e));
+        (size, units, answer)
+    }
+
+    let racers = buyers.iter().enumerate().map(|(i, buyer)| {
+        let (first, second) = (
+            connections[(2 * i) % connections.len()].clone(),
+            connections[(2 * i + 1) % connections.len()].clone(),
+        );
+        let (start, buyer) = (start.clone(), *buyer);
+        tokio::spawn(async move {
+            let sizes = (
+                SIZES[i % 5],
+                SIZES[(i / 5 + 1 + i) % 5],
+                SIZES[(i / 25 + 2 + i) % 5],
+            );
+            let units = (
+                1 + (i % 3) as i32,
+                1 + (i / 3 % 2) as i32,
+                1 + (i / 7 % 3) as i32,
+            );
+            start.wait().await;
+            let (a, b) = tokio::join!(
+                ask(&first, drop, buyer, sizes.0, units.0),
+                ask(&second, drop, buyer, sizes.1, units.1)
+            );
+            let mut answers = vec![a, b];
+            let holds: HashSet<Uuid> = answers
+                .iter()
+                .filter_map(|(_, _, answer)| answer.as_ref().ok().copied())
+                .collect();
+            for hold in holds {
+                first
+                    .query_one(
+                        "SELECT id FROM dropstock.purchase($1, $2)",
+                        &[&hold, &buyer],
+                    )
+                    .await
+                    .expect("buying a hold just granted");
+            }
+            answers.push(ask(&first, drop, buyer, sizes.2, units.2).await);
+            answers
+        })
+    });
+    let answers: Vec<(&str, i32, Result<Uuid, String>)> = futures_util::future::join_all(racers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+
+    let left: std::collections::HashMap<String, i32> = pairs(
+        &setup,
+        "SELECT label, available_stock FROM dropstock.variant_status($1)",
+        &[&drop],
+    )
+    .await;
+    let mut sold_out = 0;
+    for (size, units, answer) in &answers {
+        match answer {
+            Ok(_) => {}
+            Err(code) if code == "DS021" => {}
+            Err(code) if code == "DS020" => {
+                sold_out += 1;
+                assert!(
+                    left[*size] < *units,
+                    "{size} refused {units} as sold out, yet {} are left",
+                    left[*size]
+                );
+            }
+            Err(code) => panic!("an answer that is neither a hold nor a definite refusal: {code}"),
+        }
+    }
+    assert!(sold_out > 0, "the sizes sold out during the race");
+    let most: i64 = setup
+        .query_one(
+            "SELECT max(units)::bigint FROM (SELECT user_id, sum(quantity) AS units FROM (
+                 SELECT user_id, quantity FROM dropstock.purchases WHERE drop_id = $1
+                 UNION ALL
+                 SELECT user_id, quantity FROM dropstock.reservations WHERE drop_id = $1 AND status = 'reserved') u
+               GROUP BY user_id) b",
+            &[&drop],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(most <= 3, "a buyer has {most} units, past the limit of 3");
+    assert_eq!(
+        left.values().sum::<i32>() + stock(&setup, drop).await.1 + stock(&setup, drop).await.2,
+        50
+    );
+    assert_invariant(&setup, drop).await;
+}

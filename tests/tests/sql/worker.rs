@@ -215,3 +215,92 @@ async fn creating_the_extension_in_another_database_is_refused() {
         report.hint()
     );
 }
+
+/// A sized drop's notification carries only the sizes whose stock changed, one notification for all of
+/// them, and stays under PostgreSQL's 8,000-byte payload limit at the worst: 100 sizes changed at once,
+/// labels of 32 four-byte characters, and ten sales to buyers named with 64 four-byte characters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sized_drops_notification_carries_only_the_changed_sizes_and_fits() {
+    let mut db = connect().await;
+    let mut listener = listen().await;
+    let labels: Vec<String> = (0..100).map(|i| format!("{i:𝔘>32}")).collect();
+    let sizes = serde_json::Value::Object(
+        labels
+            .iter()
+            .map(|label| (label.clone(), serde_json::json!(2)))
+            .collect(),
+    );
+    let drop = new_sized_drop(&db, &sizes.to_string(), 1).await;
+    let first = listener
+        .next_for(drop, Duration::from_secs(5))
+        .await
+        .expect("the new drop is announced");
+    assert_eq!(first["variants"].as_array().map(Vec::len), Some(100));
+
+    // Ten sales and 90 holds, one unit of each size, in one transaction: one publication sees them all.
+    let names: Vec<String> = (0..100)
+        .map(|_| format!("{:𝔘<64}", &unique("b")[..10]))
+        .collect();
+    let session = db.transaction().await.unwrap();
+    for (i, (label, name)) in labels.iter().zip(&names).enumerate() {
+        let buyer: Uuid = session
+            .query_one("SELECT id FROM dropstock.create_user($1)", &[name])
+            .await
+            .unwrap()
+            .get(0);
+        let hold: Uuid = session
+            .query_one(
+                "SELECT id FROM dropstock.reserve_item($1, $2, $3)",
+                &[&drop, &buyer, label],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if i < 10 {
+            session
+                .execute("SELECT dropstock.purchase($1, $2)", &[&hold, &buyer])
+                .await
+                .unwrap();
+        }
+    }
+    session.commit().await.unwrap();
+    let note = listener
+        .next_for(drop, Duration::from_secs(5))
+        .await
+        .expect("the changes are published");
+    assert_eq!(note["variants"].as_array().map(Vec::len), Some(100));
+    assert!(note["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|size| size[1] == 1));
+    assert_eq!(note["purchases"].as_array().map(Vec::len), Some(10));
+    assert_eq!(note["availableStock"], 100);
+    let longest = listener
+        .longest_payload
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(longest < 8000, "a notification of {longest} bytes");
+
+    // One more hold: the next notification names that size alone.
+    let buyer = new_buyer(&db).await;
+    db.execute(
+        "SELECT dropstock.reserve_item($1, $2, $3)",
+        &[&drop, &buyer, &labels[42]],
+    )
+    .await
+    .unwrap();
+    let number: i16 = db
+        .query_one(
+            "SELECT variant FROM dropstock.variant_status($1) WHERE label = $2",
+            &[&drop, &labels[42]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let note = listener
+        .next_for(drop, Duration::from_secs(5))
+        .await
+        .expect("the hold is published");
+    assert_eq!(note["variants"], serde_json::json!([[number, 0]]));
+    assert_invariant(&db, drop).await;
+}

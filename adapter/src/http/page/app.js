@@ -12,7 +12,8 @@ const onlyDrop = new URLSearchParams(location.search).get('drop');
 const state = {
   drops: new Map(), // drop id → the drop as the API spells it, plus `seq` of the last stock message
   cards: new Map(), // drop id → its <li>
-  holds: new Map(), // drop id → { id, expiresAt (ms, server clock), status }
+  holds: new Map(), // drop id → { id, expiresAt (ms, server clock), status, variant, quantity, extensions }
+  choices: new Map(), // drop id → { size (label or undefined), quantity }: what the buyer picked
   outcomes: new Map(), // drop id → { text, tone }, kept across re-renders
   unlisted: new Set(), // drop ids the feed mentioned that a reload did not list (ended drops)
   buyer: null, // { id, username }
@@ -87,12 +88,17 @@ function describeRefusal(result, drop) {
     case 'DS003': return 'That hold no longer exists. Reserve again.';
     case 'DS010': return drop ? `Not started yet: it opens in ${duration(Date.parse(drop.startsAt) - serverNow())}.` : 'Not started yet.';
     case 'DS011': return 'This drop has ended.';
-    case 'DS020': return 'Sold out: every unit is held or sold. Held units come back if they are not bought in time.';
+    case 'DS012': return 'Choose a size first.';
+    case 'DS013': return 'That size is not sold in this drop.';
+    case 'DS020': return drop && drop.variants
+      ? 'Not enough left in that size: every unit is held or sold. Held units come back if they are not bought in time.'
+      : 'Sold out: every unit is held or sold. Held units come back if they are not bought in time.';
     case 'DS021': return 'Limit reached: you already have as many of this drop as one buyer may.';
     case 'DS030': return 'Your hold expired before you purchased, so the unit went back on sale. Reserve again if any are left.';
     case 'DS031': return 'That hold belongs to another buyer.';
     case 'DS032': return 'That hold was cancelled. Reserve again if any are left.';
     case 'DS033': return 'Already purchased: there is no hold left to cancel.';
+    case 'DS034': return 'This hold cannot be extended any more. Purchase it before the countdown ends.';
     case 'DS040': return 'That name is taken by another buyer. Pick a different one.';
     case '55P03':
     case '40001': return 'The drop is very busy right now. Try again.';
@@ -291,6 +297,11 @@ function onFeedMessage(message) {
       drop.seq = message.seq;
       drop.availableStock = message.availableStock;
       if (message.totalStock !== undefined) drop.totalStock = message.totalStock;
+      // A sized drop's message names the sizes that changed, by label.
+      for (const change of message.variants || []) {
+        const size = (drop.variants || []).find((v) => v.label === change.label);
+        if (size) size.availableStock = change.availableStock;
+      }
       renderDrop(drop.id);
       break;
     }
@@ -354,7 +365,62 @@ function createCard(dropId) {
   $('.reserve', card).addEventListener('click', () => reserve(dropId));
   $('.purchase', card).addEventListener('click', () => purchase(dropId));
   $('.cancel', card).addEventListener('click', () => cancel(dropId));
+  $('.extend', card).addEventListener('click', () => extend(dropId));
+  $('.size-options', card).addEventListener('change', (event) => {
+    choice(dropId).size = event.target.value;
+    renderDrop(dropId);
+  });
+  $('.quantity', card).addEventListener('change', (event) => {
+    choice(dropId).quantity = Number(event.target.value);
+  });
   return card;
+}
+
+function choice(dropId) {
+  if (!state.choices.has(dropId)) state.choices.set(dropId, { size: undefined, quantity: 1 });
+  return state.choices.get(dropId);
+}
+
+// The size picker: one radio per size, kept (not rebuilt) across renders so focus and the pick stay put;
+// a sold-out size is shown and disabled, and comes back when units do.
+function renderSizes(drop, card) {
+  const sizes = drop.variants || [];
+  const fieldset = $('.sizes', card);
+  fieldset.hidden = sizes.length === 0;
+  if (sizes.length === 0) return;
+  const options = $('.size-options', card);
+  const key = sizes.map((v) => v.label).join('\u0000');
+  if (options.dataset.key !== key) {
+    options.dataset.key = key;
+    options.replaceChildren(...sizes.map((v) => {
+      const label = document.createElement('label');
+      const radio = Object.assign(document.createElement('input'), { type: 'radio', name: `size-${drop.id}`, value: v.label });
+      label.append(radio, ' ', v.label);
+      return label;
+    }));
+  }
+  const picked = choice(drop.id).size;
+  for (const [i, label] of [...options.children].entries()) {
+    const soldOut = sizes[i].availableStock <= 0;
+    const radio = $('input', label);
+    radio.disabled = soldOut;
+    radio.checked = radio.value === picked;
+    label.classList.toggle('soldout', soldOut);
+    label.title = soldOut ? 'Sold out' : `${countFormat.format(sizes[i].availableStock)} left`;
+  }
+}
+
+// The quantity selector, when one buyer may take more than one unit.
+function renderQuantity(drop, card) {
+  const most = Math.min(drop.perUserLimit || 1, 10);
+  const line = $('.quantity-line', card);
+  line.hidden = most <= 1;
+  if (most <= 1) return;
+  const select = $('.quantity', card);
+  if (select.options.length !== most) {
+    select.replaceChildren(...Array.from({ length: most }, (_, i) => Object.assign(document.createElement('option'), { value: String(i + 1), textContent: String(i + 1) })));
+  }
+  select.value = String(choice(drop.id).quantity);
 }
 
 function renderDrop(dropId) {
@@ -389,13 +455,21 @@ function renderDrop(dropId) {
   if (!holdLine.hidden) {
     holdLine.dataset.status = shown.status;
     $('.hold-label', card).textContent = hold ? 'Held for you:' : 'Your hold ran out:';
+    const parts = [shown.variant, shown.quantity > 1 ? `× ${shown.quantity}` : ''].filter(Boolean);
+    $('.hold-what', card).textContent = parts.join(' ');
     $('.hold-left', card).textContent = hold ? countdown(hold.expiresAt - now) : '0:00';
   }
 
+  renderSizes(drop, card);
+  renderQuantity(drop, card);
   const busy = card.dataset.busy === 'yes';
   const reserveButton = $('.reserve', card);
   reserveButton.hidden = Boolean(hold);
-  reserveButton.disabled = busy || current !== 'open';
+  const picked = (drop.variants || []).find((v) => v.label === choice(dropId).size);
+  const sizeMissing = Boolean(drop.variants) && (!picked || picked.availableStock <= 0);
+  reserveButton.disabled = busy || current !== 'open' || sizeMissing;
+  $('.extend', card).hidden = !hold || (hold.extensions || 0) >= (drop.maxExtensions || 0);
+  $('.extend', card).disabled = busy;
   $('.purchase', card).hidden = !hold;
   $('.purchase', card).disabled = busy;
   $('.cancel', card).hidden = !hold;
@@ -500,7 +574,11 @@ function forgetBuyerIfUnknown(result) {
 function reserve(dropId) {
   if (needBuyer(dropId)) return;
   return act(dropId, '.purchase', async () => {
-    const result = await api('POST', '/api/reservations', { userId: state.buyer.id, dropId });
+    const drop = state.drops.get(dropId);
+    const body = { userId: state.buyer.id, dropId };
+    if (drop && drop.variants) body.variant = choice(dropId).size;
+    if (choice(dropId).quantity > 1) body.quantity = choice(dropId).quantity;
+    const result = await api('POST', '/api/reservations', body);
     if (!result.ok) {
       say(dropId, describeRefusal(result, state.drops.get(dropId)), 'bad');
       forgetBuyerIfUnknown(result);
@@ -513,7 +591,9 @@ function reserve(dropId) {
       narrowOffset(createdAt - result.receivedAt, createdAt - result.sentAt);
     }
     const expiresAt = Date.parse(hold.expiresAt);
-    state.holds.set(dropId, { id: hold.id, expiresAt, status: hold.status });
+    state.holds.set(dropId, {
+      id: hold.id, expiresAt, status: hold.status, variant: hold.variant, quantity: hold.quantity || 1, extensions: 0,
+    });
     const left = duration(expiresAt - serverNow());
     say(dropId, result.status === 201
       ? `Reserved. It is yours for ${left}: purchase before the countdown ends.`
@@ -555,6 +635,23 @@ function cancel(dropId) {
     say(dropId, result.data.status === 'cancelled'
       ? 'Hold cancelled: the unit is back on sale.'
       : 'That hold had already ended; nothing to cancel.', 'good');
+  });
+}
+
+function extend(dropId) {
+  const hold = liveHold(dropId);
+  if (!hold || needBuyer(dropId)) return;
+  return act(dropId, '.purchase', async () => {
+    const result = await api('POST', `/api/reservations/${encodeURIComponent(hold.id)}/extend`, { userId: state.buyer.id });
+    if (!result.ok) {
+      if (result.code === 'DS030') hold.status = 'expired';
+      if (result.code === 'DS034') hold.extensions = Infinity;
+      say(dropId, describeRefusal(result, state.drops.get(dropId)), 'bad');
+      return;
+    }
+    hold.expiresAt = Date.parse(result.data.expiresAt);
+    hold.extensions += 1;
+    say(dropId, `Extended: ${duration(hold.expiresAt - serverNow())} left to purchase it.`, 'good');
   });
 }
 
