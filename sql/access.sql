@@ -21,7 +21,7 @@
 REVOKE ALL ON ALL TABLES IN SCHEMA dropstock FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dropstock FROM PUBLIC;
 
-ALTER FUNCTION create_user(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION create_user(text, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz)
       SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION reserve_item(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -62,7 +62,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA dropstock TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid), '
                    'dropstock.reserve_items(uuid, uuid[]), dropstock.purchase(uuid, uuid), '
-                   'dropstock.cancel_reservation(uuid, uuid), dropstock.create_user(text), '
+                   'dropstock.cancel_reservation(uuid, uuid), dropstock.create_user(text, uuid), '
                    'dropstock.active_drops(), dropstock.drop_status(uuid) TO %s', role);
     IF runs_drops THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION '
