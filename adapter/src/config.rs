@@ -61,6 +61,12 @@ pub struct Config {
     )]
     pub admin_token: Option<String>,
 
+    /// Lets clients without the admin token create drops (`POST /api/drops`), as the replaced Node
+    /// backend did. Only for trusted networks and local development: anyone who can reach the adapter can
+    /// then create drops. Off by default; a warning is logged at start-up when on.
+    #[arg(long, env = "DROPSTOCK_OPEN_DROP_CREATION", value_parser = clap::builder::BoolishValueParser::new())]
+    pub open_drop_creation: bool,
+
     /// HS256 secret for buyer tokens. When set, reserve, purchase and cancel need
     /// `Authorization: Bearer <jwt>` whose `sub` is the buyer's user id, and `POST /api/users` needs the
     /// admin token. When unset, the `userId` in the request body is trusted.

@@ -24,7 +24,7 @@ impl Cors {
         }
     }
 
-    fn allows(&self, origin: &HeaderValue) -> bool {
+    pub fn allows(&self, origin: &HeaderValue) -> bool {
         let Ok(origin) = origin.to_str() else {
             return false;
         };

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::db::models::NewDrop;
 use crate::db::queries;
+use crate::feed::socketio;
 use crate::feed::websocket as ws;
 use crate::http::connections::BeyondCap;
 use crate::http::errors::ApiError;
@@ -28,6 +29,7 @@ enum Route<'a> {
     Metrics,
     OpenApi,
     Feed,
+    SocketIo,
     Drops,
     Drop(&'a str),
     Holds,
@@ -46,6 +48,7 @@ impl<'a> Route<'a> {
             ["metrics"] => Route::Metrics,
             ["openapi.json"] => Route::OpenApi,
             ["ws"] => Route::Feed,
+            ["socket.io"] | ["socket.io", ""] => Route::SocketIo,
             ["api", "drops"] => Route::Drops,
             ["api", "drops", id] if !id.is_empty() => Route::Drop(id),
             ["api", "reservations"] => Route::Holds,
@@ -66,6 +69,7 @@ impl<'a> Route<'a> {
             Route::Metrics => "/metrics",
             Route::OpenApi => "/openapi.json",
             Route::Feed => "/ws",
+            Route::SocketIo => "/socket.io/",
             Route::Drops => "/api/drops",
             Route::Drop(_) => "/api/drops/{id}",
             Route::Holds => "/api/reservations",
@@ -79,6 +83,7 @@ impl<'a> Route<'a> {
     fn allow(self) -> &'static str {
         match self {
             Route::Drops => "GET, HEAD, POST, OPTIONS",
+            Route::SocketIo => "GET, POST, OPTIONS",
             Route::Holds | Route::CancelHold(_) | Route::Sales | Route::Buyers => "POST, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
         }
@@ -104,7 +109,11 @@ pub async fn handle(
             )),
         ),
         Some(route) => {
-            let deadline = app.timeouts.request;
+            let deadline = match route {
+                // A long poll waits for something to send by design, a ping interval at most.
+                Route::SocketIo => app.timeouts.request + socketio::PING_INTERVAL,
+                _ => app.timeouts.request,
+            };
             let outcome = tokio::time::timeout(deadline, dispatch(route, &path, request, &app))
                 .await
                 .unwrap_or_else(|_| {
@@ -177,6 +186,9 @@ async fn dispatch(
         )),
         (Route::OpenApi, Method::GET) => Ok(respond::json(StatusCode::OK, &openapi::document())),
         (Route::Feed, Method::GET) => ws::upgrade(request, app.clone()).await,
+        (Route::SocketIo, Method::GET | Method::POST) if method != Method::HEAD => {
+            app.socketio.handle(request, &app.cors).await
+        }
         (Route::Drops, Method::GET) => list_drops(app).await,
         (Route::Drops, Method::POST) => create_drop(request, app).await,
         (Route::Drop(id), Method::GET) => show_drop(id, app).await,
@@ -206,8 +218,7 @@ async fn show_drop(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
 }
 
 async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
-    app.access
-        .require_admin(request.headers(), "creating drops")?;
+    app.access.require_drop_creator(request.headers())?;
     let fields = Fields::read(request, app.timeouts.body).await?;
     let drop = NewDrop {
         name: fields.string("name")?,
@@ -231,12 +242,19 @@ async fn create_buyer(request: Request<Incoming>, app: &App) -> Result<Response<
         app.access
             .require_admin(request.headers(), "creating buyers (in JWT mode)")?;
     }
+    let headers = request.headers().clone();
     let fields = Fields::read(request, app.timeouts.body).await?;
     let username = fields.string("username")?;
+    // A chosen id (an existing client's fixed buyer id) is an operator's decision, never a buyer's.
+    let id = fields.optional_uuid("id")?;
+    if id.is_some() {
+        app.access
+            .require_admin(&headers, "creating a buyer with a given id")?;
+    }
     let client = app.pool.connection().await?;
     Ok(respond::success(
         StatusCode::CREATED,
-        queries::create_buyer(&client, &username).await?,
+        queries::create_buyer(&client, &username, id).await?,
     ))
 }
 
