@@ -266,8 +266,12 @@ test-repeat: db
 	done; \
 	echo "test-repeat: $$passed of $(N) runs passed"
 
+# The replaced backend's client against the adapter: its REST calls and live updates with the real
+# socket.io-client in Node, then a page using socket.io-client in Chromium.
 browser-test: db adapter $(BROWSER_DEPS)
 	@DROPSTOCK_HTTP_BIN=$(ADAPTER) node tests/browser/drop-page.test.mjs
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) node tests/browser/socketio-client.test.mjs
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) node tests/browser/socketio-page.test.mjs
 else
 # Run on their own, these make their own test cluster too.
 integration-test isolation-test test-repeat browser-test: setup

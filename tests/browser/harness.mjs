@@ -65,6 +65,8 @@ export class AdapterProcess {
 
   constructor(env = {}) {
     this.env = env;
+    // The adapter must not outlive the test, however it ends.
+    process.on('exit', () => this.stop());
   }
 
   running() {
