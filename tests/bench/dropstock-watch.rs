@@ -164,6 +164,19 @@ fn print_feed(kind: &str, report: &FeedReport) {
     );
 }
 
+/// One kind of watcher's figures on the result line, their names after `prefix`.
+fn add_feed(result: &mut ResultLine, prefix: &str, report: &FeedReport) {
+    let name = |field: &str| format!("{prefix}{field}");
+    result
+        .add(&name("watchers"), report.watchers)
+        .add_ms(&name("p50_ms"), report.delays.p50)
+        .add_ms(&name("p99_ms"), report.delays.p99)
+        .add_ms(&name("max_ms"), report.delays.max)
+        .add(&name("missed"), report.missed)
+        .add(&name("lost"), report.lost_feeds)
+        .add(&name("resyncs"), report.resyncs);
+}
+
 /// `counts`: watchers on `/ws`, then Socket.IO clients.
 async fn delay(
     common: &Common,
@@ -266,29 +279,17 @@ async fn delay(
     }
     let mut result = ResultLine::default();
     result
-        .add("watchers", report.watchers)
         .add("holds", commits.instants.len())
-        .add("connect_s", format!("{:.1}", connect_time.as_secs_f64()))
-        .add_ms("p50_ms", report.delays.p50)
-        .add_ms("p99_ms", report.delays.p99)
-        .add_ms("max_ms", report.delays.max)
+        .add("connect_s", format!("{:.1}", connect_time.as_secs_f64()));
+    add_feed(&mut result, "", report);
+    result
         .add_ms("first_p50_ms", report.first_watcher.p50)
         .add_ms("first_p99_ms", report.first_watcher.p99)
         .add_ms("fan_out_p50_ms", report.fan_out.p50)
         .add_ms("fan_out_p99_ms", report.fan_out.p99)
-        .add("samples", report.delays.count)
-        .add("missed", report.missed)
-        .add("lost", report.lost_feeds)
-        .add("resyncs", report.resyncs);
+        .add("samples", report.delays.count);
     if socketio_clients > 0 {
-        result
-            .add("sio_watchers", socketio.watchers)
-            .add_ms("sio_p50_ms", socketio.delays.p50)
-            .add_ms("sio_p99_ms", socketio.delays.p99)
-            .add_ms("sio_max_ms", socketio.delays.max)
-            .add("sio_missed", socketio.missed)
-            .add("sio_lost", socketio.lost_feeds)
-            .add("sio_resyncs", socketio.resyncs);
+        add_feed(&mut result, "sio_", socketio);
     }
     result
         .add("rss_peak_mib", mib(peak_kib))

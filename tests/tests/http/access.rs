@@ -20,6 +20,19 @@ fn token(secret: &str, claims: Value) -> String {
     .unwrap()
 }
 
+/// `POST path` with `body`: refused without the admin token (401), then done with it (201); the answer's data.
+async fn only_with_the_admin_token(adapter: &Adapter, path: &str, body: Value) -> Value {
+    assert_refused(
+        &adapter.post(path, body.clone()).await,
+        401,
+        "unauthorized",
+        "admin token",
+    );
+    let (status, done) = adapter.post_as(path, ADMIN_TOKEN, body).await;
+    assert_eq!(status, 201, "{done}");
+    done["data"].clone()
+}
+
 fn in_an_hour() -> i64 {
     chrono::Utc::now().timestamp() + 3600
 }
@@ -111,15 +124,8 @@ async fn only_the_admin_creates_a_buyer_with_a_given_id() {
         "given id",
     );
     let adapter = Adapter::start().await;
-    assert_refused(
-        &adapter.post("/api/users", body.clone()).await,
-        401,
-        "unauthorized",
-        "admin token",
-    );
-    let (status, created) = adapter.post_as("/api/users", ADMIN_TOKEN, body).await;
-    assert_eq!(status, 201, "{created}");
-    assert_eq!(created["data"]["id"], id.as_str());
+    let created = only_with_the_admin_token(&adapter, "/api/users", body).await;
+    assert_eq!(created["id"], id.as_str());
     let again = json!({"username": unique("other"), "id": id});
     assert_refused(
         &adapter.post_as("/api/users", ADMIN_TOKEN, again).await,
@@ -152,16 +158,11 @@ async fn in_jwt_mode_buyers_act_only_as_themselves() {
     let drop = adapter.open_drop(5).await;
 
     // Creating buyers is the host application's job in this mode: admin token only.
-    let name = json!({"username": unique("ada")});
-    assert_refused(
-        &adapter.post("/api/users", name.clone()).await,
-        401,
-        "unauthorized",
-        "admin token",
-    );
-    let (status, ada) = adapter.post_as("/api/users", ADMIN_TOKEN, name).await;
-    assert_eq!(status, 201, "{ada}");
-    let ada = id(&ada["data"]);
+    let ada =
+        id(
+            &only_with_the_admin_token(&adapter, "/api/users", json!({"username": unique("ada")}))
+                .await,
+        );
     let (_, grace) = adapter
         .post_as(
             "/api/users",
