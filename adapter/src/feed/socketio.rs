@@ -20,8 +20,9 @@
 //!
 //! Like the rest of the adapter: a page may connect only from its own origin or one on the CORS
 //! allow-list (browsers do not apply CORS to WebSockets, so the adapter checks `Origin` itself); every
-//! poll is an HTTP request under the same rate limits and connection cap; on shutdown every client is
-//! disconnected and the drain waits for their transports to close.
+//! poll and every upgrade comes through the adapter's own accept loop and router, so whatever limits
+//! connections and requests there (the per-address rate limit) limits them too; on shutdown every client
+//! is disconnected and the drain waits for their transports to close.
 
 use std::sync::Arc;
 use std::time::Duration;
