@@ -180,6 +180,25 @@ async function scenario() {
   if (health.status !== 200 || !adapter.running()) throw new StepFailure(`the adapter after clients left mid-poll: ${health.status}`);
   steps.ok(`clients that left mid-poll: the adapter serves on, the others got the next stock:update, the cut-off session's next poll has it`, started);
 
+  // Malformed Engine.IO requests are refused with a 4xx, never a 5xx, and change nothing.
+  started = Date.now();
+  const malformed = [
+    ['GET', '/socket.io/', undefined],
+    ['GET', '/socket.io/?EIO=3&transport=polling', undefined],
+    ['GET', '/socket.io/?EIO=4&transport=carrier', undefined],
+    ['GET', '/socket.io/?EIO=4&transport=polling&sid=nope', undefined],
+    ['GET', '/socket.io/?EIO=4&transport=websocket', undefined],
+    ['POST', '/socket.io/?EIO=4&transport=polling&sid=nope', 'zzz'],
+    ['POST', `/socket.io/?EIO=4&transport=polling&sid=${JSON.parse((await rawRequest(base, '/socket.io/?EIO=4&transport=polling', {})).body.slice(1)).sid}`, 'zzz'],
+    ['PUT', '/socket.io/', undefined],
+  ];
+  for (const [method, target, body] of malformed) {
+    const answer = await rawRequest(base, target, {}, method, body);
+    if (answer.status < 400 || answer.status >= 500) throw new StepFailure(`${method} ${target}: ${answer.status} ${answer.body}`);
+  }
+  if ((await call(base, 'GET', '/healthz')).status !== 200) throw new StepFailure('the adapter is unhealthy after malformed requests');
+  steps.ok(`${malformed.length} malformed Engine.IO requests (no transport, protocol 3, unknown session, garbage packets, PUT) each got a 4xx`, started);
+
   // The CORS allow-list: a listed origin may poll (and read the answer), another may neither poll nor
   // open a WebSocket.
   started = Date.now();
