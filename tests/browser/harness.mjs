@@ -5,6 +5,7 @@
 // cluster of `make db`), CHROMIUM (default /usr/bin/chromium).
 
 import { spawn } from 'node:child_process';
+import http from 'node:http';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -58,6 +59,18 @@ export async function until(what, timeout, description) {
   }
 }
 
+/** Whether `/healthz` answers 200, asked on a connection of its own that is closed after the answer, so
+ * that no idle keep-alive connection is left holding a place under the adapter's connection cap. */
+export function healthy(base) {
+  return new Promise((resolve) => {
+    const request = http.get(`${base}/healthz`, { agent: false, headers: { Connection: 'close' } }, (response) => {
+      response.resume();
+      response.on('end', () => resolve(response.statusCode === 200));
+    });
+    request.on('error', () => resolve(false));
+  });
+}
+
 /** dropstock-http as a child process, with settings given as its environment variables. */
 export class AdapterProcess {
   log = '';
@@ -93,12 +106,7 @@ export class AdapterProcess {
     while (Date.now() < deadline) {
       const gone = await Promise.race([this.exited, new Promise((resolve) => setTimeout(resolve, 100, null))]);
       if (gone) throw new StepFailure(`dropstock-http exited (code ${gone.code}, signal ${gone.signal}) before serving:\n${this.log}`);
-      try {
-        const response = await fetch(`${base}/healthz`);
-        if (response.ok) return base;
-      } catch {
-        // Not listening yet.
-      }
+      if (await healthy(base)) return base;
     }
     throw new StepFailure(`dropstock-http did not answer /healthz on ${listen} within 20 s:\n${this.log}`);
   }

@@ -62,9 +62,9 @@ async function expectLive(clients, since, what, extra) {
 }
 
 // A raw HTTP request with its own headers, for what socket.io-client does not let a test set.
-function rawRequest(base, urlPath, headers, method = 'GET', body = undefined) {
+function rawRequest(base, urlPath, headers, method = 'GET', body = undefined, keepAlive = true) {
   return new Promise((resolve, reject) => {
-    const request = http.request(`${base}${urlPath}`, { method, headers });
+    const request = http.request(`${base}${urlPath}`, { method, headers, ...(keepAlive ? {} : { agent: false }) });
     request.on('response', (response) => {
       let body = '';
       response.setEncoding('utf8').on('data', (chunk) => { body += chunk; });
@@ -215,6 +215,23 @@ async function scenario() {
     throw new StepFailure(`another origin: poll ${foreignPoll.status}, WebSocket ${foreignSocket.status}, not 403 and 403`);
   }
   steps.ok(`the allow-list: ${allowedOrigin} polls and may read it; http://evil.example gets 403 for polling and WebSocket`, started);
+
+  // The connection cap: each Socket.IO client holds a place under it while connected (here a second
+  // adapter with room for 3 connections: 3 WebSocket clients fill it), and gives it back on leaving.
+  started = Date.now();
+  const capped = new AdapterProcess({ DROPSTOCK_MAX_CONNECTIONS: '3' });
+  capped.base = await capped.start(await freePort());
+  const fill = [];
+  for (let k = 0; k < 3; k += 1) fill.push(await connect(capped.base, `capped client ${k + 1}`, { transports: ['websocket'] }));
+  const drops = () => rawRequest(capped.base, '/api/drops', { Connection: 'close' }, 'GET', undefined, false);
+  const full = await until(async () => { const answer = await drops(); return answer.status === 503 && answer; }, 2_000,
+    'a request past the cap of 3 held by Socket.IO clients answers 503');
+  if (!full.body.includes('connection limit')) throw new StepFailure(`past the cap: ${full.body}`);
+  fill[0].close();
+  await until(async () => (await drops()).status === 200, 2_000, 'a request is served again once a Socket.IO client left');
+  for (const socket of fill.slice(1)) socket.close();
+  await capped.stopAndWait();
+  steps.ok('3 Socket.IO clients fill a cap of 3 connections (the next request gets 503); one leaves and requests are served again', started);
 
   // Shutdown: the drain closes every client and the adapter exits cleanly.
   started = Date.now();

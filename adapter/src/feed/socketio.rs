@@ -18,16 +18,21 @@
 //! There is no snapshot on connect, as there was none in the replaced backend: a client reads
 //! `GET /api/drops` once connected. Clients send nothing the feed reads.
 //!
-//! Like the rest of the adapter: a page may connect only from its own origin or one on the CORS
-//! allow-list (browsers do not apply CORS to WebSockets, so the adapter checks `Origin` itself); every
-//! poll and every upgrade comes through the adapter's own accept loop and router, so whatever limits
-//! connections and requests there (the per-address rate limit) limits them too; on shutdown every client
-//! is disconnected and the drain waits for their transports to close.
+//! Like the rest of the adapter:
+//! - Origins: with an allow-list, a page may connect only from its own origin or a listed one, as on
+//!   `/ws` (browsers do not apply CORS to WebSockets, so the adapter checks `Origin` itself).
+//! - Limits: every poll and every upgrade comes through the adapter's own accept loop and router, under
+//!   the per-address rate limit and the request deadline (plus one ping interval, which a long poll may
+//!   wait by design).
+//! - The connection cap: Engine.IO keeps the request a session began with (its extensions included) for
+//!   as long as the session lives, so each client holds the place under the cap of the connection it
+//!   connected on until it disconnects, whether it goes on polling or upgrades to a WebSocket.
+//! - Shutdown: every client is disconnected and the drain waits for their transports to close.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderMap, HeaderValue, Request, Response};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::Service as _;
@@ -97,11 +102,11 @@ impl SocketIoFeed {
         request: Request<Incoming>,
         cors: &Cors,
     ) -> Result<Response<Body>, ApiError> {
-        if let Some(origin) = foreign_origin(request.headers(), cors) {
-            return Err(ApiError::forbidden(format!(
-                "origin {} may not connect to the live feed (see DROPSTOCK_CORS_ORIGINS)",
-                origin.to_str().unwrap_or("?")
-            )));
+        // The same rule as `/ws`: polls are CORS requests, but the WebSocket they upgrade to is not.
+        if !cors.allows_socket(request.headers()) {
+            return Err(ApiError::forbidden(
+                "this page's origin may not open the feed: it is not in DROPSTOCK_CORS_ORIGINS",
+            ));
         }
         let response = match self.service.call(request).await {
             Ok(response) => response,
@@ -140,25 +145,6 @@ impl SocketIoFeed {
     }
 }
 
-/// The `Origin` of a request from a page that may not connect: neither the adapter's own origin (the
-/// page it serves at `/`) nor one on the allow-list. Requests without `Origin` do not come from a page.
-fn foreign_origin<'a>(headers: &'a HeaderMap, cors: &Cors) -> Option<&'a HeaderValue> {
-    let origin = headers.get(header::ORIGIN)?;
-    if cors.allows(origin) {
-        return None;
-    }
-    let same = match (
-        origin.to_str(),
-        headers.get(header::HOST).map(HeaderValue::to_str),
-    ) {
-        (Ok(origin), Some(Ok(host))) => origin
-            .split_once("://")
-            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host)),
-        _ => false,
-    };
-    (!same).then_some(origin)
-}
-
 /// Relays the fan-out to Socket.IO clients until shutdown, then disconnects them all and waits for their
 /// transports to close (the caller runs this among `app.sockets`, which the shutdown drain waits for).
 pub async fn run(app: Arc<App>) {
@@ -191,46 +177,4 @@ pub async fn run(app: Arc<App>) {
         }
     }
     feed.io.close().await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(name, value)| (name.clone(), HeaderValue::from_str(value).unwrap()))
-            .collect()
-    }
-
-    #[test]
-    fn lets_in_its_own_origin_listed_origins_and_non_browsers() {
-        let cors = Cors::new(&["https://shop.example".to_owned()]);
-        let own = headers(&[
-            (header::HOST, "127.0.0.1:8080"),
-            (header::ORIGIN, "http://127.0.0.1:8080"),
-        ]);
-        assert!(foreign_origin(&own, &cors).is_none());
-        let listed = headers(&[
-            (header::HOST, "127.0.0.1:8080"),
-            (header::ORIGIN, "https://shop.example"),
-        ]);
-        assert!(foreign_origin(&listed, &cors).is_none());
-        let no_origin = headers(&[(header::HOST, "127.0.0.1:8080")]);
-        assert!(foreign_origin(&no_origin, &cors).is_none());
-        let other = headers(&[
-            (header::HOST, "127.0.0.1:8080"),
-            (header::ORIGIN, "https://evil.example"),
-        ]);
-        assert_eq!(
-            foreign_origin(&other, &cors).map(|origin| origin.to_str().unwrap()),
-            Some("https://evil.example")
-        );
-        let other_port = headers(&[
-            (header::HOST, "127.0.0.1:8080"),
-            (header::ORIGIN, "http://127.0.0.1:3000"),
-        ]);
-        assert!(foreign_origin(&other_port, &cors).is_some());
-    }
 }

@@ -24,7 +24,7 @@ impl Cors {
         }
     }
 
-    pub fn allows(&self, origin: &HeaderValue) -> bool {
+    fn allows(&self, origin: &HeaderValue) -> bool {
         let Ok(origin) = origin.to_str() else {
             return false;
         };
