@@ -102,7 +102,8 @@ impl SocketIoFeed {
         request: Request<Incoming>,
         cors: &Cors,
     ) -> Result<Response<Body>, ApiError> {
-        // The same rule as `/ws`: polls are CORS requests, but the WebSocket they upgrade to is not.
+        // Polls are CORS requests, but a WebSocket is not, so the feed checks the page's origin itself,
+        // by the rule `/ws` follows.
         if !cors.allows_socket(request.headers()) {
             return Err(ApiError::forbidden(
                 "this page's origin may not open the feed: it is not in DROPSTOCK_CORS_ORIGINS",

@@ -116,7 +116,7 @@ impl Watchers {
     }
 }
 
-type Socket =
+pub type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next text message, answering nothing (tungstenite answers WebSocket pings itself).
@@ -144,23 +144,30 @@ async fn handshake(socket: &mut Socket, protocol: Protocol) -> Result<i64, Strin
                 .ok_or_else(|| "the snapshot has no availableStock".to_owned())
         }
         Protocol::SocketIo { total_stock } => {
-            let open = next_text(socket, "before the Engine.IO open packet").await?;
-            if !open.starts_with("0{") {
-                return Err(format!("not an Engine.IO open packet: {open}"));
-            }
-            socket
-                .send(Message::Text("40".into()))
-                .await
-                .map_err(|error| format!("namespace connect: {error}"))?;
-            loop {
-                let packet = next_text(socket, "before the namespace connect answer").await?;
-                if packet.starts_with("40") {
-                    return Ok(total_stock);
-                }
-                if packet.starts_with("44") {
-                    return Err(format!("namespace connect refused: {packet}"));
-                }
-            }
+            socketio_handshake(socket).await?;
+            Ok(total_stock)
+        }
+    }
+}
+
+/// A Socket.IO client's start on a WebSocket to `/socket.io/?EIO=4&transport=websocket`: the Engine.IO
+/// open packet (`0{…}`) in, the default namespace's connect (`40`) out, its answer (`40{…}`) in.
+pub async fn socketio_handshake(socket: &mut Socket) -> Result<(), String> {
+    let open = next_text(socket, "before the Engine.IO open packet").await?;
+    if !open.starts_with("0{") {
+        return Err(format!("not an Engine.IO open packet: {open}"));
+    }
+    socket
+        .send(Message::Text("40".into()))
+        .await
+        .map_err(|error| format!("namespace connect: {error}"))?;
+    loop {
+        let packet = next_text(socket, "before the namespace connect answer").await?;
+        if packet.starts_with("40") {
+            return Ok(());
+        }
+        if packet.starts_with("44") {
+            return Err(format!("namespace connect refused: {packet}"));
         }
     }
 }
