@@ -376,54 +376,31 @@ async fn socketio_clients_get_the_ws_messages_as_events_and_resync_after_the_lis
                 && m["args"][0]["seq"] == seq
         }
     };
-    let stock = client
-        .expect(
-            Duration::from_secs(2),
-            "the stock event",
-            of_drop("stock", 1000),
-        )
-        .await;
-    let sold = client
-        .expect(
-            Duration::from_secs(2),
-            "the purchase event",
-            of_drop("purchase", 1000),
-        )
-        .await;
-    // Each event's one argument is the /ws message itself.
-    let ws_stock = ws
-        .expect(Duration::from_secs(2), "the stock message", |m| {
-            is_stock(&drop)(m) && m["seq"] == 1000
-        })
-        .await;
-    let ws_sold = ws
-        .expect(Duration::from_secs(2), "the purchase message", |m| {
-            m["type"] == "purchase"
-        })
-        .await;
-    assert_eq!(stock["args"], json!([ws_stock]));
-    assert_eq!(sold["args"], json!([ws_sold]));
-    assert_eq!(sold["args"][0]["user"], json!({"username": "ada"}));
-
+    // Each event's one argument is the /ws message itself: the stock change, then the sale.
+    for kind in ["stock", "purchase"] {
+        let event = client
+            .expect(Duration::from_secs(2), kind, of_drop(kind, 1000))
+            .await;
+        let message = ws
+            .expect(Duration::from_secs(2), kind, |m| {
+                m["type"] == kind && m["seq"] == 1000
+            })
+            .await;
+        assert_eq!(event["args"], json!([message]));
+        if kind == "purchase" {
+            assert_eq!(message["user"], json!({"username": "ada"}));
+        }
+    }
     // The LISTEN connection lost: `paused`, then, once it is back, `resync` and a `stock:update` for
     // clients that only reload on that, and later changes are heard.
     let killed = terminate_listen_backends(&db).await;
     assert!(killed > 0);
-    let paused = client
-        .expect(Duration::from_secs(5), "paused", |m| m["event"] == "paused")
-        .await;
-    assert_eq!(paused["args"], json!([]));
-    let resync = client
-        .expect(Duration::from_secs(5), "resync", |m| m["event"] == "resync")
-        .await;
-    assert_eq!(resync["args"], json!([]));
-    client
-        .expect(
-            Duration::from_secs(1),
-            "stock:update after the resync",
-            |m| m["event"] == "stock:update",
-        )
-        .await;
+    for (event, within) in [("paused", 5), ("resync", 5), ("stock:update", 1)] {
+        let told = client
+            .expect(Duration::from_secs(within), event, |m| m["event"] == event)
+            .await;
+        assert_eq!(told["args"], json!([]), "{event} carries no payload");
+    }
     notify(&db, &notice(&drop, 8, 1001, json!([]))).await;
     let later = client
         .expect(
