@@ -142,6 +142,11 @@ run: db adapter
 	@echo "run: database  $(DATABASE_URL)  (psql: $(PG_BIN)/psql $(DATABASE_URL))"
 	@echo "run: open      http://$(HTTP_LISTEN)/"
 	@echo "run: admin token for creating drops: $$(cat target/admin-token)"
+	@echo "run: the replaced Node/Express client: build it with its API base http://$(HTTP_LISTEN) (REST at /api,"
+	@echo "run:   Socket.IO at /socket.io/), register its fixed buyer id once with"
+	@echo "run:   curl -X POST http://$(HTTP_LISTEN)/api/users -H \"Authorization: Bearer $$(cat target/admin-token)\" -d '{\"username\":\"demo\",\"id\":\"<its buyer id>\"}'"
+	@echo "run:   and for its Create Drop page (no token) and its dev server's origin start with"
+	@echo "run:   DROPSTOCK_OPEN_DROP_CREATION=true DROPSTOCK_CORS_ORIGINS=http://localhost:3000 make run"
 	@DROPSTOCK_ADMIN_TOKEN=$$(cat target/admin-token) DROPSTOCK_LISTEN=$(HTTP_LISTEN) exec $(ADAPTER)
 
 # ---- tests: in a throwaway cluster of their own -------------------------------------------------------------
@@ -266,8 +271,12 @@ test-repeat: db
 	done; \
 	echo "test-repeat: $$passed of $(N) runs passed"
 
+# The replaced backend's client against the adapter: its REST calls and live updates with the real
+# socket.io-client in Node, then a page using socket.io-client in Chromium.
 browser-test: db adapter $(BROWSER_DEPS)
 	@DROPSTOCK_HTTP_BIN=$(ADAPTER) node tests/browser/drop-page.test.mjs
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) node tests/browser/socketio-client.test.mjs
+	@DROPSTOCK_HTTP_BIN=$(ADAPTER) node tests/browser/socketio-page.test.mjs
 else
 # Run on their own, these make their own test cluster too.
 integration-test isolation-test test-repeat browser-test: setup

@@ -21,7 +21,7 @@
 REVOKE ALL ON ALL TABLES IN SCHEMA dropstock FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dropstock FROM PUBLIC;
 
-ALTER FUNCTION create_user(text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION create_user(text, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz, jsonb, integer)
       SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION reserve_item(uuid, uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -67,7 +67,7 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid, text, integer), '
                    'dropstock.reserve_items(uuid, uuid[], text[], integer[]), dropstock.purchase(uuid, uuid), '
                    'dropstock.cancel_reservation(uuid, uuid), dropstock.extend_hold(uuid, uuid), '
-                   'dropstock.create_user(text), dropstock.active_drops(), dropstock.drop_status(uuid), '
+                   'dropstock.create_user(text, uuid), dropstock.active_drops(), dropstock.drop_status(uuid), '
                    'dropstock.variant_status(uuid) TO %s', role);
     IF runs_drops THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION '

@@ -1,8 +1,9 @@
 -- Buyers. A host application with users of its own can create one dropstock user per account and keep
 -- the mapping; every hold and purchase names the buyer by id.
 
--- create_user: register a buyer under a unique, non-empty name (at most 64 characters, trimmed).
-CREATE FUNCTION create_user(username text)
+-- create_user: register a buyer under a unique, non-empty name (at most 64 characters, trimmed). `id`
+-- is the buyer's id when the caller chooses it (an existing client's fixed buyer id); NULL gives a new one.
+CREATE FUNCTION create_user(username text, id uuid DEFAULT NULL)
 RETURNS users
 LANGUAGE plpgsql
 AS $$
@@ -22,10 +23,17 @@ BEGIN
         RAISE EXCEPTION 'username must be at most 64 characters, got %', length(clean)
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    INSERT INTO dropstock.users AS u (username) VALUES (clean)
-    ON CONFLICT ON CONSTRAINT users_username_key DO NOTHING
+    -- Either uniqueness (name or id) makes the insert do nothing, concurrent inserts included; which one
+    -- it was is then read back (a conflicting row is committed by then, so this statement sees it).
+    INSERT INTO dropstock.users AS u (id, username)
+    VALUES (coalesce(create_user.id, gen_random_uuid()), clean)
+    ON CONFLICT DO NOTHING
     RETURNING u.* INTO buyer;
     IF NOT FOUND THEN
+        IF create_user.id IS NOT NULL AND EXISTS (SELECT 1 FROM dropstock.users AS t WHERE t.id = create_user.id) THEN
+            RAISE EXCEPTION 'a buyer with id % already exists', create_user.id
+                  USING ERRCODE = 'DS041', HINT = 'Choose another id, or use the existing buyer.';
+        END IF;
         RAISE EXCEPTION 'username "%" is already taken', clean
               USING ERRCODE = 'DS040', HINT = 'Choose another username.';
     END IF;

@@ -14,6 +14,7 @@ use crate::db::batching::Batcher;
 use crate::db::pool::{self, Database, StartupError};
 use crate::feed::hub::Hub;
 use crate::feed::relay;
+use crate::feed::socketio::{self, SocketIoFeed};
 use crate::http::access::Access;
 use crate::http::connections::ConnectionCap;
 use crate::http::cors::Cors;
@@ -40,6 +41,8 @@ pub struct App {
     pub hub: Hub,
     /// The database check `/healthz` answers from, shared by probes for a second.
     pub health: HealthCheck,
+    /// `/socket.io/`: the feed for Socket.IO clients, fed from the hub.
+    pub socketio: SocketIoFeed,
     /// What `/metrics` reports, counted by requests, the relay and WebSocket clients alike.
     pub metrics: Metrics,
     /// Per client address and per buyer: abuse gets 429 before it reaches the database.
@@ -54,8 +57,9 @@ pub struct App {
     pub drain: Duration,
     /// Cancelled on shutdown: WebSocket clients close with 1001 and the LISTEN task stops.
     pub shutdown: CancellationToken,
-    /// WebSocket client tasks. Once upgraded they are no longer hyper connections, so the graceful
-    /// shutdown of the HTTP server does not wait for them; this does.
+    /// WebSocket client tasks (and the Socket.IO relay, which closes its clients on shutdown). Once
+    /// upgraded they are no longer hyper connections, so the graceful shutdown of the HTTP server does
+    /// not wait for them; this does.
     pub sockets: TaskTracker,
 }
 
@@ -82,9 +86,11 @@ impl App {
             listen_database,
             holds: Batcher::new(pool.clone(), metrics.reservation_queues.clone()),
             pool,
-            access: Access::new(config.admin_token(), config.jwt_rules()),
+            access: Access::new(config.admin_token(), config.jwt_rules())
+                .with_open_drop_creation(config.open_drop_creation),
             cors: Cors::new(&config.cors_origins),
             hub: Hub::new(),
+            socketio: SocketIoFeed::new(&metrics.socketio_clients),
             metrics,
             health: HealthCheck::default(),
             limits: config.rate_limits(),
@@ -101,11 +107,12 @@ impl App {
     }
 }
 
-/// Runs the adapter on `listener` (HTTP, the WebSocket feed and its LISTEN relay) until `shutdown`
+/// Runs the adapter on `listener` (HTTP, the WebSocket and Socket.IO feeds and their LISTEN relay) until `shutdown`
 /// completes, then drains and closes the pool. Tests start it on a free port and stop it by completing
 /// `shutdown`.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let relay = tokio::spawn(relay::run(app.clone()));
+    app.sockets.spawn(socketio::run(app.clone()));
     server::run(listener, app.clone(), shutdown).await;
     let _ = relay.await;
     app.pool.close();

@@ -61,6 +61,22 @@ pub struct Config {
     )]
     pub admin_token: Option<String>,
 
+    /// Lets clients without the admin token create drops (`POST /api/drops`), as the replaced Node
+    /// backend did. Only for trusted networks and local development: anyone who can reach the adapter can
+    /// then create drops. Off by default; a warning is logged at start-up when on. The flag alone turns it
+    /// on; a value (true/false, 1/0, yes/no) says which.
+    #[arg(
+        long,
+        env = "DROPSTOCK_OPEN_DROP_CREATION",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub open_drop_creation: bool,
+
     /// HS256 secret for buyer tokens. When set, reserve, purchase and cancel need
     /// `Authorization: Bearer <jwt>` whose `sub` is the buyer's user id, and `POST /api/users` needs the
     /// admin token. When unset, the `userId` in the request body is trusted.
@@ -241,4 +257,26 @@ pub struct Timeouts {
     pub database: Duration,
     /// One request, start to answer.
     pub request: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_drop_creation(flags: &[&str]) -> bool {
+        let mut arguments = vec!["dropstock-http", "--database-url", "postgresql://x"];
+        arguments.extend_from_slice(flags);
+        Config::try_parse_from(arguments)
+            .unwrap()
+            .open_drop_creation
+    }
+
+    #[test]
+    fn drop_creation_is_open_only_when_asked_for() {
+        assert!(!open_drop_creation(&[]));
+        assert!(open_drop_creation(&["--open-drop-creation"]));
+        assert!(open_drop_creation(&["--open-drop-creation", "yes"]));
+        assert!(!open_drop_creation(&["--open-drop-creation", "0"]));
+        assert!(!open_drop_creation(&["--open-drop-creation=false"]));
+    }
 }

@@ -1,4 +1,5 @@
-//! dropstock-http: the HTTP adapter in front of the dropstock extension (REST, WebSocket feed, live page).
+//! dropstock-http: the HTTP adapter in front of the dropstock extension (REST, WebSocket and Socket.IO feeds,
+//! live page).
 //!
 //! The adapter holds no state that matters: any number of copies can run side by side, each with its own
 //! pool and its own LISTEN connection. The `dropstock-http` binary parses flags and signals and calls
@@ -50,6 +51,9 @@
 //!   - [`feed::hub`]: the fan-out from the relay to every client, bounded in memory.
 //!   - [`feed::messages`]: what clients receive (`snapshot`, `stock`, `purchase`, `resync`).
 //!   - [`feed::websocket`]: the `/ws` endpoint, one task per client.
+//!   - [`feed::socketio`]: the `/socket.io/` endpoint (Socket.IO, as the replaced backend served it, through
+//!     `socketioxide`): one task relays the hub to every client as `stock:update`, `stock`, `purchase`
+//!     and `resync` events.
 //!
 //! # Words
 //!
@@ -62,7 +66,7 @@
 //!   **units** are its "quantity".
 //! - **buyer**: a person who holds and buys (the API's "user").
 //! - **sale**: a hold turned into a purchase (the API's "purchase").
-//! - **feed**: the stream of stock changes and sales clients watch over `/ws`.
+//! - **feed**: the stream of stock changes and sales clients watch over `/ws` or `/socket.io/`.
 //! - **notice**: one `NOTIFY dropstock` payload from the extension's worker.
 
 mod app;

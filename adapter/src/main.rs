@@ -49,8 +49,16 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         database = %pool::describe(&app.database),
         admin = app.access.admin_enabled(),
         jwt = app.access.jwt_mode(),
-        "dropstock-http listening on http://{address} (live feed at ws://{address}/ws)"
+        "dropstock-http listening on http://{address} (live feed at ws://{address}/ws and \
+         http://{address}/socket.io/)"
     );
+    if app.access.open_drop_creation() {
+        tracing::warn!(
+            "DROP CREATION IS OPEN: anyone who can reach http://{address} can create drops without the \
+             admin token (--open-drop-creation / DROPSTOCK_OPEN_DROP_CREATION); use it only on a trusted \
+             network or for local development"
+        );
+    }
     serve(listener, app, shutdown_signal()).await;
     Ok(())
 }

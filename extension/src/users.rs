@@ -1,4 +1,4 @@
-//! Buyers (sql/users.sql): `create_user`.
+//! Buyers (sql/users.sql): `create_user`, with a new id or one the caller gives.
 
 pgrx::extension_sql_file!("../../sql/users.sql", name = "users", requires = ["schema"]);
 
@@ -22,6 +22,30 @@ mod tests {
             "DS040",
             "already taken",
         );
+    }
+
+    #[pg_test]
+    fn create_user_takes_a_given_id_and_refuses_one_in_use() {
+        let id = "6b1f0000-0000-4000-8000-00000000a11c";
+        let created = text(&format!(
+            "SELECT id::text FROM dropstock.create_user('alice', '{id}')"
+        ));
+        assert_eq!(created, id);
+        // The id is taken: its own code, whatever the name.
+        assert_refused(
+            &format!("SELECT dropstock.create_user('someone-else', '{id}')"),
+            "DS041",
+            "already exists",
+        );
+        // A free id with a taken name is the name's refusal.
+        assert_refused(
+            "SELECT dropstock.create_user('alice', '6b1f0000-0000-4000-8000-00000000b0b0')",
+            "DS040",
+            "already taken",
+        );
+        // NULL means "make one", as leaving it out does.
+        let fresh = text("SELECT id::text FROM dropstock.create_user('bob', NULL)");
+        assert_ne!(fresh, id);
     }
 
     #[pg_test]

@@ -11,6 +11,8 @@
 #   watchers   dropstock-watch throughput: reservations with 1,000 watchers on the hot drop vs. none
 #   scale      dropstock-load over 1, 2 and 4 adapters on one database; through one while 4 and 16 listen
 #   feed       dropstock-watch delay: 10,000 watchers, commit-to-receipt delay and the adapter's RSS
+#   socketio   dropstock-watch delay: 1,000 Socket.IO clients beside 1,000 /ws watchers, the delay for
+#              each and the adapter's RSS
 #
 # The adapter runs with its default pool (16 connections): concurrent reservations of one drop are
 # batched into reserve_items calls, at most 4 in flight per drop, so a larger pool would not reach the hot
@@ -29,6 +31,7 @@ POOL_SIZE=${BENCH_POOL_SIZE:-16}
 CLIENTS=${BENCH_HTTP_CLIENTS:-1000}
 SECONDS_EACH=${BENCH_SECONDS:-10}
 WATCHERS=${BENCH_WATCHERS:-10000}
+SOCKETIO_CLIENTS=${BENCH_SOCKETIO_CLIENTS:-1000}
 FEED_RATE=${BENCH_FEED_RATE:-200}
 BENCH_SQL=${BENCH_SQL:-1}
 OUT=$ROOT/target/bench
@@ -153,6 +156,10 @@ done
 start_adapter
 run feed "$WATCH" delay --clients "$WATCHERS" --seconds "$SECONDS_EACH" --rate "$FEED_RATE" --adapter-pid "$adapter_pid"
 stop_adapter
+start_adapter
+run socketio "$WATCH" delay --clients 1000 --socketio-clients "$SOCKETIO_CLIENTS" --seconds "$SECONDS_EACH" \
+    --rate "$FEED_RATE" --adapter-pid "$adapter_pid"
+stop_adapter
 
 # ---- the table ---------------------------------------------------------------------------------------------
 verdict() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "**not met**") }'; }
@@ -167,6 +174,9 @@ feed_p50=$(field p50_ms "$OUT/feed.txt")
 feed_missed=$(field missed "$OUT/feed.txt")
 rss=$(field rss_peak_mib "$OUT/feed.txt")
 rss_idle=$(field rss_idle_mib "$OUT/feed.txt")
+sio_p99=$(field sio_p99_ms "$OUT/socketio.txt")
+sio_ws_p99=$(field p99_ms "$OUT/socketio.txt")
+sio_missed=$(( $(field sio_missed "$OUT/socketio.txt") + $(field missed "$OUT/socketio.txt") ))
 x() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b) }'; }
 le() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) }'; }
@@ -206,3 +216,5 @@ row "adapter: reservations/s with 1,000 watchers / with none (3 rounds each, alt
 row "$(int "$WATCHERS") watchers: commit to receipt, p50 / p99 ($FEED_RATE holds/s; $feed_missed missed)" "$feed_p50 / $feed_p99 ms" "p99 <= 250 ms, none missed" "$(verdict "$(awk -v p="$feed_p99" -v m="$feed_missed" 'BEGIN { print (p <= 250 && m == 0) }')")"
 row "$(int "$WATCHERS") watchers, of which: commit to the first watcher p99 (100 ms tick, NOTIFY, relay) / first to last watcher p99 (fan-out)" "$(field first_p99_ms "$OUT/feed.txt") / $(field fan_out_p99_ms "$OUT/feed.txt") ms" "" ""
 row "$(int "$WATCHERS") watchers: adapter peak RSS (idle before: $rss_idle MiB)" "$rss MiB" "<= 200 MB" "$(verdict "$(le "$(awk -v m="$rss" 'BEGIN { print m * 1048576 / 1e6 }')" 200)")"
+row "$(int "$SOCKETIO_CLIENTS") Socket.IO clients beside 1,000 /ws watchers: commit to receipt p50 / p99, Socket.IO; /ws ($FEED_RATE holds/s; $sio_missed missed)" "$(field sio_p50_ms "$OUT/socketio.txt") / $sio_p99 ms; $(field p50_ms "$OUT/socketio.txt") / $sio_ws_p99 ms" "p99 <= 250 ms for both, none missed" "$(verdict "$(awk -v a="$sio_p99" -v b="$sio_ws_p99" -v m="$sio_missed" 'BEGIN { print (a <= 250 && b <= 250 && m == 0) }')")"
+row "$(int "$SOCKETIO_CLIENTS") Socket.IO clients + 1,000 /ws watchers: adapter peak RSS (idle before: $(field rss_idle_mib "$OUT/socketio.txt") MiB)" "$(field rss_peak_mib "$OUT/socketio.txt") MiB" "" ""

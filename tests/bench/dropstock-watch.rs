@@ -1,7 +1,8 @@
 //! dropstock-watch: WebSocket load on a running `dropstock-http`.
 //!
-//! `delay`: N watchers on one drop's feed while a few REST clients reserve on it at a steady rate; reports
-//! the delay from each hold's commit to each watcher's receipt of it, and the adapter's peak RSS.
+//! `delay`: N watchers on one drop's feed (and, beside them, M Socket.IO clients on `/socket.io/`) while a
+//! few REST clients reserve on it at a steady rate; reports the delay from each hold's commit to each
+//! watcher's receipt of it, for each kind of watcher, and the adapter's peak RSS.
 //! `throughput`: reservation throughput with N watchers on the hot drop against none, in alternating
 //! rounds of one run (none, with, with, none, …), so drift on a shared machine hits both sides alike.
 
@@ -13,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use dropstock_tests::load::latency::millis;
 use dropstock_tests::load::reserve::{self, Mode, Plan};
 use dropstock_tests::load::rss::{resident_kib, RssSampler};
+use dropstock_tests::load::watch::{FeedReport, Protocol};
 use dropstock_tests::load::{adapter_address, fixtures, limits, runtime, watch, ResultLine};
 
 #[derive(Parser)]
@@ -54,6 +56,9 @@ enum Scenario {
         /// Watchers on the drop's feed.
         #[arg(long, default_value_t = 1000)]
         clients: usize,
+        /// Socket.IO clients (Engine.IO over WebSocket) beside them.
+        #[arg(long, default_value_t = 0)]
+        socketio_clients: usize,
         /// How long the holds keep coming.
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
@@ -95,17 +100,20 @@ fn main() -> ExitCode {
             match &cli.scenario {
                 Scenario::Delay {
                     clients,
+                    socketio_clients,
                     seconds,
                     rate,
                     writers,
                     adapter_pid,
                 } => {
-                    if (*clients as u64) + 64 > open_files {
+                    let watchers = clients + socketio_clients;
+                    if (watchers as u64) + 64 > open_files {
                         return Err(format!(
-                            "{clients} watchers need more open files than the limit of {open_files} (ulimit -n)"
+                            "{watchers} watchers need more open files than the limit of {open_files} (ulimit -n)"
                         ));
                     }
-                    delay(&cli.common, *clients, *seconds, *rate, *writers, *adapter_pid).await
+                    let counts = (*clients, *socketio_clients);
+                    delay(&cli.common, counts, *seconds, *rate, *writers, *adapter_pid).await
                 }
                 Scenario::Throughput {
                     watchers,
@@ -136,14 +144,49 @@ fn database_url(common: &Common) -> Result<&str, String> {
         .ok_or_else(|| "DATABASE_URL is not set (or pass --database-url)".to_owned())
 }
 
+/// Prints one kind of watcher's figures.
+fn print_feed(kind: &str, report: &FeedReport) {
+    println!(
+        "  {kind}, commit to receipt, every watcher and hold: {}",
+        report.delays
+    );
+    println!(
+        "  {kind}, commit to the first watcher (worker tick, NOTIFY, relay): {}",
+        report.first_watcher
+    );
+    println!(
+        "  {kind}, first to last watcher for one stock level (fan-out): {}",
+        report.fan_out
+    );
+    println!(
+        "  {kind}, holds never seen by a watcher: {}, feeds lost: {}, resyncs: {}, messages ahead of the REST answer: {}",
+        report.missed, report.lost_feeds, report.resyncs, report.before_answer
+    );
+}
+
+/// One kind of watcher's figures on the result line, their names after `prefix`.
+fn add_feed(result: &mut ResultLine, prefix: &str, report: &FeedReport) {
+    let name = |field: &str| format!("{prefix}{field}");
+    result
+        .add(&name("watchers"), report.watchers)
+        .add_ms(&name("p50_ms"), report.delays.p50)
+        .add_ms(&name("p99_ms"), report.delays.p99)
+        .add_ms(&name("max_ms"), report.delays.max)
+        .add(&name("missed"), report.missed)
+        .add(&name("lost"), report.lost_feeds)
+        .add(&name("resyncs"), report.resyncs);
+}
+
+/// `counts`: watchers on `/ws`, then Socket.IO clients.
 async fn delay(
     common: &Common,
-    clients: usize,
+    counts: (usize, usize),
     seconds: f64,
     rate: f64,
     writers: usize,
     adapter_pid: Option<u32>,
 ) -> Result<bool, String> {
+    let (clients, socketio_clients) = counts;
     let address = adapter_address(&common.url)?;
     let database = fixtures::connect(database_url(common)?).await?;
     let wanted = (rate * seconds * 1.2) as usize + writers + 10;
@@ -154,19 +197,31 @@ async fn delay(
 
     let idle_kib = adapter_pid.and_then(resident_kib);
     let sampler = adapter_pid.map(RssSampler::start);
-    eprintln!("watch delay: connecting {clients} watchers to drop {drop_id}");
-    let watchers = match watch::connect(address, drop_id, clients, common.connect_at_once).await {
-        Ok(watchers) => watchers,
-        Err(error) => {
-            fixtures::end_drop(&database, drop_id).await?;
-            return Err(error);
+    eprintln!("watch delay: connecting {clients} watchers and {socketio_clients} Socket.IO clients to drop {drop_id}");
+    let mut groups = Vec::new();
+    for (count, protocol) in [
+        (clients, Protocol::WebSocket),
+        (
+            socketio_clients,
+            Protocol::SocketIo {
+                total_stock: i64::from(stock),
+            },
+        ),
+    ] {
+        match watch::connect(address, drop_id, count, common.connect_at_once, protocol).await {
+            Ok(watchers) => groups.push(watchers),
+            Err(error) => {
+                fixtures::end_drop(&database, drop_id).await?;
+                return Err(error);
+            }
         }
-    };
+    }
     let connected_kib = adapter_pid.and_then(resident_kib);
+    let connect_time: Duration = groups.iter().map(|group| group.connect_time).sum();
     eprintln!(
         "watch delay: {} watchers connected in {:.1} s; {rate:.0} holds/s for {seconds:.0} s from {writers} REST clients",
-        watchers.len(),
-        watchers.connect_time.as_secs_f64()
+        clients + socketio_clients,
+        connect_time.as_secs_f64()
     );
     let commits = watch::steady_holds(
         address,
@@ -179,39 +234,36 @@ async fn delay(
     .await;
     // The last holds reach the feed at the worker's next tick (100 ms) and then every watcher.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let connect_time = watchers.connect_time;
-    let logs = watchers.close().await;
+    let mut reports = Vec::new();
+    for group in groups {
+        let logs = group.close().await;
+        reports.push(watch::feed_delays(
+            i64::from(stock),
+            &commits.instants,
+            &logs,
+        ));
+    }
     let peak_kib = sampler.as_ref().map(RssSampler::peak_kib);
     drop(sampler);
-    let report = watch::feed_delays(i64::from(stock), &commits.instants, &logs);
+    let (report, socketio) = (&reports[0], &reports[1]);
 
     let after = fixtures::stock(&database, drop_id).await;
     fixtures::end_drop(&database, drop_id).await?;
     let verdict = fixtures::verdict(before, after?, commits.instants.len() as u64, 0);
-    let complete = report.missed == 0 && report.lost_feeds == 0 && report.resyncs == 0;
+    let complete = reports
+        .iter()
+        .all(|report| report.missed == 0 && report.lost_feeds == 0 && report.resyncs == 0);
 
-    println!("dropstock-watch delay: {clients} watchers on drop {drop_id}");
+    println!("dropstock-watch delay: {clients} watchers and {socketio_clients} Socket.IO clients on drop {drop_id}");
     println!(
         "  holds: {} ({} refused), check: {verdict}",
         commits.instants.len(),
         commits.refused
     );
-    println!(
-        "  commit to receipt, every watcher and hold: {}",
-        report.delays
-    );
-    println!(
-        "  commit to the first watcher (worker tick, NOTIFY, relay): {}",
-        report.first_watcher
-    );
-    println!(
-        "  first to last watcher for one stock level (fan-out): {}",
-        report.fan_out
-    );
-    println!(
-        "  holds never seen by a watcher: {}, feeds lost: {}, resyncs: {}, messages ahead of the REST answer: {}",
-        report.missed, report.lost_feeds, report.resyncs, report.before_answer
-    );
+    print_feed("/ws", report);
+    if socketio_clients > 0 {
+        print_feed("Socket.IO", socketio);
+    }
     let mib = |kib: Option<u64>| {
         kib.map_or("n/a".to_owned(), |kib| {
             format!("{:.1}", kib as f64 / 1024.0)
@@ -227,20 +279,19 @@ async fn delay(
     }
     let mut result = ResultLine::default();
     result
-        .add("watchers", report.watchers)
         .add("holds", commits.instants.len())
-        .add("connect_s", format!("{:.1}", connect_time.as_secs_f64()))
-        .add_ms("p50_ms", report.delays.p50)
-        .add_ms("p99_ms", report.delays.p99)
-        .add_ms("max_ms", report.delays.max)
+        .add("connect_s", format!("{:.1}", connect_time.as_secs_f64()));
+    add_feed(&mut result, "", report);
+    result
         .add_ms("first_p50_ms", report.first_watcher.p50)
         .add_ms("first_p99_ms", report.first_watcher.p99)
         .add_ms("fan_out_p50_ms", report.fan_out.p50)
         .add_ms("fan_out_p99_ms", report.fan_out.p99)
-        .add("samples", report.delays.count)
-        .add("missed", report.missed)
-        .add("lost", report.lost_feeds)
-        .add("resyncs", report.resyncs)
+        .add("samples", report.delays.count);
+    if socketio_clients > 0 {
+        add_feed(&mut result, "sio_", socketio);
+    }
+    result
         .add("rss_peak_mib", mib(peak_kib))
         .add("rss_idle_mib", mib(idle_kib))
         .add("check", if verdict.ok() { "ok" } else { "broken" });
@@ -276,7 +327,16 @@ async fn throughput(
         let drop_id = fixtures::create_drop(&database, "bench adapter hot drop", i32::MAX).await?;
         let before = fixtures::stock(&database, drop_id).await?;
         let watchers = if watched {
-            Some(watch::connect(address, drop_id, watcher_count, common.connect_at_once).await?)
+            Some(
+                watch::connect(
+                    address,
+                    drop_id,
+                    watcher_count,
+                    common.connect_at_once,
+                    Protocol::WebSocket,
+                )
+                .await?,
+            )
         } else {
             None
         };

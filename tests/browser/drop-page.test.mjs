@@ -1,24 +1,16 @@
 // The drop page in a real browser: two buyers, each in their own browser context, watch one drop.
 //
 // Starts dropstock-http on a free loopback port, creates a drop over REST, and drives Debian's Chromium
-// through playwright-core. Every wait has a deadline; nothing sleeps for a fixed time. Screenshots go to
-// target/browser/. Exits non-zero with the failing step's name when anything goes wrong, including when the
-// browser cannot start: a browser test that skips itself would hide a broken page.
-//
-// Environment: DROPSTOCK_HTTP_BIN (default target/debug/dropstock-http), DATABASE_URL (default the local
-// cluster of `make db`), CHROMIUM (default /usr/bin/chromium).
+// through playwright-core (the adapter, REST and the browser come from harness.mjs). Every wait has a
+// deadline; nothing sleeps for a fixed time. Screenshots go to target/browser/. Exits non-zero with the
+// failing step's name when anything goes wrong, including when the browser cannot start: a browser test
+// that skips itself would hide a broken page.
 
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { AdapterProcess, StepFailure, Steps, freePort, launchBrowser, repo, rest, runTest } from './harness.mjs';
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const adapterBin = process.env.DROPSTOCK_HTTP_BIN || path.join(repo, 'target', 'debug', 'dropstock-http');
-const databaseUrl = process.env.DATABASE_URL || 'postgresql://postgres@127.0.0.1:5544/postgres';
-const chromiumBin = process.env.CHROMIUM || '/usr/bin/chromium';
 const shots = path.join(repo, 'target', 'browser');
 const adminToken = `browser-${randomBytes(8).toString('hex')}`;
 const tag = randomBytes(4).toString('hex');
@@ -29,110 +21,13 @@ const STOCK = 5;
 // The whole run; a wedged browser or adapter fails the test instead of hanging CI.
 const WATCHDOG_MS = 120_000;
 
-// The flags known to work on these machines (no sandbox as root, no GPU, nothing phoning home), and no
-// QUIC, which only ever slows a loopback test down.
-const CHROMIUM_FLAGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic',
-];
-
-let passed = 0;
-let adapter = null;
-let adapterLog = '';
+const steps = new Steps();
+const step = (text, started) => steps.ok(text, started);
+const adapter = new AdapterProcess({ DROPSTOCK_ADMIN_TOKEN: adminToken });
 let browser = null;
 const pages = {};
 
-function step(text, started) {
-  passed += 1;
-  const ms = started === undefined ? '' : ` (${Date.now() - started} ms)`;
-  console.log(`ok ${passed} - ${text}${ms}`);
-}
-
-class StepFailure extends Error {}
-
-// ---- the adapter -----------------------------------------------------------------------------------------
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-async function startAdapter(port) {
-  if (!existsSync(adapterBin)) {
-    throw new StepFailure(`adapter binary not found at ${adapterBin}: build it with 'cargo build -p dropstock-http' or set DROPSTOCK_HTTP_BIN`);
-  }
-  const listen = `127.0.0.1:${port}`;
-  adapter = spawn(adapterBin, ['--listen', listen], {
-    env: { ...process.env, DATABASE_URL: databaseUrl, DROPSTOCK_ADMIN_TOKEN: adminToken, RUST_LOG: process.env.RUST_LOG || 'info' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const collect = (chunk) => { adapterLog += chunk; };
-  adapter.stdout.setEncoding('utf8').on('data', collect);
-  adapter.stderr.setEncoding('utf8').on('data', collect);
-  const exited = new Promise((resolve) => adapter.once('exit', (code, signal) => resolve({ code, signal })));
-  const base = `http://${listen}`;
-  const deadline = Date.now() + 20_000;
-  while (Date.now() < deadline) {
-    const gone = await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 100, null))]);
-    if (gone) throw new StepFailure(`dropstock-http exited (code ${gone.code}, signal ${gone.signal}) before serving:\n${adapterLog}`);
-    try {
-      const response = await fetch(`${base}/healthz`);
-      if (response.ok) return base;
-    } catch {
-      // Not listening yet.
-    }
-  }
-  throw new StepFailure(`dropstock-http did not answer /healthz on ${listen} within 20 s:\n${adapterLog}`);
-}
-
-const adapterRunning = () => adapter && adapter.exitCode === null && adapter.signalCode === null;
-
-function stopAdapter() {
-  if (adapterRunning()) adapter.kill('SIGTERM');
-}
-
-// SIGTERM lets the adapter close its WebSockets and database connections; SIGKILL if it takes too long.
-async function stopAdapterAndWait() {
-  if (!adapterRunning()) return;
-  const exited = new Promise((resolve) => adapter.once('exit', resolve));
-  adapter.kill('SIGTERM');
-  const timer = setTimeout(() => adapter.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(timer);
-}
-
-async function rest(base, method, urlPath, body, token) {
-  const headers = { 'Content-Type': 'application/json' };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const response = await fetch(`${base}${urlPath}`, { method, headers, body: body && JSON.stringify(body) });
-  const json = await response.json();
-  if (!json.success) throw new StepFailure(`${method} ${urlPath} answered ${response.status}: ${json.message}`);
-  return json.data;
-}
-
 // ---- the browser -----------------------------------------------------------------------------------------
-async function launchBrowser() {
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch (error) {
-    throw new StepFailure(`playwright-core is not installed (run 'npm ci --prefix tests/browser'): ${error.message}`);
-  }
-  if (!existsSync(chromiumBin)) {
-    throw new StepFailure(`no browser at ${chromiumBin}: install Debian's package with 'apt-get install -y chromium'`);
-  }
-  try {
-    return await chromium.launch({ executablePath: chromiumBin, args: CHROMIUM_FLAGS, timeout: 30_000 });
-  } catch (error) {
-    throw new StepFailure(`Chromium at ${chromiumBin} did not start: ${error.message}`);
-  }
-}
-
 async function openBuyer(name, base, query, viewport, clockAheadMs = 0) {
   const context = await browser.newContext({ viewport });
   if (clockAheadMs) {
@@ -218,7 +113,7 @@ async function scenario() {
   step(`Chromium ${browser.version()} started`, started);
 
   started = Date.now();
-  const base = await startAdapter(await freePort());
+  const base = await adapter.start(await freePort());
   step(`dropstock-http serves ${base}`, started);
 
   started = Date.now();
@@ -320,12 +215,12 @@ async function scenario() {
   // The adapter restarts: both pages say so, reconnect by themselves, and the feed works again (B reserves
   // and cancels; A sees both within a second).
   started = Date.now();
-  await stopAdapterAndWait();
+  await adapter.stopAndWait();
   for (const [who, page] of [['A', a], ['B', b]]) {
     await waitFor(page, `${who}'s page says it is reconnecting`, () => document.querySelector('#connection').dataset.state === 'reconnecting'
       && /^Reconnecting/.test(document.querySelector('#connection').textContent), undefined, 5_000);
   }
-  await startAdapter(Number(new URL(base).port));
+  await adapter.start(Number(new URL(base).port));
   for (const [who, page] of [['A', a], ['B', b]]) {
     await waitFor(page, `${who}'s page is live again`, () => document.querySelector('#connection').dataset.state === 'live', undefined, 10_000);
   }
@@ -444,30 +339,14 @@ async function scenario() {
 }
 
 // ---- run -------------------------------------------------------------------------------------------------
-const watchdog = setTimeout(() => {
-  console.log(`FAILED: the browser test did not finish within ${WATCHDOG_MS / 1000} s`);
-  stopAdapter();
-  process.exit(1);
-}, WATCHDOG_MS);
-// The adapter must not outlive the test, however it ends.
-process.on('exit', stopAdapter);
-for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(1));
-
-let failed = false;
-try {
-  await scenario();
-} catch (error) {
-  failed = true;
-  console.log(`FAILED after ${passed} steps: ${error instanceof StepFailure ? error.message : error.stack}`);
-  await saveScreenshots('-failed');
-  if (Object.keys(pages).length) console.log(`screenshots of the failure in ${shots}/`);
-} finally {
+await runTest('browser', steps, WATCHDOG_MS, scenario, async (failed) => {
+  if (failed) {
+    await saveScreenshots('-failed');
+    if (Object.keys(pages).length) console.log(`screenshots of the failure in ${shots}/`);
+  }
   if (browser) await browser.close().catch(() => {});
-  await stopAdapterAndWait();
-  clearTimeout(watchdog);
+  await adapter.stopAndWait();
   mkdirSync(shots, { recursive: true });
-  writeFileSync(path.join(shots, 'adapter.log'), adapterLog);
+  writeFileSync(path.join(shots, 'adapter.log'), adapter.log);
   if (failed) console.log(`adapter log: ${path.join(shots, 'adapter.log')}`);
-}
-console.log(`browser: ${passed} passed, ${failed ? 1 : 0} failed`);
-process.exit(failed ? 1 : 0);
+});

@@ -273,7 +273,28 @@ impl Adapter {
         let (socket, _) = tokio_tungstenite::connect_async(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
-        Feed { socket }
+        Feed {
+            socket,
+            socketio: false,
+        }
+    }
+
+    /// A Socket.IO client of `/socket.io/` over WebSocket, connected to the default namespace.
+    pub async fn socketio(&self) -> Feed {
+        let url = format!(
+            "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+            self.port
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        crate::load::watch::socketio_handshake(&mut socket)
+            .await
+            .unwrap_or_else(|e| panic!("Socket.IO handshake on {url}: {e}"));
+        Feed {
+            socket,
+            socketio: true,
+        }
     }
 
     /// A client whose receive buffer is tiny, so that once it stops reading the server's writes to it
@@ -289,7 +310,10 @@ impl Adapter {
         let (socket, _) = tokio_tungstenite::client_async(&url, MaybeTlsStream::Plain(stream))
             .await
             .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
-        Feed { socket }
+        Feed {
+            socket,
+            socketio: false,
+        }
     }
 
     /// Sends SIGTERM, as a process manager stopping the adapter would.
@@ -461,13 +485,16 @@ pub fn assert_refused(answer: &(u16, Value), status: u16, code: &str, fragment: 
     );
 }
 
-/// One WebSocket client of `/ws`.
+/// One WebSocket client of `/ws`, or of `/socket.io/`.
 pub struct Feed {
     pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Socket.IO framing: each event reads as `{"event": name, "args": [payload…]}`.
+    socketio: bool,
 }
 
 impl Feed {
-    /// The next JSON text message within `within`; None on timeout. Pings are answered by the library.
+    /// The next JSON text message within `within`; None on timeout. Pings are answered by the library
+    /// (WebSocket pings) or here (Engine.IO pings).
     pub async fn next_message(&mut self, within: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
@@ -475,6 +502,17 @@ impl Feed {
                 .await
                 .ok()?;
             match frame {
+                Some(Ok(Message::Text(text))) if self.socketio => match text.as_str() {
+                    "2" => self.socket.send(Message::Text("3".into())).await.unwrap(),
+                    packet => match packet.strip_prefix("42") {
+                        Some(event) => {
+                            let mut args: Vec<Value> = serde_json::from_str(event).unwrap();
+                            let name = args.remove(0);
+                            return Some(json!({"event": name, "args": args}));
+                        }
+                        None => assert!(packet != "41", "the server disconnected the client"),
+                    },
+                },
                 Some(Ok(Message::Text(text))) => {
                     return Some(serde_json::from_str(text.as_str()).unwrap())
                 }

@@ -195,12 +195,16 @@ pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView
     drop_status(client, id).await
 }
 
-/// Calls `create_user`.
-pub async fn create_buyer(client: &Connection, username: &str) -> Result<BuyerView, DbError> {
+/// Calls `create_user`; `id` is the buyer's id when the caller chose it (NULL: a new one).
+pub async fn create_buyer(
+    client: &Connection,
+    username: &str,
+    id: Option<Uuid>,
+) -> Result<BuyerView, DbError> {
     let rows = call!(
         client,
-        "SELECT u.id, u.username, u.created_at FROM dropstock.create_user($1) u",
-        &[(&username, Type::TEXT)]
+        "SELECT u.id, u.username, u.created_at FROM dropstock.create_user($1, $2) u",
+        &[(&username, Type::TEXT), (&id, Type::UUID)]
     )?;
     let row = only(rows)?;
     Ok(BuyerView {

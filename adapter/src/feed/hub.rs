@@ -1,4 +1,5 @@
-//! The in-process fan-out from the one LISTEN connection to every WebSocket client.
+//! The in-process fan-out from the one LISTEN connection to every WebSocket client (and to the Socket.IO
+//! relay, which passes each event on to every Socket.IO client).
 //!
 //! A `tokio::sync::broadcast` channel holds the last `CAPACITY` events once, shared by all clients: memory
 //! stays bounded however many clients connect or how slow they are. A client that falls more than

@@ -1,8 +1,9 @@
 //! What WebSocket clients receive, as text frames: `snapshot` on connect (saying whether the feed is
 //! live), then `stock` and `purchase` per notice, `paused` when the feed stops being live, and `resync`
 //! when changes may have been missed (which also means it is live again). Frames are serialised once here,
-//! not once per client. Buyers appear by username only: an id is the buyer's to keep (without buyer
-//! tokens, whoever knows it can act as them).
+//! not once per client; the Socket.IO feed sends the same `stock` and `purchase` frames as its events'
+//! payloads. Buyers appear by username only: an id is the buyer's to keep (without buyer tokens, whoever
+//! knows it can act as them).
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

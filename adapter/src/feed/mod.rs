@@ -1,8 +1,9 @@
-//! The live feed: the LISTEN relay, the fan-out hub, the WebSocket endpoint, and the two wire formats
+//! The live feed: the LISTEN relay, the fan-out hub, the WebSocket and Socket.IO endpoints, and the two wire formats
 //! (the worker's notices in, the clients' messages out).
 
 pub mod hub;
 pub mod messages;
 pub mod notice;
 pub mod relay;
+pub mod socketio;
 pub mod websocket;

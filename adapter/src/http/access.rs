@@ -1,5 +1,6 @@
 //! Who may do what. Two independent switches:
-//! - the admin token guards creating drops (and creating buyers in JWT mode);
+//! - the admin token guards creating drops (unless drop creation is open, for trusted networks), creating
+//!   a buyer with a given id, and creating buyers in JWT mode;
 //! - JWT mode makes buyers prove who they are with an HS256 token whose `sub` is their user id, so nobody
 //!   can reserve, buy or cancel as someone else. Without it the body's `userId` is trusted, as the
 //!   replaced API did, and the adapter must sit behind something that authenticates buyers.
@@ -23,6 +24,8 @@ pub struct JwtRules<'a> {
 
 pub struct Access {
     admin_token: Option<String>,
+    /// Drops may be created without the admin token (`--open-drop-creation`).
+    open_drop_creation: bool,
     buyer_tokens: Option<BuyerTokens>,
 }
 
@@ -65,8 +68,27 @@ impl Access {
         });
         Access {
             admin_token: admin_token.map(str::to_owned),
+            open_drop_creation: false,
             buyer_tokens,
         }
+    }
+
+    /// Lets requests without the admin token create drops.
+    pub fn with_open_drop_creation(mut self, open: bool) -> Self {
+        self.open_drop_creation = open;
+        self
+    }
+
+    pub fn open_drop_creation(&self) -> bool {
+        self.open_drop_creation
+    }
+
+    /// `POST /api/drops`: the admin token, unless drop creation is open.
+    pub fn require_drop_creator(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.open_drop_creation {
+            return Ok(());
+        }
+        self.require_admin(headers, "creating drops")
     }
 
     pub fn jwt_mode(&self) -> bool {

@@ -185,7 +185,7 @@ pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
         "DS020" | "DS021" => StatusCode::CONFLICT,
         "DS030" | "DS032" => StatusCode::GONE,
         "DS031" => StatusCode::FORBIDDEN,
-        "DS033" | "DS034" | "DS040" => StatusCode::CONFLICT,
+        "DS033" | "DS034" | "DS040" | "DS041" => StatusCode::CONFLICT,
         "DS012" | "DS013" => StatusCode::UNPROCESSABLE_ENTITY,
         // invalid_parameter_value: the extension's own argument checks.
         "22023" => StatusCode::UNPROCESSABLE_ENTITY,

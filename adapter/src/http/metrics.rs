@@ -1,5 +1,5 @@
 //! Prometheus metrics for `GET /metrics`: requests by route and status, request latency, connected
-//! WebSocket clients and what the feed relayed.
+//! WebSocket and Socket.IO clients and what the feed relayed.
 
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram>,
     pub ws_clients: Gauge,
+    pub socketio_clients: Gauge,
     pub notices: Counter,
     pub bad_notices: Counter,
     pub resyncs: Counter,
@@ -73,6 +74,12 @@ impl Metrics {
             "websocket_clients",
             "WebSocket clients connected now",
             ws_clients.clone(),
+        );
+        let socketio_clients = Gauge::default();
+        registry.register(
+            "socketio_clients",
+            "Socket.IO clients connected now (either transport)",
+            socketio_clients.clone(),
         );
         let notices = Counter::default();
         registry.register(
@@ -127,6 +134,7 @@ impl Metrics {
             requests,
             latency,
             ws_clients,
+            socketio_clients,
             notices,
             bad_notices,
             resyncs,

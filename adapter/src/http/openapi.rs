@@ -114,7 +114,7 @@ pub fn document() -> Value {
                                    "503": failure("database unavailable") }
                 },
                 "post": {
-                    "summary": "Create a drop (admin token)",
+                    "summary": "Create a drop (admin token, unless started with --open-drop-creation)",
                     "security": [{ "adminToken": [] }],
                     "requestBody": body(&["name", "price"], json!({
                         "name": { "type": "string" }, "price": { "type": "number" },
@@ -207,10 +207,15 @@ pub fn document() -> Value {
             },
             "/api/users": {
                 "post": {
-                    "summary": "Register a buyer (admin token in JWT mode)",
-                    "requestBody": body(&["username"], json!({ "username": { "type": "string", "maxLength": 64 } })),
+                    "summary": "Register a buyer (admin token in JWT mode, and whenever id is given)",
+                    "requestBody": body(&["username"], json!({ "username": { "type": "string", "maxLength": 64 },
+                        "id": { "type": "string", "format": "uuid",
+                                "description": "the buyer's id, chosen by the operator (admin token); default a new one" } })),
                     "responses": { "201": ok("the buyer", schema("User")),
-                                   "409": failure("username taken (DS040)"), "422": failure("empty or too long (22023)") }
+                                   "401": failure("id given (or JWT mode) without the admin token"),
+                                   "403": failure("id given (or JWT mode) and no admin token configured"),
+                                   "409": failure("username taken (DS040), or a buyer with that id exists (DS041)"),
+                                   "422": failure("empty or too long (22023)") }
                 }
             },
             "/healthz": {
@@ -238,6 +243,20 @@ pub fn document() -> Value {
                     "responses": { "101": { "description": "switching to the WebSocket protocol" },
                                    "400": failure("not a WebSocket handshake, or drop is not a UUID"),
                                    "404": failure("unknown drop (DS001)") }
+                }
+            },
+            "/socket.io/": {
+                "get": {
+                    "summary": "Socket.IO live feed (Engine.IO v4 long-polling, or the WebSocket upgrade): stock:update \
+                                (no payload), stock, purchase and resync events",
+                    "responses": { "200": { "description": "Engine.IO packets" },
+                                   "101": { "description": "switching to the WebSocket protocol" },
+                                   "403": failure("from a page whose origin is not allowed") }
+                },
+                "post": {
+                    "summary": "Socket.IO packets from a long-polling client",
+                    "responses": { "200": { "description": "ok" },
+                                   "403": failure("from a page whose origin is not allowed") }
                 }
             },
             "/": {

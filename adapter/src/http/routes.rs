@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use crate::app::App;
 use crate::db::models::NewDrop;
 use crate::db::queries::{self, Asked, HoldChange};
+use crate::feed::socketio;
 use crate::feed::websocket as ws;
 use crate::http::connections::BeyondCap;
 use crate::http::errors::ApiError;
@@ -28,6 +29,7 @@ enum Route<'a> {
     Metrics,
     OpenApi,
     Feed,
+    SocketIo,
     Drops,
     Drop(&'a str),
     Holds,
@@ -47,6 +49,7 @@ impl<'a> Route<'a> {
             ["metrics"] => Route::Metrics,
             ["openapi.json"] => Route::OpenApi,
             ["ws"] => Route::Feed,
+            ["socket.io"] | ["socket.io", ""] => Route::SocketIo,
             ["api", "drops"] => Route::Drops,
             ["api", "drops", id] if !id.is_empty() => Route::Drop(id),
             ["api", "reservations"] => Route::Holds,
@@ -68,6 +71,7 @@ impl<'a> Route<'a> {
             Route::Metrics => "/metrics",
             Route::OpenApi => "/openapi.json",
             Route::Feed => "/ws",
+            Route::SocketIo => "/socket.io/",
             Route::Drops => "/api/drops",
             Route::Drop(_) => "/api/drops/{id}",
             Route::Holds => "/api/reservations",
@@ -82,6 +86,7 @@ impl<'a> Route<'a> {
     fn allow(self) -> &'static str {
         match self {
             Route::Drops => "GET, HEAD, POST, OPTIONS",
+            Route::SocketIo => "GET, POST, OPTIONS",
             Route::Holds
             | Route::CancelHold(_)
             | Route::ExtendHold(_)
@@ -111,7 +116,11 @@ pub async fn handle(
             )),
         ),
         Some(route) => {
-            let deadline = app.timeouts.request;
+            let deadline = match route {
+                // A long poll waits for something to send by design, a ping interval at most.
+                Route::SocketIo => app.timeouts.request + socketio::PING_INTERVAL,
+                _ => app.timeouts.request,
+            };
             let outcome = tokio::time::timeout(deadline, dispatch(route, &path, request, &app))
                 .await
                 .unwrap_or_else(|_| {
@@ -184,6 +193,9 @@ async fn dispatch(
         )),
         (Route::OpenApi, Method::GET) => Ok(respond::json(StatusCode::OK, &openapi::document())),
         (Route::Feed, Method::GET) => ws::upgrade(request, app.clone()).await,
+        (Route::SocketIo, Method::GET | Method::POST) if method != Method::HEAD => {
+            app.socketio.handle(request, &app.cors).await
+        }
         (Route::Drops, Method::GET) => list_drops(app).await,
         (Route::Drops, Method::POST) => create_drop(request, app).await,
         (Route::Drop(id), Method::GET) => show_drop(id, app).await,
@@ -218,8 +230,7 @@ async fn show_drop(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
 }
 
 async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
-    app.access
-        .require_admin(request.headers(), "creating drops")?;
+    app.access.require_drop_creator(request.headers())?;
     let fields = Fields::read(request, app.timeouts.body).await?;
     let variants = fields.optional_object("variants")?;
     let drop = NewDrop {
@@ -250,12 +261,19 @@ async fn create_buyer(request: Request<Incoming>, app: &App) -> Result<Response<
         app.access
             .require_admin(request.headers(), "creating buyers (in JWT mode)")?;
     }
+    let headers = request.headers().clone();
     let fields = Fields::read(request, app.timeouts.body).await?;
     let username = fields.string("username")?;
+    // A chosen id (an existing client's fixed buyer id) is an operator's decision, never a buyer's.
+    let id = fields.optional_uuid("id")?;
+    if id.is_some() {
+        app.access
+            .require_admin(&headers, "creating a buyer with a given id")?;
+    }
     let client = app.pool.connection().await?;
     Ok(respond::success(
         StatusCode::CREATED,
-        queries::create_buyer(&client, &username).await?,
+        queries::create_buyer(&client, &username, id).await?,
     ))
 }
 

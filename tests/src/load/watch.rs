@@ -1,6 +1,7 @@
-//! WebSocket watchers on `/ws?drop=<id>` and the timing of the stock feed: a few REST clients reserve on
-//! the drop at a steady rate and note the instant each new hold's answer returned (the commit is before
-//! it); every watcher notes when each `stock` message arrived. Afterwards each hold is matched, for every
+//! WebSocket watchers on `/ws?drop=<id>`, or Socket.IO watchers on `/socket.io/` (Engine.IO v4 over
+//! WebSocket, spoken by hand: a handful of packet types), and the timing of the stock feed: a few REST
+//! clients reserve on the drop at a steady rate and note the instant each new hold's answer returned (the
+//! commit is before it); every watcher notes when each `stock` message (or `stock` event) arrived. Afterwards each hold is matched, for every
 //! watcher, with the first message whose `availableStock` reflects it (the drop is fresh and only these
 //! clients take from it, so the n-th hold is reflected once `totalStock - availableStock >= n`).
 
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -18,6 +19,16 @@ use uuid::Uuid;
 
 use super::http::Connection;
 use super::latency::{Buckets, Samples, Summary};
+
+/// Which feed a watcher reads.
+#[derive(Debug, Clone, Copy)]
+pub enum Protocol {
+    /// `/ws?drop=<id>`: the drop's stock comes in the snapshot.
+    WebSocket,
+    /// `/socket.io/`: no snapshot, and every drop's events; the watchers connect to a drop no hold has
+    /// been taken from yet, so its stock is `total_stock` until the holds start.
+    SocketIo { total_stock: i64 },
+}
 
 /// What one watcher saw: its snapshot's stock, then every stock level it was told with its arrival time.
 #[derive(Debug, Default)]
@@ -42,11 +53,15 @@ pub async fn connect(
     drop_id: Uuid,
     count: usize,
     at_once: usize,
+    protocol: Protocol,
 ) -> Result<Watchers, String> {
     let started = Instant::now();
     let (stop, stopped) = watch::channel(false);
     let gate = Arc::new(Semaphore::new(at_once));
-    let url = format!("ws://{address}/ws?drop={drop_id}");
+    let url = match protocol {
+        Protocol::WebSocket => format!("ws://{address}/ws?drop={drop_id}"),
+        Protocol::SocketIo { .. } => format!("ws://{address}/socket.io/?EIO=4&transport=websocket"),
+    };
     let mut pending = Vec::with_capacity(count);
     let mut tasks = Vec::with_capacity(count);
     for _ in 0..count {
@@ -55,7 +70,7 @@ pub async fn connect(
         let url = url.clone();
         let stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
-            watcher(url, gate, ready, stopped).await
+            watcher(url, protocol, drop_id, gate, ready, stopped).await
         }));
         pending.push(is_ready);
     }
@@ -101,8 +116,66 @@ impl Watchers {
     }
 }
 
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text message, answering nothing (tungstenite answers WebSocket pings itself).
+async fn next_text(socket: &mut Socket, during: &str) -> Result<String, String> {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text.as_str().to_owned()),
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(format!("{during}: {error}")),
+            None => return Err(format!("closed {during}")),
+        }
+    }
+}
+
+/// Reads the feed up to where stock changes start to count: the snapshot's stock on `/ws`; on Socket.IO
+/// the Engine.IO open packet (`0{…}`), then the namespace connect (`40` out, `40{…}` back).
+async fn handshake(socket: &mut Socket, protocol: Protocol) -> Result<i64, String> {
+    match protocol {
+        Protocol::WebSocket => {
+            let text = next_text(socket, "before the snapshot").await?;
+            let snapshot: serde_json::Value =
+                serde_json::from_str(&text).map_err(|error| format!("snapshot: {error}"))?;
+            snapshot["drops"][0]["availableStock"]
+                .as_i64()
+                .ok_or_else(|| "the snapshot has no availableStock".to_owned())
+        }
+        Protocol::SocketIo { total_stock } => {
+            socketio_handshake(socket).await?;
+            Ok(total_stock)
+        }
+    }
+}
+
+/// A Socket.IO client's start on a WebSocket to `/socket.io/?EIO=4&transport=websocket`: the Engine.IO
+/// open packet (`0{…}`) in, the default namespace's connect (`40`) out, its answer (`40{…}`) in.
+pub async fn socketio_handshake(socket: &mut Socket) -> Result<(), String> {
+    let open = next_text(socket, "before the Engine.IO open packet").await?;
+    if !open.starts_with("0{") {
+        return Err(format!("not an Engine.IO open packet: {open}"));
+    }
+    socket
+        .send(Message::Text("40".into()))
+        .await
+        .map_err(|error| format!("namespace connect: {error}"))?;
+    loop {
+        let packet = next_text(socket, "before the namespace connect answer").await?;
+        if packet.starts_with("40") {
+            return Ok(());
+        }
+        if packet.starts_with("44") {
+            return Err(format!("namespace connect refused: {packet}"));
+        }
+    }
+}
+
 async fn watcher(
     url: String,
+    protocol: Protocol,
+    drop_id: Uuid,
     gate: Arc<Semaphore>,
     ready: tokio::sync::oneshot::Sender<Result<(), String>>,
     mut stopped: watch::Receiver<bool>,
@@ -120,21 +193,8 @@ async fn watcher(
                 tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true)
                     .await
                     .map_err(|error| format!("connect: {error}"))?;
-            loop {
-                match socket.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        let snapshot: serde_json::Value = serde_json::from_str(text.as_str())
-                            .map_err(|error| format!("snapshot: {error}"))?;
-                        let available = snapshot["drops"][0]["availableStock"]
-                            .as_i64()
-                            .ok_or("the snapshot has no availableStock")?;
-                        return Ok((socket, available));
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(error)) => return Err(format!("before the snapshot: {error}")),
-                    None => return Err("closed before the snapshot".to_owned()),
-                }
-            }
+            let available = handshake(&mut socket, protocol).await?;
+            Ok::<_, String>((socket, available))
         };
         match tokio::time::timeout(Duration::from_secs(30), connected).await {
             Ok(Ok((socket, available))) => {
@@ -146,13 +206,15 @@ async fn watcher(
                 return log;
             }
             Err(_) => {
-                let _ = ready.send(Err("no snapshot within 30 s".to_owned()));
+                let _ = ready.send(Err("not connected within 30 s".to_owned()));
                 return log;
             }
         }
     };
     let _ = ready.send(Ok(()));
     let mut socket = socket;
+    // Socket.IO carries every drop's events; only this drop's count.
+    let drop_text = drop_id.to_string();
     loop {
         tokio::select! {
             _ = stopped.changed() => {
@@ -162,10 +224,17 @@ async fn watcher(
             message = socket.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     let text = text.as_str();
-                    if let Some(available) = stock_level(text) {
+                    let ours = matches!(protocol, Protocol::WebSocket) || text.contains(&drop_text);
+                    if let Some(available) = stock_level(text).filter(|_| ours) {
                         log.changes.push((Instant::now(), available));
-                    } else if text.starts_with(r#"{"type":"resync""#) {
+                    } else if text.starts_with(r#"{"type":"resync""#) || text.starts_with(r#"42["resync""#) {
                         log.resyncs += 1;
+                    } else if text == "2" {
+                        // An Engine.IO ping: a client that does not answer is disconnected.
+                        if let Err(error) = socket.send(Message::Text("3".into())).await {
+                            log.lost = Some(error.to_string());
+                            return log;
+                        }
                     }
                 }
                 // tungstenite answers pings itself while reading.
@@ -331,6 +400,17 @@ pub fn feed_delays(total_stock: i64, commits: &[Instant], logs: &[WatcherLog]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_stock_level_of_socketio_stock_events() {
+        assert_eq!(
+            stock_level(
+                r#"42["stock",{"type":"stock","dropId":"x","availableStock":12,"totalStock":100,"seq":4}]"#
+            ),
+            Some(12)
+        );
+        assert_eq!(stock_level(r#"42["stock:update"]"#), None);
+    }
 
     #[test]
     fn reads_the_stock_level_of_stock_messages_only() {

@@ -20,6 +20,19 @@ fn token(secret: &str, claims: Value) -> String {
     .unwrap()
 }
 
+/// `POST path` with `body`: refused without the admin token (401), then done with it (201); the answer's data.
+async fn only_with_the_admin_token(adapter: &Adapter, path: &str, body: Value) -> Value {
+    assert_refused(
+        &adapter.post(path, body.clone()).await,
+        401,
+        "unauthorized",
+        "admin token",
+    );
+    let (status, done) = adapter.post_as(path, ADMIN_TOKEN, body).await;
+    assert_eq!(status, 201, "{done}");
+    done["data"].clone()
+}
+
 fn in_an_hour() -> i64 {
     chrono::Utc::now().timestamp() + 3600
 }
@@ -68,22 +81,88 @@ async fn creating_drops_needs_the_admin_token() {
 }
 
 #[tokio::test]
+async fn open_drop_creation_lets_untokened_clients_create_drops_and_says_so_at_start_up() {
+    // The replaced client's Create Drop page sends no token, and its own date format.
+    let body = json!({"name": unique("open"), "price": 10, "totalStock": 1,
+                      "startsAt": "27-11-2026, 09:30 PM"});
+    let closed = Adapter::start().await;
+    assert_refused(
+        &closed.post("/api/drops", body.clone()).await,
+        401,
+        "unauthorized",
+        "admin token",
+    );
+    let open = Adapter::start_with(
+        Options::admin()
+            .with("DROPSTOCK_OPEN_DROP_CREATION", "true")
+            .process(),
+    )
+    .await;
+    let (status, created) = open.post("/api/drops", body).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["data"]["startsAt"], "2026-11-27T21:30:00.000Z");
+    let log = open.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("WARN") && line.contains("DROP CREATION IS OPEN")),
+        "no start-up warning: {log}"
+    );
+    // "false" (or 0) leaves it closed.
+    let off = Adapter::start_with(Options::admin().with("DROPSTOCK_OPEN_DROP_CREATION", "0")).await;
+    assert_eq!(off.post("/api/drops", drop_body()).await.0, 401);
+}
+
+#[tokio::test]
+async fn only_the_admin_creates_a_buyer_with_a_given_id() {
+    let id = new_id();
+    let body = json!({"username": unique("fixed"), "id": id});
+    let no_admin = Adapter::start_with(Options::default()).await;
+    assert_refused(
+        &no_admin.post("/api/users", body.clone()).await,
+        403,
+        "admin_disabled",
+        "given id",
+    );
+    let adapter = Adapter::start().await;
+    let created = only_with_the_admin_token(&adapter, "/api/users", body).await;
+    assert_eq!(created["id"], id.as_str());
+    let again = json!({"username": unique("other"), "id": id});
+    assert_refused(
+        &adapter.post_as("/api/users", ADMIN_TOKEN, again).await,
+        409,
+        "DS041",
+        "already exists",
+    );
+    // The buyer is a buyer like any other: it reserves under its id.
+    let drop = adapter.open_drop(1).await;
+    assert_eq!(adapter.reserve(&drop, &id).await.0, 201);
+    // Without an id, anyone may still register, as in the replaced API.
+    let (status, _) = adapter
+        .post("/api/users", json!({"username": unique("free")}))
+        .await;
+    assert_eq!(status, 201);
+    assert_refused(
+        &adapter
+            .post("/api/users", json!({"username": unique("bad"), "id": "42"}))
+            .await,
+        400,
+        "bad_request",
+        "id must be a UUID",
+    );
+}
+
+#[tokio::test]
 async fn in_jwt_mode_buyers_act_only_as_themselves() {
     let adapter =
         Adapter::start_with(Options::admin().with("DROPSTOCK_JWT_SECRET", JWT_SECRET)).await;
     let drop = adapter.open_drop(5).await;
 
     // Creating buyers is the host application's job in this mode: admin token only.
-    let name = json!({"username": unique("ada")});
-    assert_refused(
-        &adapter.post("/api/users", name.clone()).await,
-        401,
-        "unauthorized",
-        "admin token",
-    );
-    let (status, ada) = adapter.post_as("/api/users", ADMIN_TOKEN, name).await;
-    assert_eq!(status, 201, "{ada}");
-    let ada = id(&ada["data"]);
+    let ada =
+        id(
+            &only_with_the_admin_token(&adapter, "/api/users", json!({"username": unique("ada")}))
+                .await,
+        );
     let (_, grace) = adapter
         .post_as(
             "/api/users",

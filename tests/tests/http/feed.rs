@@ -1,6 +1,6 @@
 //! The adapter's live feed (`GET /ws`) end to end: snapshot on connect, notifications relayed to every
 //! client, `resync` after the LISTEN connection is lost, slow clients dropped without holding anyone
-//! back, and 1001 on shutdown.
+//! back, and 1001 on shutdown; and the same feed as Socket.IO events on `/socket.io/`.
 //!
 //! Most tests stand in for the background worker by sending its `NOTIFY dropstock, '<json>'` themselves, so
 //! they test the adapter alone. `a_reservation_reaches_two_screens_within_a_second` needs the real worker
@@ -393,4 +393,75 @@ async fn a_sized_drops_stock_message_names_the_sizes_that_changed() {
         stock["variants"],
         json!([{"label": "M", "availableStock": 2}])
     );
+}
+
+#[tokio::test]
+async fn socketio_clients_get_the_ws_messages_as_events_and_resync_after_the_listen_connection_is_lost(
+) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let adapter = Adapter::start().await;
+    adapter.wait_listening().await;
+    let db = connect().await;
+    let drop = adapter.open_drop(10).await;
+    let mut ws = adapter.ws(&format!("?drop={drop}")).await;
+    ws.snapshot().await;
+    let mut client = adapter.socketio().await;
+    let metrics = adapter.metrics().await;
+    assert!(
+        metrics.contains("dropstock_http_socketio_clients 1"),
+        "{metrics}"
+    );
+
+    let sale = json!([{"id": new_id(), "createdAt": "2026-11-27T21:30:00.000Z",
+                       "user": {"id": new_id(), "username": "ada"}}]);
+    notify(&db, &notice(&drop, 9, 1000, sale)).await;
+    // The replaced client's event carries no payload (other drops' changes may come first: all alike).
+    let update = client
+        .expect(Duration::from_secs(2), "stock:update", |m| {
+            m["event"] == "stock:update"
+        })
+        .await;
+    assert_eq!(update["args"], json!([]));
+    let of_drop = |event: &'static str, seq: u64| {
+        let drop = drop.clone();
+        move |m: &Value| {
+            m["event"] == event
+                && m["args"][0]["dropId"] == drop.as_str()
+                && m["args"][0]["seq"] == seq
+        }
+    };
+    // Each event's one argument is the /ws message itself: the stock change, then the sale.
+    for kind in ["stock", "purchase"] {
+        let event = client
+            .expect(Duration::from_secs(2), kind, of_drop(kind, 1000))
+            .await;
+        let message = ws
+            .expect(Duration::from_secs(2), kind, |m| {
+                m["type"] == kind && m["seq"] == 1000
+            })
+            .await;
+        assert_eq!(event["args"], json!([message]));
+        if kind == "purchase" {
+            assert_eq!(message["user"], json!({"username": "ada"}));
+        }
+    }
+    // The LISTEN connection lost: `paused`, then, once it is back, `resync` and a `stock:update` for
+    // clients that only reload on that, and later changes are heard.
+    let killed = terminate_listen_backends(&db).await;
+    assert!(killed > 0);
+    for (event, within) in [("paused", 5), ("resync", 5), ("stock:update", 1)] {
+        let told = client
+            .expect(Duration::from_secs(within), event, |m| m["event"] == event)
+            .await;
+        assert_eq!(told["args"], json!([]), "{event} carries no payload");
+    }
+    notify(&db, &notice(&drop, 8, 1001, json!([]))).await;
+    let later = client
+        .expect(
+            Duration::from_secs(2),
+            "the change sent after the resync",
+            of_drop("stock", 1001),
+        )
+        .await;
+    assert_eq!(later["args"][0]["availableStock"], 8);
 }

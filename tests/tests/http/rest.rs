@@ -576,6 +576,8 @@ async fn health_metrics_openapi_and_page_answer() {
         ("/metrics", "get"),
         ("/openapi.json", "get"),
         ("/ws", "get"),
+        ("/socket.io/", "get"),
+        ("/socket.io/", "post"),
         ("/", "get"),
     ];
     for endpoint in served {
