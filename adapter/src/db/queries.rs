@@ -183,7 +183,11 @@ pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView
     for (name, value, ty) in optional {
         if let Some(value) = value {
             values.push((value, ty));
-            let cast = if name == "variants" { "::jsonb" } else { "" };
+            let cast = if name == "variants" {
+                "::text::jsonb"
+            } else {
+                ""
+            };
             arguments.push(format!("{name} => ${}{cast}", values.len()));
         }
     }
