@@ -144,7 +144,7 @@ run: db adapter
 	@echo "run: admin token for creating drops: $$(cat target/admin-token)"
 	@echo "run: the replaced Node/Express client: build it with its API base http://$(HTTP_LISTEN) (REST at /api,"
 	@echo "run:   Socket.IO at /socket.io/), register its fixed buyer id once with"
-	@echo "run:   curl -X POST http://$(HTTP_LISTEN)/api/users -H \"Authorization: Bearer $$(cat target/admin-token)\" -d '{\"username\":\"demo\",\"id\":\"<its buyer id>\"}'"
+	@echo "run:   curl -X POST http://$(HTTP_LISTEN)/api/users -H 'Content-Type: application/json' -H \"Authorization: Bearer $$(cat target/admin-token)\" -d '{\"username\":\"demo\",\"id\":\"<its buyer id>\"}'"
 	@echo "run:   and for its Create Drop page (no token) and its dev server's origin start with"
 	@echo "run:   DROPSTOCK_OPEN_DROP_CREATION=true DROPSTOCK_CORS_ORIGINS=http://localhost:3000 make run"
 	@DROPSTOCK_ADMIN_TOKEN=$$(cat target/admin-token) DROPSTOCK_LISTEN=$(HTTP_LISTEN) exec $(ADAPTER)

@@ -32,28 +32,31 @@
 //! - `app`: [`App`], what every request and WebSocket client shares; [`App::connect`] builds it and
 //!   checks the database; [`serve`] runs the HTTP server and the LISTEN relay until shutdown.
 //! - [`http`]: everything about requests and responses.
-//!   - [`http::server`]: the accept loop and the graceful shutdown.
+//!   - [`http::server`]: the accept loop, the idle timeout from the first byte, and the graceful shutdown.
+//!   - [`http::connections`]: the cap on open connections, with room kept for health checks.
 //!   - [`http::routes`]: the router, one handler per endpoint, errors turned into responses in one place.
-//!   - [`http::input`]: reading request bodies and queries, with a 400 that names the field.
+//!   - [`http::input`]: reading request bodies (JSON only, within their deadline) and queries, with a 400
+//!     that names the field.
 //!   - [`http::respond`]: writing responses (the success envelope, JSON, text); depends on nothing else.
 //!   - [`http::errors`]: [`http::errors::ApiError`] and the SQLSTATE → HTTP status table.
 //!   - [`http::access`]: the admin token and buyer tokens (JWT).
+//!   - [`http::health`]: `/healthz`, one database check a second shared by every probe.
 //!   - [`http::cors`], [`http::limits`] (rate limits per address and per buyer), [`http::metrics`]
 //!     (Prometheus), [`http::openapi`] (the OpenAPI document), [`http::page`] (the drop page, compiled in).
 //! - [`db`]: everything about the database.
-//!   - [`db::pool`]: the connection pool and the start-up checks.
-//!   - [`db::queries`]: one function per SQL call the API makes.
+//!   - [`db::pool`]: the connection pool, the deadline of every call, and the start-up checks.
+//!   - [`db::queries`]: one function per SQL call the API makes, prepared or unnamed (behind a pooler).
 //!   - [`db::batching`]: requests to reserve in one drop share one `reserve_items` call.
 //!   - [`db::models`]: the JSON views rows are read into, with the replaced API's field names.
 //! - [`feed`]: the live feed of stock changes.
 //!   - [`feed::relay`]: the one LISTEN connection, reconnected with backoff.
 //!   - [`feed::notice`]: the worker's notice format (the NOTIFY payload).
 //!   - [`feed::hub`]: the fan-out from the relay to every client, bounded in memory.
-//!   - [`feed::messages`]: what clients receive (`snapshot`, `stock`, `purchase`, `resync`).
+//!   - [`feed::messages`]: what clients receive (`snapshot`, `stock`, `purchase`, `paused`, `resync`).
 //!   - [`feed::websocket`]: the `/ws` endpoint, one task per client.
 //!   - [`feed::socketio`]: the `/socket.io/` endpoint (Socket.IO, as the replaced backend served it, through
 //!     `socketioxide`): one task relays the hub to every client as `stock:update`, `stock`, `purchase`
-//!     and `resync` events.
+//!     `paused` and `resync` events.
 //!
 //! # Words
 //!
