@@ -33,6 +33,15 @@ async fn only_with_the_admin_token(adapter: &Adapter, path: &str, body: Value) -
     done["data"].clone()
 }
 
+/// A buyer registered with the admin token, as the host application does in JWT mode; their id.
+async fn admin_made_buyer(adapter: &Adapter, name: &str) -> String {
+    let (status, buyer) = adapter
+        .post_as("/api/users", ADMIN_TOKEN, json!({"username": unique(name)}))
+        .await;
+    assert_eq!(status, 201, "{buyer}");
+    id(&buyer["data"])
+}
+
 fn in_an_hour() -> i64 {
     chrono::Utc::now().timestamp() + 3600
 }
@@ -163,14 +172,7 @@ async fn in_jwt_mode_buyers_act_only_as_themselves() {
             &only_with_the_admin_token(&adapter, "/api/users", json!({"username": unique("ada")}))
                 .await,
         );
-    let (_, grace) = adapter
-        .post_as(
-            "/api/users",
-            ADMIN_TOKEN,
-            json!({"username": unique("grace")}),
-        )
-        .await;
-    let grace = id(&grace["data"]);
+    let grace = admin_made_buyer(&adapter, "grace").await;
 
     // No token, a forged one, an expired one, the wrong algorithm, a sub that is no user id: 401.
     let body = json!({"dropId": drop, "userId": ada});
@@ -416,14 +418,7 @@ async fn buyer_tokens_are_checked_for_not_before_issuer_and_audience() {
     )
     .await;
     let drop = adapter.open_drop(5).await;
-    let (_, ada) = adapter
-        .post_as(
-            "/api/users",
-            ADMIN_TOKEN,
-            json!({"username": unique("ada")}),
-        )
-        .await;
-    let ada = id(&ada["data"]);
+    let ada = admin_made_buyer(&adapter, "ada").await;
     let body = json!({"dropId": drop, "userId": ada});
     let now = chrono::Utc::now().timestamp();
     let claims = |extra: Value| {
@@ -477,14 +472,7 @@ async fn without_a_configured_audience_tokens_with_one_are_accepted() {
     let adapter =
         Adapter::start_with(Options::admin().with("DROPSTOCK_JWT_SECRET", JWT_SECRET)).await;
     let drop = adapter.open_drop(5).await;
-    let (_, ada) = adapter
-        .post_as(
-            "/api/users",
-            ADMIN_TOKEN,
-            json!({"username": unique("ada")}),
-        )
-        .await;
-    let ada = id(&ada["data"]);
+    let ada = admin_made_buyer(&adapter, "ada").await;
     let with_audience = token(
         JWT_SECRET,
         json!({"sub": ada, "exp": in_an_hour(), "aud": "some-shop"}),
