@@ -370,3 +370,31 @@ async fn http2_is_off_unless_asked_for() {
     assert!(answer.is_empty(), "no HTTP/2 answer: {answer:?}");
     assert_eq!(adapter.get("/healthz").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_is_served_when_asked_for() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let adapter =
+        Adapter::start_with(Options::admin().with("DROPSTOCK_HTTP2", "true").process()).await;
+    let stream = TcpStream::connect(("127.0.0.1", adapter.port))
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("an HTTP/2 handshake");
+    tokio::spawn(connection);
+    // Several requests on one connection, as a load balancer multiplexes them.
+    for path in ["/healthz", "/api/drops", "/openapi.json"] {
+        let request = hyper::Request::get(format!("http://127.0.0.1:{}{path}", adapter.port))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "{path} over HTTP/2");
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice::<Value>(&body).expect("a JSON answer");
+    }
+}
