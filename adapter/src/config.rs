@@ -194,15 +194,11 @@ impl Config {
     /// A secret set to the empty string (`DROPSTOCK_ADMIN_TOKEN=`) counts as not set: an empty bearer token
     /// must never unlock anything.
     pub fn admin_token(&self) -> Option<&str> {
-        self.admin_token
-            .as_deref()
-            .filter(|token| !token.is_empty())
+        non_empty(&self.admin_token)
     }
 
     pub fn jwt_secret(&self) -> Option<&str> {
-        self.jwt_secret
-            .as_deref()
-            .filter(|secret| !secret.is_empty())
+        non_empty(&self.jwt_secret)
     }
 
     pub fn jwt_rules(&self) -> Option<JwtRules<'_>> {

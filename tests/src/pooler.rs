@@ -27,17 +27,17 @@ pub struct PgBouncer {
     dir: PathBuf,
 }
 
-/// The uid and gid of `postgres`, read from the password database.
+/// The uid and gid of `postgres`, from the system's user database.
 fn postgres_ids() -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").expect("/etc/passwd");
-    passwd
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.first() == Some(&"postgres"))
-                .then(|| (fields[2].parse().unwrap(), fields[3].parse().unwrap()))
-        })
-        .expect("a postgres user (the postgresql package creates it)")
+    // SAFETY: getpwnam reads the user database into static storage; the two fields are copied out at
+    // once, and the tests look no other user up meanwhile.
+    let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+    assert!(
+        !entry.is_null(),
+        "a postgres user (the postgresql package creates it)"
+    );
+    // SAFETY: checked non-null above.
+    unsafe { ((*entry).pw_uid, (*entry).pw_gid) }
 }
 
 impl PgBouncer {

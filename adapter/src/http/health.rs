@@ -40,9 +40,7 @@ impl HealthCheck {
         *last = Some((Instant::now(), outcome.clone()));
         outcome
     }
-}
 
-impl HealthCheck {
     /// Drops the last check, so the next probe checks anew: a request just found the database
     /// unavailable, and a probe must not report it healthy from an older check.
     pub fn forget(&self) {
