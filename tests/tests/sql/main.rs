@@ -6,5 +6,6 @@ mod access;
 mod concurrency;
 mod distribution;
 mod races;
+mod waitlist;
 mod worker;
 mod worker_faults;
