@@ -10,6 +10,9 @@
 #   (h) day two: reserve_item on a new drop after a million short holds came and went, vs. after VACUUM ANALYZE
 #   (i) a quiet tick: one worker tick's cost with 10,000 open drops and nothing changing
 #   (j) sizes: reserve_item of one hot size of a 10-size drop, and of 2 units of it, vs. a one-stock drop
+#   (k) the line: 100,000 buyers waiting, 10,000 holds falling due at once: seconds until the worker has
+#       offered all 10,000 units to the first 10,000 in line; reserve_item on another drop meanwhile vs. alone
+#       (BENCH_SQL_ONLY=k runs this row alone)
 # (g) recreates the extension in this cluster, so it runs first and everything else builds on that install.
 # Prints a Markdown table with the ratios, then checks the stock invariant of the drops used.
 set -euo pipefail
@@ -35,6 +38,11 @@ DAY2_SWEEP_DEADLINE=${BENCH_DAY2_SWEEP_SECONDS:-180}
 # (i)
 QUIET_DROPS=${BENCH_QUIET_DROPS:-10000}
 QUIET_TICKS=${BENCH_QUIET_TICKS:-50}
+# (k)
+LINE_WAITING=${BENCH_LINE_WAITING:-100000}
+LINE_HOLDS=${BENCH_LINE_HOLDS:-10000}
+LINE_CLIENTS=8
+LINE_SECONDS=5
 psql() { "$PG_BIN/psql" "$DATABASE_URL" -X -q -v ON_ERROR_STOP=1 "$@"; }
 if [ "$DAY2_CLIENTS" -gt "$BATCH_CLIENTS" ] || [ "$DAY2_BATCH" -gt "$BATCH_PER_CLIENT" ]; then
     echo "bench-sql: BENCH_DAY2_CLIENTS <= $BATCH_CLIENTS and BENCH_DAY2_BATCH <= $BATCH_PER_CLIENT (the buyers setup.sql makes)" >&2
@@ -77,6 +85,66 @@ run() {
     if grep -q "aborted" <<<"$out"; then echo "$out" >&2; echo "bench-sql: clients failed in $1" >&2; exit 1; fi
     grep -oP 'tps = \K[0-9.]+(?= \(without)' <<<"$out"
 }
+
+# (k) The line: LINE_WAITING buyers wait on a drop whose LINE_HOLDS holds all fall due at one instant; the
+# worker (tick 100 ms, its batch size) ends them and offers each unit to the next buyer in line. Measured
+# from the instant they fall due until the last offer is committed (as seen by polling every 10 ms).
+# Meanwhile LINE_CLIENTS clients reserve another drop as fast as they can, from a second before the holds
+# fall due; the same clients on a fresh drop with nothing falling due, just before, are the comparison.
+line_row() {
+    line_alone=$(RUN_CLIENTS=$LINE_CLIENTS SECONDS_EACH=$LINE_SECONDS run "(k) reserve_item, another drop, nothing falling due" reserve.sql)
+    echo "bench-sql: (k) $LINE_WAITING buyers joining the line of a drop whose $LINE_HOLDS holds fall due at once" >&2
+    local holds
+    read -r holds line_drop line_due < <(psql -tA -F ' ' -v holders="$LINE_HOLDS" -v waiting="$LINE_WAITING" -v due_in=1 \
+                                           -f line-setup.sql | tail -n 1)
+    [ "$holds" = "$LINE_HOLDS" ] || { echo "bench-sql: (k) $holds holds set to fall due, not $LINE_HOLDS" >&2; exit 1; }
+    echo "$line_drop" >> "$drops_file"
+    local busy
+    busy=$(new_drop)
+    echo "$busy" >> "$drops_file"
+    psql -tAc "SELECT pg_sleep(extract(epoch FROM '$line_due'::timestamptz - interval '1 second' - clock_timestamp()))" >/dev/null
+    echo "bench-sql: (k) reserve_item, another drop, while the line is served ($LINE_CLIENTS clients, ${LINE_SECONDS}s)" >&2
+    "$PG_BIN/pgbench" -n -M prepared -c "$LINE_CLIENTS" -j 2 -T "$LINE_SECONDS" -P 1 -D n=0 -D drop="$busy" -f reserve.sql \
+        "$DATABASE_URL" > "$tmp/line-busy.log" 2>&1 &
+    local busy_pid=$!
+    line_served=$(psql -tAc "DO \$\$ BEGIN
+        WHILE (SELECT count(*) FROM dropstock.reservations WHERE drop_id = '$line_drop' AND offered) < $LINE_HOLDS LOOP
+            IF clock_timestamp() > '$line_due'::timestamptz + interval '60 seconds' THEN
+                RAISE EXCEPTION 'the line was not served within 60 seconds';
+            END IF;
+            PERFORM pg_sleep(0.01);
+        END LOOP; END \$\$;
+        SELECT round(extract(epoch FROM clock_timestamp() - '$line_due'::timestamptz)::numeric, 2)")
+    wait "$busy_pid" || { cat "$tmp/line-busy.log" >&2; exit 1; }
+    if grep -q "aborted" "$tmp/line-busy.log"; then cat "$tmp/line-busy.log" >&2; exit 1; fi
+    grep '^progress:' "$tmp/line-busy.log" | sed 's/^/bench-sql:   line /' >&2
+    line_busy=$(grep -oP 'tps = \K[0-9.]+(?= \(without)' "$tmp/line-busy.log")
+    # The offers went to the first LINE_HOLDS in line, one each, and the rest still wait.
+    psql -tAc "SELECT (SELECT count(DISTINCT r.user_id) FROM dropstock.reservations r
+                        WHERE r.drop_id = '$line_drop' AND r.offered
+                          AND r.user_id IN (SELECT md5('bench-line-' || k)::uuid
+                                              FROM generate_series($LINE_HOLDS + 1, 2 * $LINE_HOLDS) AS k))
+                    || ' ' || dropstock.waitlist_length('$line_drop')" | {
+        read -r first_in_line waiting
+        echo "bench-sql: (k) offers to the first $LINE_HOLDS in line: $first_in_line; still waiting: $waiting" >&2
+        [ "$first_in_line" = "$LINE_HOLDS" ] && [ "$waiting" = $((LINE_WAITING - LINE_HOLDS)) ]
+    }
+}
+
+if [ "${BENCH_SQL_ONLY:-}" = k ]; then
+    # Row (k) alone: the buyers reserve.sql names for its clients, then the row.
+    psql -v clients="$LINE_CLIENTS" -v per_client="$PER_CLIENT" -v batch_clients=0 -v batch_per_client=0 -f setup.sql
+    line_row
+    awk -v n="$LINE_WAITING" -v h="$LINE_HOLDS" -v c="$LINE_CLIENTS" -v s="$line_served" -v b="$line_busy" -v a="$line_alone" 'BEGIN {
+        printf "| %-58s | %10s |\n", "pattern (synchronous_commit on)", "result"
+        printf "| %-58s | %10s |\n", "----------------------------------------------------------", "---------:"
+        printf "| %-58s | %9ss |\n", "(k) " n " waiting, " h " holds due at once: all offers made after (target <= 3 s)", s
+        printf "| %-58s | %10.0f |\n", "(k) meanwhile, reserve_item on another drop (" c " clients)", b
+        printf "| %-58s | %10.0f |\n", "(k) the same clients with nothing falling due", a
+        printf "| %-58s | %9.2fx |\n", "meanwhile / nothing due (target >= 0.8x)", b / a
+    }'
+    exit 0
+fi
 
 # (g) Cold start: what the first buyers meet right after an install, when the tables were empty and had
 # no statistics at the moment each connection's plpgsql cached its plans. Fresh pgbench connections on
@@ -195,6 +263,8 @@ for round in 1 2; do
     pair=$(awk -v x="$pair" -v y="$(SECONDS_EACH=$half NEW_DROP=new_sized_drop run "(j) reserve_item, 2 units of one hot size ($round/2)" reserve_pair.sql)" 'BEGIN{print x+y/2}')
 done
 
+line_row
+
 # (i) A quiet tick: many open drops, published once, then nothing changes; what the worker pays per tick.
 echo "bench-sql: (i) creating $QUIET_DROPS open drops" >&2
 psql -c "SELECT count(dropstock.create_drop('bench quiet drop', 1, 100, now() - interval '1 minute'))
@@ -222,6 +292,7 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     -v gc="$cold" -v gw="$warm" -v ge="$cold_early" -v gen="$COLD_EARLY" -v gb="$COLD_BUYERS" \
     -v hc="$churned" -v hv="$vacuumed" -v hn="$((day2_calls * DAY2_CLIENTS * DAY2_BATCH))" \
     -v jp="$plain" -v js="$sized" -v jq="$pair" \
+    -v kn="$LINE_WAITING" -v kh="$LINE_HOLDS" -v kc="$LINE_CLIENTS" -v ks="$line_served" -v kb="$line_busy" -v ka="$line_alone" \
     -v htc="$day2_tick_churned" -v htv="$day2_tick_vacuumed" -v hfc="$day2_full_churned" -v qn="$QUIET_DROPS" -v qt="$quiet_tick" -v qk="$QUIET_TICKS" 'BEGIN {
     printf "| %-58s | %10s |\n", "pattern (" n " clients, one hot drop, synchronous_commit on)", "tps"
     printf "| %-58s | %10s |\n", "----------------------------------------------------------", "---------:"
@@ -253,4 +324,8 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     printf "| %-58s | %10.0f |\n", "(j) reserve_item, 2 units of that hot size", jq
     printf "| %-58s | %9.2fx |\n", "hot size / one-stock (target >= 0.9x)", js / jp
     printf "| %-58s | %9.2fx |\n", "2 units / one-stock (target >= 0.8x)", jq / jp
+    printf "| %-58s | %9ss |\n", "(k) " kn " waiting, " kh " holds due at once: all offers made after (target <= 3 s)", ks
+    printf "| %-58s | %10.0f |\n", "(k) meanwhile, reserve_item on another drop (" kc " clients)", kb
+    printf "| %-58s | %10.0f |\n", "(k) the same clients with nothing falling due", ka
+    printf "| %-58s | %9.2fx |\n", "meanwhile / nothing due (target >= 0.8x)", kb / ka
 }'
