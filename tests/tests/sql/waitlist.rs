@@ -705,7 +705,7 @@ async fn a_draw_is_recomputable_from_its_seed_and_lapsed_winners_move_down() {
 
 /// The detail of a refusal (DS022 names the time a buyer may try again there).
 fn refusal(outcome: Result<tokio_postgres::Row, tokio_postgres::Error>) -> (String, String) {
-    let error = outcome.err().expect("a refusal");
+    let error = outcome.expect_err("a refusal");
     let detail = error
         .as_db_error()
         .and_then(|e| e.detail())
