@@ -161,11 +161,11 @@ async fn assert_line_invariant(db: &Client, drop: Uuid) {
     );
 }
 
-/// Checks, in one snapshot, that `drop`'s units went to its line in order: every offer ever made went to a
-/// buyer of `line` (in join order), one offer per buyer, later offers to later buyers, nobody skipped (the
-/// offered buyers are exactly the first of the line); the rest of the line still waits in order; no other
-/// buyer holds or held anything but `holders`; nobody has two live holds; and the stock adds up. Returns
-/// how many buyers were offered units.
+/// Checks, while nobody is serving the line, that `drop`'s units went to its line in order: every offer
+/// ever made went to a buyer of `line` (in join order), one offer per buyer, nobody skipped (the offered
+/// buyers are exactly the first of the line); the rest of the line still waits in order; no other buyer
+/// holds or held anything but `holders`; nobody has two live holds; and the stock adds up. Returns how
+/// many buyers were offered units.
 async fn assert_served_in_order(
     db: &mut Client,
     drop: Uuid,
@@ -173,14 +173,19 @@ async fn assert_served_in_order(
     holders: &[Uuid],
 ) -> usize {
     let place: HashMap<Uuid, usize> = line.iter().enumerate().map(|(i, b)| (*b, i)).collect();
-    let snapshot = db
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    // Two transactions giving units back at once serve the line side by side (each skips the places the
+    // other is serving): between their commits, a later place can be served while an earlier one is not
+    // yet. So the line is read under its lock taken exclusively, as join_waitlist takes it: it waits for
+    // whoever is giving units back, and nobody gives any back until the reading is over.
+    let reading = db.transaction().await.expect("a transaction");
+    reading
+        .execute(
+            "SELECT pg_advisory_xact_lock(dropstock._line_key($1, 0::smallint))",
+            &[&drop],
+        )
         .await
-        .expect("a snapshot");
-    let offers: Vec<Uuid> = snapshot
+        .expect("the line's lock");
+    let offers: Vec<Uuid> = reading
         .query(
             "SELECT user_id FROM dropstock.reservations WHERE drop_id = $1 AND offered",
             &[&drop],
@@ -190,15 +195,14 @@ async fn assert_served_in_order(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let mut order: Vec<usize> = Vec::new();
-    for buyer in &offers {
-        let at = *place
-            .get(buyer)
-            .unwrap_or_else(|| panic!("an offer went to {buyer}, who is not in the line"));
-        order.push(at);
-    }
-    // Offers made in one transaction share a time; within it, any order of places is allowed.
-    let mut sorted = order.clone();
+    let mut sorted: Vec<usize> = offers
+        .iter()
+        .map(|buyer| {
+            *place
+                .get(buyer)
+                .unwrap_or_else(|| panic!("an offer went to {buyer}, who is not in the line"))
+        })
+        .collect();
     sorted.sort_unstable();
     assert_eq!(
         sorted,
@@ -206,27 +210,7 @@ async fn assert_served_in_order(
         "the offered buyers are exactly the first {} of the line, each offered once",
         offers.len()
     );
-    // (microseconds since the epoch, place) of every offer.
-    let times: Vec<(i64, usize)> = snapshot
-        .query(
-            "SELECT (extract(epoch FROM created_at) * 1000000)::bigint, user_id FROM dropstock.reservations
-              WHERE drop_id = $1 AND offered",
-            &[&drop],
-        )
-        .await
-        .expect("offer times")
-        .iter()
-        .map(|row| (row.get::<_, i64>(0), place[&row.get::<_, Uuid>(1)]))
-        .collect();
-    for (t1, p1) in &times {
-        for (t2, p2) in &times {
-            assert!(
-                !(t1 < t2 && p1 > p2),
-                "place {p1} was offered a unit before place {p2}, who joined earlier"
-            );
-        }
-    }
-    let waiting: Vec<Uuid> = snapshot
+    let waiting: Vec<Uuid> = reading
         .query(
             "SELECT user_id FROM dropstock.waitlist WHERE drop_id = $1 ORDER BY place",
             &[&drop],
@@ -241,14 +225,14 @@ async fn assert_served_in_order(
         line[offers.len()..].to_vec(),
         "the buyers not offered yet still wait, in join order"
     );
-    let length: i32 = snapshot
+    let length: i32 = reading
         .query_one("SELECT dropstock.waitlist_length($1)", &[&drop])
         .await
         .expect("waitlist_length")
         .get(0);
     assert_eq!(length as usize, waiting.len(), "waitlist_length");
     if let Some(next) = waiting.first() {
-        let position: Option<i32> = snapshot
+        let position: Option<i32> = reading
             .query_one("SELECT dropstock.waitlist_position($1, $2)", &[&drop, next])
             .await
             .expect("waitlist_position")
@@ -256,7 +240,7 @@ async fn assert_served_in_order(
         assert_eq!(position, Some(1), "the first waiting buyer is next in line");
     }
     let holders: HashSet<&Uuid> = holders.iter().collect();
-    let strangers: Vec<(Uuid, bool)> = snapshot
+    let strangers: Vec<(Uuid, bool)> = reading
         .query(
             "SELECT user_id, offered FROM dropstock.reservations WHERE drop_id = $1",
             &[&drop],
@@ -271,7 +255,7 @@ async fn assert_served_in_order(
         strangers.is_empty(),
         "holds outside the line and the first holders: {strangers:?}"
     );
-    let doubled: i64 = snapshot
+    let doubled: i64 = reading
         .query_one(
             "SELECT count(*) FROM (SELECT user_id FROM dropstock.reservations
                                     WHERE drop_id = $1 AND status = 'reserved' AND expires_at > clock_timestamp()
@@ -282,7 +266,10 @@ async fn assert_served_in_order(
         .expect("doubled holds")
         .get(0);
     assert_eq!(doubled, 0, "nobody has two live holds");
-    snapshot.commit().await.expect("end the snapshot");
+    reading
+        .commit()
+        .await
+        .expect("let the line be served again");
     assert_line_invariant(db, drop).await;
     offers.len()
 }
@@ -703,15 +690,21 @@ async fn a_draw_is_recomputable_from_its_seed_and_lapsed_winners_move_down() {
     );
 }
 
-/// The detail of a refusal (DS022 names the time a buyer may try again there).
-fn refusal(outcome: Result<tokio_postgres::Row, tokio_postgres::Error>) -> (String, String) {
+/// A refusal's SQLSTATE, message and detail (DS022's detail is the time a buyer may try again).
+fn refusal(
+    outcome: Result<tokio_postgres::Row, tokio_postgres::Error>,
+) -> (String, String, String) {
     let error = outcome.expect_err("a refusal");
-    let detail = error
+    let (message, detail) = error
         .as_db_error()
-        .and_then(|e| e.detail())
-        .unwrap_or_default()
-        .to_owned();
-    (sqlstate(&error), detail)
+        .map(|e| {
+            (
+                e.message().to_owned(),
+                e.detail().unwrap_or_default().to_owned(),
+            )
+        })
+        .unwrap_or_default();
+    (sqlstate(&error), message, detail)
 }
 
 /// A buyer whose hold ran out cannot take the unit back while someone waits: re-reserving is refused with
@@ -755,7 +748,7 @@ async fn a_buyer_whose_hold_ran_out_cannot_take_the_unit_back_from_the_line() {
     let mut tries = 0;
     let offer = loop {
         tries += 1;
-        let (code, detail) = refusal(
+        let (code, message, detail) = refusal(
             db.query_one(
                 "SELECT id FROM dropstock.reserve_item($1, $2)",
                 &[&drop, &hoarder],
@@ -800,7 +793,7 @@ async fn a_buyer_whose_hold_ran_out_cannot_take_the_unit_back_from_the_line() {
     )
     .await
     .unwrap();
-    let (code, _) = refusal(
+    let (code, _, _) = refusal(
         db.query_one(
             "SELECT id FROM dropstock.reserve_item($1, $2)",
             &[&drop, &canceller],
