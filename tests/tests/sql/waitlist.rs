@@ -759,6 +759,10 @@ async fn a_buyer_whose_hold_ran_out_cannot_take_the_unit_back_from_the_line() {
             code, "DS022",
             "try {tries}: re-reserving while someone waits"
         );
+        assert!(
+            !detail.is_empty(),
+            "DS022's DETAIL carries the time they may try again (message: {message:?})"
+        );
         let again_at: f64 = db
             .query_one(
                 "SELECT extract(epoch FROM $1::text::timestamptz)::float8",
