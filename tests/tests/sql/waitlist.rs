@@ -282,7 +282,7 @@ async fn assert_served_in_order(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_line_is_served_in_order_while_holds_expire_in_waves() {
     const STOCK: i32 = 20;
-    const HOLD_SECONDS: i32 = 2;
+    const HOLD_SECONDS: i32 = 3;
     const WAITING: usize = 200;
     const HAMMERING: usize = 200;
     // Of each wave's offers: bought, then cancelled (the unit goes on down the line at once); the rest lapse.
@@ -364,12 +364,8 @@ async fn a_line_is_served_in_order_while_holds_expire_in_waves() {
         .await
         .unwrap_or_else(|| panic!("wave {}: no new offers after the holds ran out", waves + 1));
         waves += 1;
-        let offered = assert_served_in_order(&mut setup, drop, &line, &holders).await;
-        assert!(
-            offered < WAITING,
-            "the line outlasts the stock: {offered} offered"
-        );
-        // Act on the new offers in line order: buy some, cancel some, let the rest lapse.
+        // Act on the new offers at once (they last a hold's time), in line order: buy some, cancel some,
+        // let the rest lapse; then check the line.
         let mut fresh = fresh;
         let place: HashMap<Uuid, usize> = line.iter().enumerate().map(|(i, b)| (*b, i)).collect();
         fresh.sort_by_key(|(buyer, _)| place[buyer]);
@@ -380,7 +376,7 @@ async fn a_line_is_served_in_order_while_holds_expire_in_waves() {
                 setup
                     .query_one("SELECT id FROM dropstock.purchase($1, $2)", &[hold, buyer])
                     .await
-                    .unwrap_or_else(|e| panic!("wave {waves}: buying an offer: {e}"));
+                    .unwrap_or_else(|e| panic!("wave {waves}: buying an offer: {}", described(&e)));
                 bought += 1;
             } else if k < BOUGHT_PER_WAVE + CANCELLED_PER_WAVE {
                 setup
@@ -389,7 +385,9 @@ async fn a_line_is_served_in_order_while_holds_expire_in_waves() {
                         &[hold, buyer],
                     )
                     .await
-                    .unwrap_or_else(|e| panic!("wave {waves}: cancelling an offer: {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!("wave {waves}: cancelling an offer: {}", described(&e))
+                    });
                 cancelled += 1;
                 let position: Option<i32> = setup
                     .query_one(
@@ -407,7 +405,11 @@ async fn a_line_is_served_in_order_while_holds_expire_in_waves() {
                 lapsed += 1;
             }
         }
-        assert_served_in_order(&mut setup, drop, &line, &holders).await;
+        let offered = assert_served_in_order(&mut setup, drop, &line, &holders).await;
+        assert!(
+            offered < WAITING,
+            "the line outlasts the stock: {offered} offered"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let mut refusals: HashMap<String, usize> = HashMap::new();
@@ -688,6 +690,14 @@ async fn a_draw_is_recomputable_from_its_seed_and_lapsed_winners_move_down() {
             2 * STOCK
         ),
     );
+}
+
+/// An error's SQLSTATE and message, for a failure's report.
+fn described(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(e) => format!("{} {}", e.code().code(), e.message()),
+        None => error.to_string(),
+    }
 }
 
 /// A refusal's SQLSTATE, message and detail (DS022's detail is the time a buyer may try again).
