@@ -129,19 +129,26 @@ line_row() {
         echo "bench-sql: (k) offers to the first $LINE_HOLDS in line: $first_in_line; still waiting: $waiting" >&2
         [ "$first_in_line" = "$LINE_HOLDS" ] && [ "$waiting" = $((LINE_WAITING - LINE_HOLDS)) ]
     }
+    # What a join costs at the end of that line: 100 more buyers join one after another (one statement).
+    line_join_ms=$(psql -tAc "WITH j AS MATERIALIZED (
+                                  SELECT count(dropstock.join_waitlist('$line_drop', md5('bench-line-' || k)::uuid)) AS n
+                                    FROM generate_series($LINE_HOLDS + $LINE_WAITING + 1, $LINE_HOLDS + $LINE_WAITING + 100) AS k)
+                              SELECT round((extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000 / n)::numeric, 2) FROM j")
+    echo "bench-sql: (k) join_waitlist behind $((LINE_WAITING - LINE_HOLDS)) waiting: $line_join_ms ms a join" >&2
 }
 
 if [ "${BENCH_SQL_ONLY:-}" = k ]; then
     # Row (k) alone: the buyers reserve.sql names for its clients, then the row.
     psql -v clients="$LINE_CLIENTS" -v per_client="$PER_CLIENT" -v batch_clients=0 -v batch_per_client=0 -f setup.sql
     line_row
-    awk -v n="$LINE_WAITING" -v h="$LINE_HOLDS" -v c="$LINE_CLIENTS" -v s="$line_served" -v b="$line_busy" -v a="$line_alone" 'BEGIN {
+    awk -v n="$LINE_WAITING" -v h="$LINE_HOLDS" -v c="$LINE_CLIENTS" -v s="$line_served" -v b="$line_busy" -v a="$line_alone" -v j="$line_join_ms" 'BEGIN {
         printf "| %-58s | %10s |\n", "pattern (synchronous_commit on)", "result"
         printf "| %-58s | %10s |\n", "----------------------------------------------------------", "---------:"
         printf "| %-58s | %9ss |\n", "(k) " n " waiting, " h " holds due at once: all offers made after (target <= 3 s)", s
         printf "| %-58s | %10.0f |\n", "(k) meanwhile, reserve_item on another drop (" c " clients)", b
         printf "| %-58s | %10.0f |\n", "(k) the same clients with nothing falling due", a
         printf "| %-58s | %9.2fx |\n", "meanwhile / nothing due (target >= 0.8x)", b / a
+        printf "| %-58s | %8.2fms |\n", "(k) join_waitlist behind " n - h " waiting, one join", j
     }'
     exit 0
 fi
@@ -292,7 +299,7 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     -v gc="$cold" -v gw="$warm" -v ge="$cold_early" -v gen="$COLD_EARLY" -v gb="$COLD_BUYERS" \
     -v hc="$churned" -v hv="$vacuumed" -v hn="$((day2_calls * DAY2_CLIENTS * DAY2_BATCH))" \
     -v jp="$plain" -v js="$sized" -v jq="$pair" \
-    -v kn="$LINE_WAITING" -v kh="$LINE_HOLDS" -v kc="$LINE_CLIENTS" -v ks="$line_served" -v kb="$line_busy" -v ka="$line_alone" \
+    -v kn="$LINE_WAITING" -v kh="$LINE_HOLDS" -v kc="$LINE_CLIENTS" -v ks="$line_served" -v kb="$line_busy" -v ka="$line_alone" -v kj="$line_join_ms" \
     -v htc="$day2_tick_churned" -v htv="$day2_tick_vacuumed" -v hfc="$day2_full_churned" -v qn="$QUIET_DROPS" -v qt="$quiet_tick" -v qk="$QUIET_TICKS" 'BEGIN {
     printf "| %-58s | %10s |\n", "pattern (" n " clients, one hot drop, synchronous_commit on)", "tps"
     printf "| %-58s | %10s |\n", "----------------------------------------------------------", "---------:"
@@ -328,4 +335,5 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     printf "| %-58s | %10.0f |\n", "(k) meanwhile, reserve_item on another drop (" kc " clients)", kb
     printf "| %-58s | %10.0f |\n", "(k) the same clients with nothing falling due", ka
     printf "| %-58s | %9.2fx |\n", "meanwhile / nothing due (target >= 0.8x)", kb / ka
+    printf "| %-58s | %8.2fms |\n", "(k) join_waitlist behind " kn - kh " waiting, one join", kj
 }'
