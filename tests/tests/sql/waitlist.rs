@@ -700,11 +700,15 @@ fn described(error: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A refusal's SQLSTATE, message and detail (DS022's detail is the time a buyer may try again).
+/// A refusal's SQLSTATE, message and detail (DS022's detail is the time a buyer may try again); a hold
+/// granted instead reads as "a hold".
 fn refusal(
     outcome: Result<tokio_postgres::Row, tokio_postgres::Error>,
 ) -> (String, String, String) {
-    let error = outcome.expect_err("a refusal");
+    let error = match outcome {
+        Ok(_) => return ("a hold".into(), "a hold was granted".into(), String::new()),
+        Err(error) => error,
+    };
     let (message, detail) = error
         .as_db_error()
         .map(|e| {
@@ -717,10 +721,10 @@ fn refusal(
     (sqlstate(&error), message, detail)
 }
 
-/// A buyer whose hold ran out cannot take the unit back while someone waits: re-reserving is refused with
-/// DS022 and the time they may try again, right at the moment the hold runs out (swept or not) and after;
-/// the unit goes to the line. The same for a cancelled hold. With nobody waiting, they reserve again like
-/// anyone.
+/// A buyer whose hold ran out while someone waited cannot take the unit back: re-reserving is refused with
+/// DS022 and the time they may try again, from the moment the hold runs out (swept or not), and for the
+/// whole cooldown, also once the line is empty and the unit free again; the unit goes to the line. The same
+/// for a cancelled hold. When nobody was waiting, they reserve again like anyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_whose_hold_ran_out_cannot_take_the_unit_back_from_the_line() {
     const COOLDOWN: i32 = 60;
@@ -755,28 +759,67 @@ async fn a_buyer_whose_hold_ran_out_cannot_take_the_unit_back_from_the_line() {
     })
     .await;
     assert!(ran_out, "the hold ran out");
-    let mut tries = 0;
-    let offer = loop {
-        tries += 1;
-        let (code, message, detail) = refusal(
+    // Every answer, from that instant until the unit reached the line (swept or not yet), then once the
+    // line is empty (the waiting buyer holds the offer), then once nobody waits and the unit is free
+    // again (the offer cancelled): the cooldown stands all along.
+    let try_again = || async {
+        refusal(
             db.query_one(
                 "SELECT id FROM dropstock.reserve_item($1, $2)",
                 &[&drop, &hoarder],
             )
             .await,
-        );
+        )
+    };
+    let mut answers = Vec::new();
+    let offer = loop {
+        answers.push(("while the unit went to the line", try_again().await));
+        if let Some((offer, _, units)) = offer_for(&db, drop, waiting, Duration::ZERO).await {
+            break (offer, units);
+        }
+        assert!(answers.len() < 500, "the unit never reached the line");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let tries = answers.len();
+    answers.push(("once the waiting buyer held the offer", try_again().await));
+    assert_eq!(offer.1, 1, "the waiting buyer was offered the unit");
+    db.execute(
+        "SELECT dropstock.cancel_reservation($1, $2)",
+        &[&offer.0, &waiting],
+    )
+    .await
+    .expect("the offer cancelled");
+    assert_eq!(
+        stock(&db, drop).await.0,
+        1,
+        "nobody waits: the unit is free"
+    );
+    answers.push((
+        "once nobody waited and the unit was free",
+        try_again().await,
+    ));
+    let codes: Vec<String> = answers
+        .iter()
+        .map(|(when, (code, _, _))| format!("{code} ({when})"))
+        .collect();
+    for (k, (when, (code, message, _))) in answers.iter().enumerate() {
         assert_eq!(
-            code, "DS022",
-            "try {tries}: re-reserving while someone waits"
+            code,
+            "DS022",
+            "answer {} of {} ({when}): re-reserving within the cooldown: {message}; all answers: {codes:?}",
+            k + 1,
+            answers.len()
         );
+    }
+    for (when, (_, message, detail)) in &answers {
         assert!(
             !detail.is_empty(),
-            "DS022's DETAIL carries the time they may try again (message: {message:?})"
+            "DS022's DETAIL carries the time they may try again ({when}; message: {message:?})"
         );
         let again_at: f64 = db
             .query_one(
                 "SELECT extract(epoch FROM $1::text::timestamptz)::float8",
-                &[&detail],
+                &[detail],
             )
             .await
             .unwrap_or_else(|e| panic!("DETAIL {detail:?} is a time: {e}"))
@@ -786,13 +829,7 @@ async fn a_buyer_whose_hold_ran_out_cannot_take_the_unit_back_from_the_line() {
             "may try again {:.1} s after the hold ran out, not {COOLDOWN}",
             again_at - expires_at
         );
-        if let Some((_, _, units)) = offer_for(&db, drop, waiting, Duration::ZERO).await {
-            break units;
-        }
-        assert!(tries < 500, "the unit never reached the line");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert_eq!(offer, 1, "the waiting buyer was offered the unit");
+    }
     assert!(live_holds(&db, drop, hoarder).await.is_empty());
     assert_line_invariant(&db, drop).await;
 
@@ -847,8 +884,9 @@ async fn a_buyer_whose_hold_ran_out_cannot_take_the_unit_back_from_the_line() {
     record(
         "waitlist 3 no hoarding",
         &format!(
-            "a buyer whose hold ran out re-reserved {tries} times from the moment it ran out: all DS022 with the \
-             time {COOLDOWN} s on, the unit offered to the waiting buyer; the same after a cancel; with nobody \
+            "a buyer whose hold ran out re-reserved {tries} times from the moment it ran out, then with the line \
+             empty and with the unit free again: all DS022 with the time {COOLDOWN} s on, the unit offered to the \
+             waiting buyer; the same after a cancel; with nobody \
              waiting, a new hold"
         ),
     );
