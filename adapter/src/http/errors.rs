@@ -177,6 +177,12 @@ impl ApiError {
 ///   never succeed here.
 /// - DS012 no size named, DS013 no such size → 422, as the extension's other argument checks (22023):
 ///   the request names the drop rightly but asks for something it does not sell.
+/// - DS014 (a draw drop: enter the draw), DS015 (not a draw), DS023 (units are free: reserve them),
+///   DS024 (the buyer already holds one) → 409: the request is well formed, but the drop's mode or state
+///   calls for another request, which the message names.
+/// - DS016 already drawn → 409, DS017 entries still open → 409, as DS010: not now, or not again.
+/// - DS022 cooldown → 429 with `Retry-After`: unlike DS021, the same request succeeds once the cooldown
+///   is over, and `Retry-After` says when (read from the refusal's DETAIL).
 pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
     let status = match sqlstate {
         "DS001" | "DS002" | "DS003" => StatusCode::NOT_FOUND,
@@ -187,6 +193,8 @@ pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
         "DS031" => StatusCode::FORBIDDEN,
         "DS033" | "DS034" | "DS040" | "DS041" => StatusCode::CONFLICT,
         "DS012" | "DS013" => StatusCode::UNPROCESSABLE_ENTITY,
+        "DS014" | "DS015" | "DS016" | "DS017" | "DS023" | "DS024" => StatusCode::CONFLICT,
+        "DS022" => StatusCode::TOO_MANY_REQUESTS,
         // invalid_parameter_value: the extension's own argument checks.
         "22023" => StatusCode::UNPROCESSABLE_ENTITY,
         // A lock wait ran out (lock_not_available, only under an operator's lock_timeout), or the
@@ -250,11 +258,27 @@ impl ApiError {
     }
 }
 
+/// Whole seconds (rounded up, at least 1) from now until the time a cooldown refusal's DETAIL names,
+/// written by PostgreSQL (`2026-11-28 08:50:00.123+00`) or as RFC 3339, alone or after a colon.
+fn seconds_until(detail: &str) -> Option<u64> {
+    let text = detail.rsplit_once(": ").map_or(detail, |(_, at)| at).trim();
+    let text = text.trim_end_matches('.');
+    let at = chrono::DateTime::parse_from_rfc3339(text)
+        .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
+        .ok()?;
+    let millis = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
+    Some(u64::try_from(millis).unwrap_or(0).div_ceil(1000).max(1))
+}
+
 fn from_postgres(error: tokio_postgres::Error) -> ApiError {
     if let Some(db) = error.as_db_error() {
         let sqlstate = db.code().code();
         if status_for_sqlstate(sqlstate).is_some() {
-            return ApiError::from_sqlstate(sqlstate, db.message());
+            let mut refusal = ApiError::from_sqlstate(sqlstate, db.message());
+            if sqlstate == "DS022" {
+                refusal.retry_after = db.detail().and_then(seconds_until);
+            }
+            return refusal;
         }
         if is_unavailable_sqlstate(sqlstate) {
             tracing::warn!(sqlstate, message = db.message(), "database unavailable");
