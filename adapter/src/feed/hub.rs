@@ -26,6 +26,13 @@ pub enum FeedEvent {
         drop_id: Uuid,
         frames: Vec<Utf8Bytes>,
     },
+    /// An offer for the clients that opened `inbox`, and for no one else: every client task sees the
+    /// event and drops it unless the inbox is its own.
+    Offer {
+        /// The inbox id (hex sha256 of the buyer's inbox key).
+        inbox: Arc<str>,
+        frame: Utf8Bytes,
+    },
     Resync,
     /// The LISTEN connection is lost: clients are told their view may go stale.
     Paused,
