@@ -626,9 +626,6 @@ async fn an_offer_reaches_only_the_connections_that_opened_its_inbox() {
             "another buyer's offer reached a connection not in her inbox: {before:?}"
         );
     }
-    // The offer names no buyer and no hold: ids stay with their owner's REST answers.
-    assert!(!offer.to_string().contains("userId") && !offer.to_string().contains("inbox"));
-
     // A key that is not a string, or both credentials, are refused in words; the feed goes on.
     say(
         &mut watcher,
