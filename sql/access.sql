@@ -22,7 +22,8 @@ REVOKE ALL ON ALL TABLES IN SCHEMA dropstock FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA dropstock FROM PUBLIC;
 
 ALTER FUNCTION create_user(text, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz, jsonb, integer)
+ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz, jsonb, integer,
+                           text, integer)
       SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION reserve_item(uuid, uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off
@@ -49,10 +50,27 @@ ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, 
       SET enable_seqscan = off SET enable_bitmapscan = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION archive_holds(timestamptz, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION join_waitlist(uuid, uuid, text[], integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off SET enable_bitmapscan = off;
+ALTER FUNCTION join_waitlist(uuid, uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION leave_waitlist(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off SET enable_bitmapscan = off;
+ALTER FUNCTION waitlist_position(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION waitlist_length(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION buyer_holds(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION inbox_of(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION enter_draw(uuid, uuid, text[], integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION enter_draw(uuid, uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION run_draw(uuid, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off SET enable_bitmapscan = off;
+ALTER FUNCTION run_due_draws() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION draw_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION draw_result(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- grant_access: let `role` call the API, and nothing else: the buyer-facing functions, and with
--- `runs_drops` also creating drops and the worker's two calls (for a scheduler when the worker is not
--- preloaded) and archiving. The one place the grant list is written; the README and the tests call
+-- `runs_drops` also creating drops, the worker's three calls (for a scheduler when the worker is not
+-- preloaded), archiving, running draws and reading any buyer's inbox name (for an application that
+-- knows its buyers by their sign-in, not by their inbox key). The one place the grant list is written; the README and the tests call
 -- it. It runs with the caller's rights, so only the extension's owner (or a superuser) can use it.
 CREATE FUNCTION grant_access(role regrole, runs_drops boolean DEFAULT false)
 RETURNS void
@@ -68,13 +86,19 @@ BEGIN
                    'dropstock.reserve_items(uuid, uuid[], text[], integer[]), dropstock.purchase(uuid, uuid), '
                    'dropstock.cancel_reservation(uuid, uuid), dropstock.extend_hold(uuid, uuid), '
                    'dropstock.create_user(text, uuid), dropstock.active_drops(), dropstock.drop_status(uuid), '
-                   'dropstock.variant_status(uuid) TO %s', role);
+                   'dropstock.variant_status(uuid), '
+                   'dropstock.join_waitlist(uuid, uuid, text[], integer), dropstock.join_waitlist(uuid, uuid, text, integer), '
+                   'dropstock.leave_waitlist(uuid, uuid), dropstock.waitlist_position(uuid, uuid), '
+                   'dropstock.waitlist_length(uuid), dropstock.buyer_holds(uuid), '
+                   'dropstock.enter_draw(uuid, uuid, text[], integer), dropstock.enter_draw(uuid, uuid, text, integer), '
+                   'dropstock.draw_status(uuid), dropstock.draw_result(uuid) TO %s', role);
     IF runs_drops THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION '
                        'dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz, '
-                       'jsonb, integer), '
+                       'jsonb, integer, text, integer), '
                        'dropstock.expire_reservations(integer, timestamptz), dropstock.publish_changes(), '
-                       'dropstock.archive_holds(timestamptz, integer) TO %s', role);
+                       'dropstock.archive_holds(timestamptz, integer), dropstock.run_draw(uuid, text), '
+                       'dropstock.run_due_draws(), dropstock.inbox_of(uuid) TO %s', role);
     END IF;
 END
 $$;

@@ -1,4 +1,5 @@
--- cancel_reservation: the buyer gives a live hold back; its units are free again at once, in its variant.
+-- cancel_reservation: the buyer gives a live hold back; its units go at once to the first buyers waiting
+-- for them in the drop's line, or are free again, in its variant (_give_back).
 -- Cancelling a hold that is already cancelled or expired changes nothing and returns it as it is.
 -- Refusals: DS003 unknown reservation, DS031 another buyer's hold, DS033 already purchased;
 -- 22023 for a missing argument.
@@ -20,7 +21,7 @@ BEGIN
     END IF;
 
     UPDATE dropstock.reservations r SET status = 'cancelled' WHERE r.id = hold.id RETURNING r.* INTO hold;
-    PERFORM dropstock._adjust_stock(hold.drop_id, hold.variant, hold.quantity, 0);
+    PERFORM dropstock._give_back(hold.drop_id, hold.variant, hold.quantity, ARRAY[hold.user_id]);
     RETURN hold;
 END
 $$;

@@ -6,6 +6,10 @@
 -- unique per drop; each stock a whole number of at least 1; at most 100 sizes. The sizes are numbered
 -- from 1 in the order jsonb keeps an object's keys (shorter labels first, then byte order).
 -- `max_extensions`: how many times extend_hold may lengthen one hold (0, the default: never).
+-- `mode`: 'race' (the default: first come, first served) or 'draw' (buyers enter between starts_at and
+-- ends_at, which a draw needs, and a draw orders them; draw.sql).
+-- `cooldown_seconds`: how long a buyer whose hold ended while others waited may not reserve the drop
+-- (NULL, the default: hold_seconds; 0 to 86400).
 CREATE FUNCTION create_drop(
     name           text,
     price          numeric,
@@ -15,7 +19,9 @@ CREATE FUNCTION create_drop(
     per_user_limit integer DEFAULT 1,
     ends_at        timestamptz DEFAULT NULL,
     variants       jsonb DEFAULT NULL,
-    max_extensions integer DEFAULT 0
+    max_extensions integer DEFAULT 0,
+    mode           text DEFAULT 'race',
+    cooldown_seconds integer DEFAULT NULL
 )
 RETURNS drops
 LANGUAGE plpgsql
@@ -106,16 +112,29 @@ BEGIN
         RAISE EXCEPTION 'hold seconds must be from 1 to 86400, got %', coalesce(create_drop.hold_seconds::text, 'NULL')
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF create_drop.mode IS NULL OR create_drop.mode NOT IN ('race', 'draw') THEN
+        RAISE EXCEPTION 'mode must be ''race'' or ''draw'', got %', coalesce(quote_literal(create_drop.mode), 'NULL')
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF create_drop.mode = 'draw' AND create_drop.ends_at IS NULL THEN
+        RAISE EXCEPTION 'a draw needs an end time: entries close then and the draw runs'
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF create_drop.cooldown_seconds < 0 OR create_drop.cooldown_seconds > 86400 THEN
+        RAISE EXCEPTION 'cooldown seconds must be from 0 to 86400, got %', create_drop.cooldown_seconds
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF create_drop.per_user_limit IS NULL OR create_drop.per_user_limit < 1 THEN
         RAISE EXCEPTION 'per-user limit must be at least 1, got %', coalesce(create_drop.per_user_limit::text, 'NULL')
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
     INSERT INTO dropstock.drops AS d (name, price, total_stock, starts_at, ends_at, hold_seconds, per_user_limit,
-                                      sized, max_extensions)
+                                      sized, max_extensions, mode, cooldown_seconds)
     VALUES (clean_name, round(create_drop.price, 2), stock, create_drop.starts_at,
             create_drop.ends_at, create_drop.hold_seconds, create_drop.per_user_limit,
-            create_drop.variants IS NOT NULL, create_drop.max_extensions)
+            create_drop.variants IS NOT NULL, create_drop.max_extensions, create_drop.mode,
+            create_drop.cooldown_seconds)
     RETURNING d.* INTO created;
 
     IF created.sized THEN
@@ -167,7 +186,10 @@ SELECT d.id,
                                     FROM dropstock.stock_slots s
                                    WHERE s.drop_id = v.drop_id AND s.variant = v.variant) vs
               WHERE d.sized AND v.drop_id = d.id
-              ORDER BY v.variant)                AS variants
+              ORDER BY v.variant)                AS variants,
+       d.mode,
+       -- Buyers waiting in the drop's line (waitlist.sql).
+       (SELECT count(*)::integer FROM dropstock.waitlist w WHERE w.drop_id = d.id) AS waiting
   FROM dropstock.drops d
  CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
                        FROM dropstock.stock_slots s

@@ -1,5 +1,6 @@
 -- expire_reservations: end up to max_rows holds that are past due and give their units back, each to
--- its variant; returns how many holds it ended. Holds locked by an in-flight purchase or cancel are skipped (their owner decides
+-- its variant: to the first buyers waiting for them in the drop's line, or to stock (_give_back);
+-- returns how many holds it ended. Holds locked by an in-flight purchase or cancel are skipped (their owner decides
 -- them); each hold is ended once, because only a locked row still marked 'reserved' is changed.
 -- Run it in a loop until it returns less than max_rows to drain a backlog; the background worker does.
 -- `due_after` limits the look to holds that fell due after it. Holds that ended leave dead entries at
@@ -35,12 +36,13 @@ BEGIN
         ), gone AS (
             UPDATE dropstock.reservations r SET status = 'expired'
               FROM due WHERE r.id = due.id
-            RETURNING r.drop_id, r.variant, r.quantity
+            RETURNING r.drop_id, r.variant, r.quantity, r.user_id
         )
-        SELECT gone.drop_id, gone.variant, count(*)::integer AS holds, sum(gone.quantity)::integer AS units
+        SELECT gone.drop_id, gone.variant, count(*)::integer AS holds, sum(gone.quantity)::integer AS units,
+               array_agg(gone.user_id) AS buyers
           FROM gone GROUP BY gone.drop_id, gone.variant ORDER BY gone.drop_id, gone.variant
     LOOP
-        PERFORM dropstock._adjust_stock(per_drop.drop_id, per_drop.variant, per_drop.units, 0);
+        PERFORM dropstock._give_back(per_drop.drop_id, per_drop.variant, per_drop.units, per_drop.buyers);
         ended := ended + per_drop.holds;
     END LOOP;
     RETURN ended;
@@ -71,13 +73,16 @@ BEGIN
                          WHERE x.status IN ('expired', 'cancelled') AND x.expires_at < ended_before
                          LIMIT max_rows FOR UPDATE SKIP LOCKED)
         RETURNING r.id, r.drop_id, r.user_id, r.status, r.expires_at, r.created_at, r.variant, r.quantity,
-                  r.extensions
+                  r.extensions, r.offered
     )
     INSERT INTO dropstock.archived_holds (id, drop_id, user_id, status, expires_at, created_at, variant, quantity,
-                                          extensions)
-    SELECT g.id, g.drop_id, g.user_id, g.status, g.expires_at, g.created_at, g.variant, g.quantity, g.extensions
+                                          extensions, offered)
+    SELECT g.id, g.drop_id, g.user_id, g.status, g.expires_at, g.created_at, g.variant, g.quantity, g.extensions,
+           g.offered
       FROM gone g;
     GET DIAGNOSTICS moved = ROW_COUNT;
+    -- Cooldowns that have passed mean nothing any more.
+    DELETE FROM dropstock.cooldowns c WHERE c.until < now();
     RETURN moved;
 END
 $$;

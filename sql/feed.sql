@@ -14,16 +14,22 @@
 
 -- publish_changes: NOTIFY dropstock, '<json>' for each drop whose stock or buyers changed since its
 -- last publication; returns how many notifications it sent.
--- Payload: {"dropId", "availableStock", "totalStock", "seq", "purchases": [{"id", "createdAt",
--- "user": {"username"}}]}, the purchases being sales not announced before, newest first, at
+-- Payload: {"dropId", "availableStock", "totalStock", "seq", "waiting", "purchases": [{"id", "createdAt",
+-- "user": {"username"}}]}, `waiting` being how many buyers wait in the drop's line, the purchases being sales not announced before, newest first, at
 -- most 10 per notification; more new sales than that go out as several notifications in a row, oldest
 -- sales first, each with its own seq and the same stock. A sized drop's payload also has "variants":
 -- [[variant, available], ...], the variants whose available units changed since the last publication,
 -- by variant number (variant_status gives the labels). Numbers, not labels, keep a notice under
 -- PostgreSQL's 8,000-byte limit whatever the labels: 100 variants take at most 1,500 bytes, ten sales
 -- at most 4,300 (names of 64 four-byte characters).
--- Drops that ended more than a minute ago are not looked at. Buyers appear by name only: any role that
--- can connect can LISTEN, and a buyer's id is theirs alone.
+-- Drops that ended more than a minute ago are not looked at (a draw's drop: unless buyers wait in its
+-- line). Buyers appear by name only: any role that can connect can LISTEN, and a buyer's id is theirs
+-- alone.
+-- Offers made since the last publication (waitlist.sql) go out on channel `dropstock_inbox`, one
+-- notification each, addressed to the buyer's inbox (inbox_of: the hash of a secret only the buyer and
+-- the API know) and naming no buyer: {"inbox", "dropId", "expiresAt", "variant", "quantity"}, the
+-- variant by label (null on a drop without sizes). Each offer is announced once: the publication that
+-- announces it removes it from offers_unsent in the same transaction.
 -- The background worker calls it every tick; without the worker, any scheduler can.
 CREATE FUNCTION publish_changes()
 RETURNS integer
@@ -38,6 +44,7 @@ DECLARE
     sales json;
     sizes json;
     candidates uuid[];
+    offers integer;
 BEGIN
     -- One publisher at a time (the worker's tick and a manual call), so seq rises strictly.
     PERFORM pg_advisory_xact_lock(7237970079682749796);  -- 'dropfeed'
@@ -52,11 +59,19 @@ BEGIN
                  WHERE r.status = 'reserved' AND r.drop_id > live.drop_id
                  ORDER BY r.drop_id LIMIT 1)
           FROM live WHERE live.drop_id IS NOT NULL
+    ), line(drop_id) AS (
+        -- Drops with buyers in line, the same way: their `waiting` may have changed.
+        (SELECT w.drop_id FROM dropstock.waitlist w ORDER BY w.drop_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT w.drop_id FROM dropstock.waitlist w WHERE w.drop_id > line.drop_id ORDER BY w.drop_id LIMIT 1)
+          FROM line WHERE line.drop_id IS NOT NULL
     )
     SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}') INTO candidates
       FROM (SELECT l.drop_id FROM live l WHERE l.drop_id IS NOT NULL
             UNION
-            SELECT f.drop_id FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending
+            SELECT l.drop_id FROM line l WHERE l.drop_id IS NOT NULL
+            UNION
+            SELECT f.drop_id FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending OR f.waiting > 0
             UNION
             SELECT p.drop_id FROM dropstock.purchases p WHERE p.feed_seq IS NULL) c;
 
@@ -68,18 +83,22 @@ BEGIN
                    ARRAY(SELECT sum(s.available)::integer FROM dropstock.stock_slots s
                           WHERE s.drop_id = c.drop_id GROUP BY s.variant ORDER BY s.variant)
                END AS variants, f.variants AS last_variants,
-               EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales
+               EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales,
+               (SELECT count(*)::integer FROM dropstock.waitlist w WHERE w.drop_id = d.id) AS waiting,
+               coalesce(f.waiting, 0) AS last_waiting
           FROM unnest(candidates) AS c(drop_id)
          CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id) d
           LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id) f ON true
          CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
                                FROM dropstock.stock_slots s WHERE s.drop_id = c.drop_id) st
          WHERE d.ends_at IS NULL OR d.ends_at > now() - interval '1 minute'
+            OR (d.mode = 'draw' AND (f.waiting > 0 OR EXISTS (SELECT FROM dropstock.waitlist w WHERE w.drop_id = d.id)))
          ORDER BY c.drop_id
     LOOP
         CONTINUE WHEN NOT (changed.pending OR changed.new_sales
                            OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold
-                           OR changed.variants IS DISTINCT FROM changed.last_variants);
+                           OR changed.variants IS DISTINCT FROM changed.last_variants
+                           OR changed.waiting <> changed.last_waiting);
         -- Units can move between sizes with the total unchanged (a cancel and a hold in one tick).
         IF changed.variants IS NOT NULL THEN
             SELECT coalesce(json_agg(json_build_array(x.variant, x.available) ORDER BY x.variant), '[]'::json)
@@ -113,6 +132,7 @@ BEGIN
                     'availableStock', changed.available,
                     'totalStock', changed.total_stock,
                     'seq', next_seq,
+                    'waiting', changed.waiting,
                     'purchases', sales)::text);
             ELSE
                 PERFORM pg_notify('dropstock', json_build_object(
@@ -120,6 +140,7 @@ BEGIN
                     'availableStock', changed.available,
                     'totalStock', changed.total_stock,
                     'seq', next_seq,
+                    'waiting', changed.waiting,
                     'purchases', sales,
                     'variants', sizes)::text);
             END IF;
@@ -128,14 +149,33 @@ BEGIN
                    OR NOT EXISTS (SELECT FROM dropstock.purchases p
                                    WHERE p.drop_id = changed.id AND p.feed_seq IS NULL);
         END LOOP;
-        INSERT INTO dropstock.feed_state AS f (drop_id, seq, available, sold, held, pending, published_at, variants)
+        INSERT INTO dropstock.feed_state AS f (drop_id, seq, available, sold, held, pending, published_at, variants,
+                                               waiting)
         VALUES (changed.id, next_seq, changed.available, changed.sold,
-                changed.total_stock - changed.available - changed.sold, false, now(), changed.variants)
+                changed.total_stock - changed.available - changed.sold, false, now(), changed.variants,
+                changed.waiting)
         ON CONFLICT (drop_id) DO UPDATE
            SET seq = excluded.seq, available = excluded.available, sold = excluded.sold,
                held = excluded.held, pending = false, published_at = excluded.published_at,
-               variants = excluded.variants;
+               variants = excluded.variants, waiting = excluded.waiting;
     END LOOP;
+
+    -- The offers, each to its buyer's inbox.
+    WITH sent AS (
+        DELETE FROM dropstock.offers_unsent o RETURNING o.reservation_id, o.drop_id, o.user_id
+    )
+    SELECT count(pg_notify('dropstock_inbox', json_build_object(
+               'inbox', encode(sha256(convert_to(u.inbox_key, 'UTF8')), 'hex'),
+               'dropId', sent.drop_id,
+               'expiresAt', r.expires_at,
+               'variant', v.label,
+               'quantity', r.quantity)::text))
+      INTO offers
+      FROM sent
+      JOIN dropstock.users u ON u.id = sent.user_id
+      JOIN dropstock.reservations r ON r.id = sent.reservation_id
+      LEFT JOIN dropstock.variants v ON v.drop_id = r.drop_id AND v.variant = r.variant;
+    published := published + offers;
     RETURN published;
 END
 $$;

@@ -5,17 +5,23 @@
 -- _reserve: the reservation core. For each distinct buyer, in array order, one answer row: the live
 -- hold they already have (fresh = false), a new hold (fresh = true), or a refusal as a SQLSTATE and
 -- message (DS002 unknown buyer, DS012 no size named on a sized drop, DS013 unknown size, DS021 limit
--- reached, DS020 sold out). `labels` and `quantities` go with `user_ids` element by element (NULL: no
--- size, one unit). What concerns the whole drop (DS001 unknown, DS010 not started, DS011 ended) is raised.
+-- reached, DS020 sold out or others waiting for the size, DS022 cooling down, DS025 in the drop's
+-- line). `labels` and `quantities` go with `user_ids` element by element (NULL: no size, one unit).
+-- What concerns the whole drop (DS001 unknown, DS010 not started, DS011 ended, DS014 a draw not drawn
+-- yet) is raised.
 --
 -- The steps, in the lock order of stock.sql:
 --   1. the drop, read once (and a sized drop's labels);
 --   2. the buyer locks, so each buyer's state below is what their last call committed;
---   3. each buyer's state: known, size, live hold, units bought; a buyer's own hold that ran out before
---      a sweep saw it is ended here and its units kept for the new holds of its variant;
+--   3. each buyer's state: known, size, live hold, place in the drop's line, units bought; a buyer's
+--      own hold that ran out before a sweep saw it is ended here, and its units go back after the
+--      claims of step 4, to the line or to stock, never to that buyer (who would otherwise keep a unit
+--      for ever by reserving again each time their hold runs out). Nobody gets units others wait for
+--      (waitlist.sql): they are refused, with the cooldown's end when their own hold ended while others
+--      waited;
 --   4. units for the buyers still waiting, one variant at a time in ascending order, first come first
---      served and all or nothing per buyer: the units in hand, then free stock (_claim_units), then
---      other buyers' past-due holds (_reclaim_due); units nobody could use go back;
+--      served and all or nothing per buyer: free stock (_claim_units), then other buyers' past-due
+--      holds (_reclaim_due); units nobody could use go back (_give_back);
 --   5. the new holds, inserted together.
 CREATE FUNCTION _reserve(drop_id uuid, user_ids uuid[], labels text[], quantities integer[])
 RETURNS TABLE (user_id uuid, reservation_id uuid, expires_at timestamptz, created_at timestamptz,
@@ -41,11 +47,18 @@ DECLARE
     waiting_at integer[] := '{}';            -- buyers who need units, in order: where each stands in uids,
     waiting_variant smallint[] := '{}';      --   the variant
     waiting_units integer[] := '{}';         --   and how many units
+    waiting_lapsed boolean[] := '{}';        --   and whether their own hold ran out (ended in step 3)
     -- Per variant, element v + 1 for variant v:
     wanted integer[] := '{}';                --   units the waiting buyers want
+    wanted_by_others integer[] := '{}';      --   of which by buyers whose own hold did not run out
     in_hand integer[] := '{}';               --   units of buyers' own past-due holds, ended in step 3
+    lapsed_buyers uuid[] := '{}';            -- those buyers
+    busy_lines boolean[] := '{}';            --   whether anybody waits in the drop's line for it
+    until timestamptz;
     granted integer;
     left_over integer;
+    own_left integer;                        -- of the units in hand, those not handed out yet
+    from_own integer;
     short_variant smallint;
     v smallint;
     g integer;
@@ -65,7 +78,13 @@ BEGIN
         RAISE EXCEPTION 'drop "%" has not started yet', d.name USING ERRCODE = 'DS010',
               DETAIL = format('It opens at %s.', d.starts_at);
     END IF;
-    IF d.ends_at IS NOT NULL AND clock_timestamp() >= d.ends_at THEN
+    IF d.mode = 'draw' THEN
+        -- Before the draw its units are the entrants'; after it, what the draw left is first come,
+        -- first served, its end being the end of entries.
+        IF NOT EXISTS (SELECT FROM dropstock.draws w WHERE w.drop_id = d.id) THEN
+            RAISE EXCEPTION 'drop "%" is a draw', d.name USING ERRCODE = 'DS014', HINT = 'Enter the draw.';
+        END IF;
+    ELSIF d.ends_at IS NOT NULL AND clock_timestamp() >= d.ends_at THEN
         RAISE EXCEPTION 'drop "%" has ended', d.name USING ERRCODE = 'DS011',
               DETAIL = format('It closed at %s.', d.ends_at);
     END IF;
@@ -85,7 +104,8 @@ BEGIN
                live.id AS live_id, live.expires_at AS live_expires_at, live.created_at AS live_created_at,
                live.variant AS live_variant, live.quantity AS live_units,
                (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
-                 WHERE p.user_id = a.uid AND p.drop_id = d.id) AS bought
+                 WHERE p.user_id = a.uid AND p.drop_id = d.id) AS bought,
+               (SELECT w.place FROM dropstock.waitlist w WHERE w.drop_id = d.id AND w.user_id = a.uid) AS place
           FROM (SELECT t.uid, min(t.pos)::integer AS pos
                   FROM unnest(_reserve.user_ids) WITH ORDINALITY AS t(uid, pos)
                  GROUP BY t.uid) a
@@ -143,12 +163,48 @@ BEGIN
                 answer_units[n] := buyer.live_units;
                 CONTINUE;
             END IF;
-            -- Their own hold ran out before a sweep saw it: end it; its units go to new holds of its variant.
+        END IF;
+        IF buyer.place IS NOT NULL THEN
+            -- Their turn comes as an offer; reserving would jump the line they are in.
+            states[n] := 'DS025';
+            messages[n] := format('you are number %s in line for drop "%s": the units are offered to you when your turn comes',
+                                  (SELECT count(*) FROM dropstock.waitlist w WHERE w.drop_id = d.id AND w.place <= buyer.place),
+                                  d.name);
+            CONTINUE;
+        END IF;
+        IF buyer.live_id IS NOT NULL THEN
+            -- Their own hold ran out before a sweep saw it: end it; its units go back after the claims.
             UPDATE dropstock.reservations r SET status = 'expired'
              WHERE r.id = buyer.live_id AND r.status = 'reserved';
             IF FOUND THEN
                 in_hand[buyer.live_variant + 1] := coalesce(in_hand[buyer.live_variant + 1], 0) + buyer.live_units;
+                lapsed_buyers := lapsed_buyers || buyer.uid;
             END IF;
+        END IF;
+        IF busy_lines[v + 1] IS NULL THEN
+            busy_lines[v + 1] := EXISTS (SELECT FROM dropstock.waitlist w
+                                          WHERE w.drop_id = d.id AND v = ANY (w.variants)
+                                            AND (w.kept_variant IS NULL OR w.kept_variant = v));
+        END IF;
+        IF busy_lines[v + 1] THEN
+            -- Others wait for these units. A buyer whose own hold ended while they did cools down.
+            IF buyer.live_id IS NOT NULL AND buyer.live_expires_at <= clock_timestamp() THEN
+                INSERT INTO dropstock.cooldowns AS c (drop_id, user_id, until)
+                VALUES (d.id, buyer.uid, buyer.live_expires_at + make_interval(secs => coalesce(d.cooldown_seconds, d.hold_seconds)))
+                ON CONFLICT ON CONSTRAINT cooldowns_pkey DO UPDATE SET until = greatest(c.until, excluded.until);
+            END IF;
+            until := (SELECT c.until FROM dropstock.cooldowns c
+                       WHERE c.drop_id = d.id AND c.user_id = buyer.uid AND c.until > clock_timestamp());
+            IF until IS NOT NULL THEN
+                states[n] := 'DS022';
+                messages[n] := format('your hold on drop "%s" ended while others were waiting: you may reserve it again from %s',
+                                      d.name, until);
+            ELSE
+                states[n] := 'DS020';
+                messages[n] := CASE WHEN NOT d.sized THEN format('buyers are waiting for drop "%s": join the waiting list', d.name)
+                                    ELSE format('buyers are waiting for size "%s" of drop "%s": join the waiting list', sizes[v], d.name) END;
+            END IF;
+            CONTINUE;
         END IF;
         -- The limit counts units of live holds and purchases; the buyer holds no live hold at this point.
         IF buyer.bought + buyer.units > d.per_user_limit THEN
@@ -162,7 +218,11 @@ BEGIN
         waiting_at := waiting_at || n;
         waiting_variant := waiting_variant || v;
         waiting_units := waiting_units || buyer.units;
+        waiting_lapsed := waiting_lapsed || (buyer.live_id IS NOT NULL);
         wanted[v + 1] := coalesce(wanted[v + 1], 0) + buyer.units;
+        IF buyer.live_id IS NULL THEN
+            wanted_by_others[v + 1] := coalesce(wanted_by_others[v + 1], 0) + buyer.units;
+        END IF;
     END LOOP;
 
     -- Units per variant, in ascending variant order, then handed out in buyer order. Past-due holds that
@@ -180,24 +240,34 @@ BEGIN
                 CONTINUE WHEN coalesce(wanted[k], 0) = 0 AND coalesce(in_hand[k], 0) = 0;
                 v := k - 1;
                 short_variant := NULL;
-                granted := coalesce(in_hand[k], 0);
-                IF granted < coalesce(wanted[k], 0) THEN
-                    granted := granted + dropstock._claim_units(d.id, v, wanted[k] - granted);
-                    IF granted < wanted[k] THEN
+                -- The units in hand (own lapsed holds) serve the other buyers only; the rest is claimed.
+                own_left := coalesce(in_hand[k], 0);
+                granted := 0;
+                IF least(own_left, coalesce(wanted_by_others[k], 0)) < coalesce(wanted[k], 0) THEN
+                    granted := dropstock._claim_units(d.id, v, wanted[k] - least(own_left, coalesce(wanted_by_others[k], 0)));
+                    IF granted < wanted[k] - least(own_left, coalesce(wanted_by_others[k], 0)) THEN
                         BEGIN
-                            granted := granted + dropstock._reclaim_due(d.id, v, wanted[k] - granted);
+                            granted := granted + dropstock._reclaim_due(d.id, v,
+                                           wanted[k] - least(own_left, coalesce(wanted_by_others[k], 0)) - granted);
                         EXCEPTION WHEN lock_not_available THEN
                             NULL;  -- see _reclaim_due
                         END;
                     END IF;
                 END IF;
-                -- All or nothing per buyer, first come first served.
-                left_over := granted;
+                -- All or nothing per buyer, first come first served; `granted` counts claimed units
+                -- not handed out yet.
                 FOR i IN 1 .. coalesce(cardinality(waiting_at), 0) LOOP
                     CONTINUE WHEN waiting_variant[i] <> v;
+                    left_over := granted + CASE WHEN waiting_lapsed[i] THEN 0 ELSE own_left END;
                     IF waiting_units[i] <= left_over THEN
                         granted_at := granted_at || i;
-                        left_over := left_over - waiting_units[i];
+                        IF NOT waiting_lapsed[i] THEN
+                            from_own := least(own_left, waiting_units[i]);
+                            own_left := own_left - from_own;
+                            granted := granted - (waiting_units[i] - from_own);
+                        ELSE
+                            granted := granted - waiting_units[i];
+                        END IF;
                     ELSE
                         short_variant := v;
                         states[waiting_at[i]] := 'DS020';
@@ -209,8 +279,9 @@ BEGIN
                                              left_over, sizes[v], d.name, waiting_units[i]) END;
                     END IF;
                 END LOOP;
-                IF left_over > 0 THEN
-                    PERFORM dropstock._adjust_stock(d.id, v, left_over, 0);
+                -- Units nobody here could use, claimed or in hand, to the line or to stock.
+                IF granted + own_left > 0 THEN
+                    PERFORM dropstock._give_back(d.id, v, granted + own_left, lapsed_buyers);
                 END IF;
                 due_by := clock_timestamp();
                 IF short_variant IS NOT NULL AND round < 5
@@ -294,9 +365,11 @@ $$;
 -- hold_seconds, by the database clock, all or none. A buyer who already holds a live hold on the drop
 -- gets that same hold back, whatever size and quantity they ask for now, so client retries are safe.
 -- Refusals: DS001 unknown drop, DS002 unknown buyer, DS010 not started, DS011 ended, DS012 no size named
--- on a sized drop, DS013 no such size, DS021 per-user limit reached (units of holds and purchases,
--- across sizes), DS020 sold out (or fewer units left than asked); 22023 for a missing argument or a
--- quantity outside 1..10000.
+-- on a sized drop, DS013 no such size, DS014 a draw not drawn yet, DS021 per-user limit reached (units
+-- of holds and purchases, across sizes), DS020 sold out (or fewer units left than asked, or buyers
+-- waiting in the drop's line for that size), DS022 the buyer's hold ended while others waited and the
+-- drop's cooldown has not passed, DS025 the buyer is in the drop's line; 22023 for a missing argument
+-- or a quantity outside 1..10000.
 CREATE FUNCTION reserve_item(drop_id uuid, user_id uuid, variant text DEFAULT NULL, quantity integer DEFAULT 1)
 RETURNS reservations
 LANGUAGE plpgsql
@@ -322,7 +395,7 @@ BEGIN
         RETURN (SELECT r FROM dropstock.reservations r WHERE r.id = answer.reservation_id);
     END IF;
     RETURN ROW(answer.reservation_id, reserve_item.drop_id, reserve_item.user_id, 'reserved',
-               answer.expires_at, answer.created_at, answer.variant_number, answer.quantity, 0)::dropstock.reservations;
+               answer.expires_at, answer.created_at, answer.variant_number, answer.quantity, 0, false)::dropstock.reservations;
 END
 $$;
 

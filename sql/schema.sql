@@ -6,7 +6,11 @@ CREATE TYPE reservation_status AS ENUM ('reserved', 'purchased', 'expired', 'can
 CREATE TABLE users (
     id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     username   text NOT NULL UNIQUE CHECK (length(btrim(username)) BETWEEN 1 AND 64),
-    created_at timestamptz NOT NULL DEFAULT now()
+    created_at timestamptz NOT NULL DEFAULT now(),
+    -- The buyer's secret for their inbox (their own offers in the feed): returned by create_user only,
+    -- never published. Two random UUIDs' hex, 244 random bits. The inbox's public name is its SHA-256
+    -- (inbox_of, waitlist.sql), so the feed can address a buyer without naming them.
+    inbox_key  text NOT NULL DEFAULT (replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''))
 );
 
 CREATE TABLE drops (
@@ -23,8 +27,16 @@ CREATE TABLE drops (
     -- one implicit variant without a look-up.
     sized          boolean NOT NULL DEFAULT false,
     -- How many times a buyer may extend one hold by hold_seconds (extend_hold); 0: never.
-    max_extensions integer NOT NULL DEFAULT 0 CHECK (max_extensions BETWEEN 0 AND 100)
+    max_extensions integer NOT NULL DEFAULT 0 CHECK (max_extensions BETWEEN 0 AND 100),
+    -- 'race': first come, first served (reserve_item). 'draw': buyers enter between starts_at and ends_at
+    -- and the draw orders them (draw.sql).
+    mode           text NOT NULL DEFAULT 'race' CHECK (mode IN ('race', 'draw')),
+    -- How long a buyer whose hold ended while others were waiting may not reserve the drop (NULL:
+    -- hold_seconds).
+    cooldown_seconds integer CHECK (cooldown_seconds BETWEEN 0 AND 86400)
 );
+-- The draws the worker must run: few rows (draw drops only).
+CREATE INDEX drops_draws ON drops (ends_at) WHERE mode = 'draw';
 
 -- A drop's variants (sizes), each with its own stock. A drop without sizes has one implicit variant,
 -- number 0 with no label, so every stock path is the same for both kinds; a sized drop's variants are
@@ -67,7 +79,9 @@ CREATE TABLE reservations (
     -- bought, given back or expired together), and how many times extend_hold lengthened it.
     variant    smallint NOT NULL DEFAULT 0,
     quantity   integer NOT NULL DEFAULT 1 CHECK (quantity >= 1),
-    extensions integer NOT NULL DEFAULT 0
+    extensions integer NOT NULL DEFAULT 0,
+    -- Made for a buyer from the waiting list or a draw (an offer), not by their own reserve_item.
+    offered    boolean NOT NULL DEFAULT false
 ) WITH (
     -- Every hold is inserted and then ended (a non-HOT update: status is in the partial indexes'
     -- predicates), so a busy day leaves dead rows and dead index entries at the pace of the holds
@@ -105,7 +119,8 @@ CREATE TABLE archived_holds (
     archived_at timestamptz NOT NULL DEFAULT now(),
     variant     smallint NOT NULL DEFAULT 0,
     quantity    integer NOT NULL DEFAULT 1,
-    extensions  integer NOT NULL DEFAULT 0
+    extensions  integer NOT NULL DEFAULT 0,
+    offered     boolean NOT NULL DEFAULT false
 );
 
 -- A sale keeps its hold: the key has no ON DELETE CASCADE, so removing holds can never remove sales
@@ -140,13 +155,15 @@ CREATE TABLE feed_state (
     held         integer NOT NULL DEFAULT 0,
     pending      boolean NOT NULL DEFAULT true,
     published_at timestamptz,
+    -- Buyers waiting on the drop at the last publication.
+    waiting      integer NOT NULL DEFAULT 0,
     -- A sized drop's available units per variant at the last publication, element i for variant i;
     -- NULL for a drop without sizes. The notice carries only the variants that differ from it.
     variants     integer[]
 );
 -- The drops a tick must look at besides those with live holds: units held at the last publication
 -- (they may have ended since), or never published.
-CREATE INDEX feed_state_to_check ON feed_state (drop_id) WHERE held > 0 OR pending;
+CREATE INDEX feed_state_to_check ON feed_state (drop_id) WHERE held > 0 OR pending OR waiting > 0;
 
 -- What `active_drops` and `drop_status` answer: a drop, its exact stock and its three latest buyers.
 CREATE TYPE recent_purchase AS (
@@ -181,4 +198,89 @@ CREATE TYPE variant_stock AS (
     available_stock integer,
     held_stock      integer,
     sold_stock      integer
+);
+
+-- The waiting list: buyers waiting for units of a drop that is sold out or fully held (waitlist.sql).
+-- One line per drop, in `place` order (lower: earlier); a buyer has one place per drop whatever sizes
+-- they wait for (`variants`: any of them will do, {0} on a drop without sizes). A buyer who wants
+-- several units is offered them all at once: units that come back for them are kept (`kept` units of
+-- `kept_variant`, out of stock and counted as held) until there are enough. Like holds, no foreign
+-- keys: the functions check the drop and the buyer.
+CREATE SEQUENCE waitlist_place;
+CREATE TABLE waitlist (
+    drop_id      uuid NOT NULL,
+    user_id      uuid NOT NULL,
+    place        bigint NOT NULL DEFAULT nextval('waitlist_place'),
+    variants     smallint[] NOT NULL CHECK (cardinality(variants) BETWEEN 1 AND 100),
+    quantity     integer NOT NULL DEFAULT 1 CHECK (quantity >= 1),
+    kept_variant smallint,
+    kept         integer NOT NULL DEFAULT 0 CHECK (kept >= 0 AND kept < quantity),
+    joined_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (drop_id, user_id)
+);
+CREATE UNIQUE INDEX waitlist_line ON waitlist (drop_id, place);
+
+-- Buyers whose hold ended (ran out, or was cancelled) while others were waiting for its units, and
+-- until when they may not reserve that drop again. Rows past `until` mean nothing; archive_holds
+-- removes them.
+CREATE TABLE cooldowns (
+    drop_id uuid NOT NULL,
+    user_id uuid NOT NULL,
+    until   timestamptz NOT NULL,
+    PRIMARY KEY (drop_id, user_id)
+);
+
+-- Offers made since the last publication: the worker's publication tells each buyer's inbox about
+-- theirs and empties it, in one transaction (feed.sql).
+CREATE TABLE offers_unsent (
+    reservation_id uuid PRIMARY KEY,
+    drop_id        uuid NOT NULL,
+    user_id        uuid NOT NULL
+);
+
+-- A draw's entries (draw.sql): one per buyer and drop, the sizes any of which will do, and, once drawn,
+-- the entry's place in the draw's order. The entry's id, made when the buyer enters and so fixed before
+-- the seed exists, is what the draw hashes: it can be published where a buyer's id cannot.
+CREATE TABLE draw_entries (
+    id         uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    drop_id    uuid NOT NULL,
+    user_id    uuid NOT NULL,
+    variants   smallint[] NOT NULL CHECK (cardinality(variants) BETWEEN 1 AND 100),
+    quantity   integer NOT NULL DEFAULT 1 CHECK (quantity >= 1),
+    entered_at timestamptz NOT NULL DEFAULT now(),
+    place      integer,
+    UNIQUE (drop_id, user_id)
+);
+CREATE INDEX draw_entries_order ON draw_entries (drop_id, place);
+
+-- A drop's draw, once run: the seed it was run with (published), how many entries it ordered and how
+-- many got an offer at once.
+CREATE TABLE draws (
+    drop_id  uuid PRIMARY KEY REFERENCES drops (id) ON DELETE CASCADE,
+    seed     text NOT NULL,
+    drawn_at timestamptz NOT NULL DEFAULT now(),
+    entries  integer NOT NULL,
+    winners  integer NOT NULL
+);
+
+-- What join_waitlist and enter_draw answer: the buyer's place (sizes by label; NULL on a drop without
+-- sizes) and whether this call made it (fresh) or found it.
+CREATE TYPE waitlist_entry AS (
+    drop_id   uuid,
+    user_id   uuid,
+    "position" integer,
+    variants  text[],
+    quantity  integer,
+    joined_at timestamptz,
+    fresh     boolean
+);
+
+CREATE TYPE draw_entry AS (
+    entry_id   uuid,
+    drop_id    uuid,
+    user_id    uuid,
+    variants   text[],
+    quantity   integer,
+    entered_at timestamptz,
+    fresh      boolean
 );

@@ -19,6 +19,11 @@
 -- A wait for a lock of a lower rank never happens while holding one of a higher rank, and waits within
 -- a rank follow one order, so no cycle of waits can form. Nothing polls, and the answer is known as
 -- soon as the transactions ahead in line end.
+-- The waiting list's line locks (waitlist.sql) stand beside this order. Whoever gives units back takes
+-- them in shared mode, in ascending (drop, variant) order, and shared holders never wait for each
+-- other; join_waitlist takes them exclusively, in the same order, holding nothing but a buyer lock,
+-- and waits for nothing else while it holds one. So a wait for a line lock always ends when its
+-- holders' transactions do. Line rows are taken with SKIP LOCKED by whoever serves the line.
 
 -- _lock_buyers: take the buyer lock of each (drop, buyer), in ascending key order, until the end of the
 -- transaction. Everything that decides what a buyer holds or has bought on a drop (reserve, purchase,
@@ -32,6 +37,15 @@ RETURNS bigint
 LANGUAGE sql
 IMMUTABLE PARALLEL SAFE
 AS $$ SELECT pg_catalog.uuid_hash_extended(user_id, pg_catalog.uuid_hash_extended(drop_id, 0)) $$;
+
+-- _line_key: the advisory lock key of a drop's waiting line for one variant (waitlist.sql; variant -1:
+-- the drop's draw, draw.sql). A collision with another key only makes two unrelated calls wait for
+-- each other.
+CREATE FUNCTION _line_key(drop_id uuid, variant smallint)
+RETURNS bigint
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE
+AS $$ SELECT pg_catalog.uuid_hash_extended(drop_id, 4294967296 + variant) $$;
 
 CREATE FUNCTION _lock_buyers(drop_id uuid, user_ids uuid[])
 RETURNS void
@@ -80,7 +94,8 @@ BEGIN
             RETURN hold;
         END IF;
     END IF;
-    SELECT a.id, a.drop_id, a.user_id, a.status, a.expires_at, a.created_at, a.variant, a.quantity, a.extensions
+    SELECT a.id, a.drop_id, a.user_id, a.status, a.expires_at, a.created_at, a.variant, a.quantity, a.extensions,
+           a.offered
       INTO hold
       FROM dropstock.archived_holds a WHERE a.id = _lock_hold.reservation_id;
     IF NOT FOUND THEN
@@ -283,6 +298,9 @@ $$;
 -- waiting for one of them (a cancel giving its unit back), so it must not wait for hold rows: the same
 -- short lock_timeout as _claim_free, and the caller counts a timeout as nothing reclaimed (the unit is
 -- on its way back to stock through that other transaction).
+-- A past-due hold's units are units coming back: while anybody waits for them in the drop's line they
+-- are the line's (waitlist.sql), so nothing is reclaimed then; the line's lock, shared, keeps a buyer
+-- from joining between that look and the reclaim.
 CREATE FUNCTION _reclaim_due(drop_id uuid, variant smallint, wanted integer)
 RETURNS integer
 LANGUAGE plpgsql
@@ -293,6 +311,12 @@ DECLARE
     reclaimed integer;
 BEGIN
     IF wanted < 1 THEN
+        RETURN 0;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(dropstock._line_key(_reclaim_due.drop_id, _reclaim_due.variant));
+    IF EXISTS (SELECT FROM dropstock.waitlist w
+                WHERE w.drop_id = _reclaim_due.drop_id AND _reclaim_due.variant = ANY (w.variants)
+                  AND (w.kept_variant IS NULL OR w.kept_variant = _reclaim_due.variant)) THEN
         RETURN 0;
     END IF;
     -- Enough of the oldest past-due holds to make up `wanted` units: each hold while the units of the

@@ -3,5 +3,6 @@
 pgrx::extension_sql_file!(
     "../../sql/access.sql",
     name = "access",
-    requires = ["users", "drops", "reserve", "purchase", "cancel", "expiry", "feed"]
+    requires =
+        ["users", "drops", "reserve", "purchase", "cancel", "expiry", "feed", "waitlist", "draw"]
 );

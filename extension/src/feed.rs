@@ -2,6 +2,9 @@
 
 pgrx::extension_sql_file!("../../sql/feed.sql", name = "feed", requires = ["schema"]);
 
+// The tests run side by side, each in one transaction. One that has published holds the publication
+// lock to its end, so the buyers it creates after that have names no other test uses: a test waiting
+// for the lock may have inserted a common name that this one would wait for.
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
@@ -28,9 +31,9 @@ mod tests {
             0,
             "nothing changed"
         );
-        let ann = buyer("ann");
+        let ann = buyer("rising seq ann");
         let hold = reserve(&drop, &ann);
-        reserve(&drop, &buyer("bob"));
+        reserve(&drop, &buyer("rising seq bob"));
         assert_eq!(
             int("SELECT dropstock.publish_changes()"),
             1,
@@ -69,7 +72,7 @@ mod tests {
         let drop = drop_with_stock(30);
         run("SELECT dropstock.publish_changes()");
         for i in 0..23 {
-            let who = buyer(&format!("buyer{i}"));
+            let who = buyer(&format!("announced buyer {i}"));
             let hold = reserve(&drop, &who);
             run(&format!("SELECT dropstock.purchase('{hold}', '{who}')"));
         }
@@ -97,7 +100,7 @@ mod tests {
         assert!(!boolean(&format!(
             "SELECT held > 0 OR pending FROM dropstock.feed_state WHERE drop_id = '{drop}'"
         )));
-        let hold = reserve(&drop, &buyer("ann"));
+        let hold = reserve(&drop, &buyer("quiet drop buyer"));
         assert_eq!(int("SELECT dropstock.publish_changes()"), 1);
         run(&format!(
             "SELECT dropstock.cancel_reservation('{hold}', user_id) FROM dropstock.reservations WHERE id = '{hold}'"

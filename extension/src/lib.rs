@@ -25,11 +25,22 @@
 //! - **buyer lock**: the per-(drop, buyer) lock every decision about a buyer's holds takes first.
 //! - **feed**: the stream of stock changes the worker publishes with `NOTIFY dropstock`; one **notice**
 //!   is one notification's payload; a **publication** is one `publish_changes` run.
+//! - **waiting list** (`waitlist`): buyers waiting for a sold-out or fully held drop, one **line** per
+//!   drop in order of **place**; a buyer waits for any of several sizes and for one or more units.
+//! - **offer**: a hold made for the first buyer in line when units come back (a hold with `offered`);
+//!   **kept** units: units set aside for a buyer in line who wants more than have come back so far.
+//! - **give back**: units of an ended hold going to the line first, to stock only if nobody waits.
+//! - **cooldown**: a buyer whose hold ended while others waited may not reserve that drop for a while.
+//! - **draw**: a drop sold by lot (`mode = 'draw'`): buyers **enter** it, and the draw orders the
+//!   entries by a hash of a published **seed** and each entry's id; that order becomes the drop's line.
+//! - **inbox**: a buyer's private part of the feed (their offers, `NOTIFY dropstock_inbox`), named by
+//!   the hash of a secret only the buyer holds (`inbox_key`).
 
 ::pgrx::pg_module_magic!(name, version);
 
 mod access;
 mod cancel;
+mod draw;
 mod drops;
 mod expiry;
 mod feed;
@@ -39,6 +50,7 @@ mod schema;
 mod settings;
 mod stock;
 mod users;
+mod waitlist;
 mod worker;
 
 use pgrx::prelude::*;

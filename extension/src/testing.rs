@@ -101,13 +101,15 @@ pub fn available_of(drop: &str, label: &str) -> i64 {
 }
 
 /// available + held + sold = total, each part non-negative, for the drop and for each of its variants,
-/// and the held and sold counts match the units of live holds and of sales.
+/// and the held and sold counts match the units of live holds (and units kept for buyers in line) and
+/// of sales.
 pub fn assert_stock_invariant(drop: &str) {
     let ok = boolean(&format!(
         "SELECT s.available_stock + s.held_stock + s.sold_stock = s.total_stock
             AND s.available_stock >= 0 AND s.held_stock >= 0 AND s.sold_stock >= 0
             AND s.held_stock = (SELECT coalesce(sum(r.quantity), 0) FROM dropstock.reservations r
                                  WHERE r.drop_id = s.id AND r.status = 'reserved')
+                             + (SELECT coalesce(sum(w.kept), 0) FROM dropstock.waitlist w WHERE w.drop_id = s.id)
             AND s.sold_stock = (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p WHERE p.drop_id = s.id)
            FROM dropstock.drop_status('{drop}') s"
     ));
@@ -117,6 +119,8 @@ pub fn assert_stock_invariant(drop: &str) {
             AND v.available_stock >= 0 AND v.held_stock >= 0 AND v.sold_stock >= 0
             AND v.held_stock = (SELECT coalesce(sum(r.quantity), 0) FROM dropstock.reservations r
                                  WHERE r.drop_id = '{drop}' AND r.variant = v.variant AND r.status = 'reserved')
+                             + (SELECT coalesce(sum(w.kept), 0) FROM dropstock.waitlist w
+                                 WHERE w.drop_id = '{drop}' AND w.kept_variant = v.variant)
             AND v.sold_stock = (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
                                  WHERE p.drop_id = '{drop}' AND p.variant = v.variant))
            FROM dropstock.variant_status('{drop}') v"

@@ -388,7 +388,8 @@ impl Sweep {
 }
 
 /// One tick: expire due holds in bounded batches, one transaction each, until fewer than a batch were
-/// due; then publish what changed. The first error ends the tick; what was committed stays.
+/// due (their units going to waiting lists first); run the draws whose entries closed; then publish
+/// what changed. The first error ends the tick; what was committed stays.
 fn tick(sweep: &mut Sweep) -> Result<(), Failure> {
     let batch = settings::SWEEP_BATCH.get().max(1);
     report_activity(STATE_RUNNING, "dropstock: expiring holds");
@@ -402,6 +403,10 @@ fn tick(sweep: &mut Sweep) -> Result<(), Failure> {
             break;
         }
     }
+    report_activity(STATE_RUNNING, "dropstock: running due draws");
+    in_transaction("running due draws", || {
+        Spi::get_one::<i32>("SELECT dropstock.run_due_draws()")
+    })?;
     report_activity(STATE_RUNNING, "dropstock: publishing stock changes");
     in_transaction("publishing stock changes", || {
         Spi::get_one::<i32>("SELECT dropstock.publish_changes()")
