@@ -98,10 +98,20 @@ pub struct DropView {
     /// A sized drop's sizes, in the extension's order; left out for a drop without sizes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<SizeView>,
+    /// `draw` for a drop sold by a draw; left out for a race (first come, first served), as before draws.
+    #[serde(skip_serializing_if = "is_race")]
+    pub mode: String,
+    /// Buyers in the drop's waiting list; left out when nobody waits.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub waiting: i32,
 }
 
 fn is_zero(value: &i32) -> bool {
     *value == 0
+}
+
+fn is_race(mode: &str) -> bool {
+    mode == "race"
 }
 
 /// One size of a drop, as drops list them.
@@ -389,6 +399,8 @@ mod tests {
             })],
             max_extensions: 0,
             variants: Vec::new(),
+            mode: "race".to_owned(),
+            waiting: 0,
         })
         .unwrap();
         assert_eq!(

@@ -84,7 +84,7 @@ pub async fn extension_installed(client: &Connection) -> Result<bool, DbError> {
 const SUMMARY_COLUMNS: &str =
     "id, name, price::float8, total_stock, available_stock, held_stock, sold_stock, \
      starts_at, ends_at, hold_seconds, per_user_limit, created_at, to_json(recent_purchases)::text, \
-     max_extensions, to_json(variants)::text";
+     max_extensions, to_json(variants)::text, mode, waiting";
 
 /// A JSON array column (`to_json` of an array of the extension's composite type). The views build them
 /// with `ARRAY(…)`, so they hold no NULLs today; skipping them rather than failing keeps one odd row from
@@ -119,6 +119,8 @@ fn drop_view(row: &Row) -> Result<DropView, DbError> {
         sales: sales.into_iter().map(Into::into).collect(),
         max_extensions: row.try_get(13)?,
         variants: sizes.into_iter().map(Into::into).collect(),
+        mode: row.try_get(15)?,
+        waiting: row.try_get(16)?,
     })
 }
 

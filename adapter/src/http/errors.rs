@@ -178,7 +178,8 @@ impl ApiError {
 /// - DS012 no size named, DS013 no such size → 422, as the extension's other argument checks (22023):
 ///   the request names the drop rightly but asks for something it does not sell.
 /// - DS014 (a draw drop: enter the draw), DS015 (not a draw), DS023 (units are free: reserve them),
-///   DS024 (the buyer already holds one) → 409: the request is well formed, but the drop's mode or state
+///   DS024 (the buyer already holds one), DS025 (the buyer is in the line: their turn comes as an offer)
+///   → 409: the request is well formed, but the drop's mode or state
 ///   calls for another request, which the message names.
 /// - DS016 already drawn → 409, DS017 entries still open → 409, as DS010: not now, or not again.
 /// - DS022 cooldown → 429 with `Retry-After`: unlike DS021, the same request succeeds once the cooldown
@@ -193,7 +194,7 @@ pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
         "DS031" => StatusCode::FORBIDDEN,
         "DS033" | "DS034" | "DS040" | "DS041" => StatusCode::CONFLICT,
         "DS012" | "DS013" => StatusCode::UNPROCESSABLE_ENTITY,
-        "DS014" | "DS015" | "DS016" | "DS017" | "DS023" | "DS024" => StatusCode::CONFLICT,
+        "DS014" | "DS015" | "DS016" | "DS017" | "DS023" | "DS024" | "DS025" => StatusCode::CONFLICT,
         "DS022" => StatusCode::TOO_MANY_REQUESTS,
         // invalid_parameter_value: the extension's own argument checks.
         "22023" => StatusCode::UNPROCESSABLE_ENTITY,
@@ -252,20 +253,28 @@ impl ApiError {
     /// A refusal the extension reported as a SQLSTATE and message, as `reserve_items` does per buyer.
     pub fn from_sqlstate(sqlstate: &str, message: &str) -> Self {
         match status_for_sqlstate(sqlstate) {
-            Some(status) => ApiError::new(status, sqlstate.to_owned(), message),
+            Some(status) => ApiError {
+                // The cooldown's message ends with when it is over.
+                retry_after: (sqlstate == "DS022")
+                    .then(|| seconds_until(message))
+                    .flatten(),
+                ..ApiError::new(status, sqlstate.to_owned(), message)
+            },
             None => ApiError::internal(&format_args!("SQLSTATE {sqlstate}: {message}")),
         }
     }
 }
 
-/// Whole seconds (rounded up, at least 1) from now until the time a cooldown refusal's DETAIL names,
-/// written by PostgreSQL (`2026-11-28 08:50:00.123+00`) or as RFC 3339, alone or after a colon.
-fn seconds_until(detail: &str) -> Option<u64> {
-    let text = detail.rsplit_once(": ").map_or(detail, |(_, at)| at).trim();
-    let text = text.trim_end_matches('.');
-    let at = chrono::DateTime::parse_from_rfc3339(text)
-        .or_else(|_| chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z"))
-        .ok()?;
+/// Whole seconds (rounded up, at least 1) from now until the time a cooldown refusal ends with, as
+/// PostgreSQL writes a timestamptz (`… again from 2026-11-28 08:50:00.123+00`).
+fn seconds_until(message: &str) -> Option<u64> {
+    let at = message
+        .char_indices()
+        .filter(|(_, c)| c.is_ascii_digit())
+        .find_map(|(start, _)| {
+            let text = message[start..].trim_end_matches('.');
+            chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z").ok()
+        })?;
     let millis = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
     Some(u64::try_from(millis).unwrap_or(0).div_ceil(1000).max(1))
 }
@@ -274,11 +283,7 @@ fn from_postgres(error: tokio_postgres::Error) -> ApiError {
     if let Some(db) = error.as_db_error() {
         let sqlstate = db.code().code();
         if status_for_sqlstate(sqlstate).is_some() {
-            let mut refusal = ApiError::from_sqlstate(sqlstate, db.message());
-            if sqlstate == "DS022" {
-                refusal.retry_after = db.detail().and_then(seconds_until);
-            }
-            return refusal;
+            return ApiError::from_sqlstate(sqlstate, db.message());
         }
         if is_unavailable_sqlstate(sqlstate) {
             tracing::warn!(sqlstate, message = db.message(), "database unavailable");
@@ -293,4 +298,23 @@ fn from_postgres(error: tokio_postgres::Error) -> ApiError {
         return ApiError::unavailable("the database is unavailable; try again shortly");
     }
     ApiError::internal(&error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_when_a_cooldown_ends() {
+        let at = chrono::Utc::now() + chrono::Duration::milliseconds(41_500);
+        let message = format!(
+            "your hold on drop \"x 12:00\" ended while others were waiting: you may reserve it again from {}",
+            at.format("%Y-%m-%d %H:%M:%S%.f+00")
+        );
+        assert_eq!(seconds_until(&message), Some(42));
+        let error = ApiError::from_sqlstate("DS022", &message);
+        assert_eq!(error.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.retry_after, Some(42));
+        assert_eq!(seconds_until("no time here"), None);
+    }
 }

@@ -151,13 +151,26 @@ async fn buyers_join_a_sold_out_drops_line_and_move_up_when_someone_ahead_leaves
         "not waiting"
     );
 
-    // Somebody else trying to reserve is told to join the line, which is waiting for the units.
+    // Somebody else trying to reserve is told to join the line, which is waiting for the units; a buyer
+    // in it is told their turn will come; the drop says how many wait.
     let carol = adapter.new_buyer().await;
     assert_refused(
         &adapter.reserve(&drop, &carol).await,
         409,
         "DS020",
         "waiting",
+    );
+    assert_refused(
+        &adapter.reserve(&drop, &bob).await,
+        409,
+        "DS025",
+        "number 2 in line",
+    );
+    let (_, shown) = adapter.get(&format!("/api/drops/{drop}")).await;
+    assert_eq!(shown["data"]["waiting"], 2, "{shown}");
+    assert!(
+        shown["data"].get("mode").is_none(),
+        "a race reads as before: {shown}"
     );
 
     let leave = format!("{}/leave", waitlist(&drop));
@@ -393,8 +406,11 @@ async fn new_buyers_get_their_inbox_key_once_and_new_drops_take_a_mode_and_a_coo
 async fn a_cancelled_hold_while_others_wait_puts_its_buyer_in_a_cooldown_with_retry_after() {
     let adapter = Adapter::start().await;
     let (drop, holder, hold) = held_drop(&adapter, 1, 60).await;
-    let waiting = adapter.new_buyer().await;
-    assert_eq!(join(&adapter, &drop, &waiting).await.0, 201);
+    // Two wait: the first gets the unit back as an offer, the second is still waiting after.
+    for _ in 0..2 {
+        let waiting = adapter.new_buyer().await;
+        assert_eq!(join(&adapter, &drop, &waiting).await.0, 201);
+    }
     let (status, cancelled) = adapter
         .post(
             &format!("/api/reservations/{hold}/cancel"),
@@ -415,7 +431,7 @@ async fn a_cancelled_hold_while_others_wait_puts_its_buyer_in_a_cooldown_with_re
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok());
     let refused = read(response).await;
-    assert_refused(&refused, 429, "DS022", "");
+    assert_refused(&refused, 429, "DS022", "again from");
     let seconds = retry_after.expect("Retry-After on a cooldown");
     assert!(
         (1..=60).contains(&seconds),
@@ -758,6 +774,7 @@ async fn buyers_enter_a_draw_and_the_result_is_public_and_recomputable() {
                             "endsAt": closes.to_rfc3339()}),
         )
         .await;
+    assert_eq!(drop["mode"], "draw");
     let drop = id(&drop);
     let entries = format!("/api/drops/{drop}/draw/entries");
     let (ada, grace) = (adapter.new_buyer().await, adapter.new_buyer().await);

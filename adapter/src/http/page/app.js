@@ -18,7 +18,7 @@ const state = {
   unlisted: new Set(), // drop ids the feed mentioned that a reload did not list (ended drops)
   waiting: new Map(), // drop id → buyers in its waiting list, as the feed last said
   positions: new Map(), // drop id → this buyer's place in its line (1 = next), absent when not waiting
-  draws: new Map(), // drop id → its draw as GET /api/drops/{id}/draw answers, or null for a race drop
+  draws: new Map(), // drop id of a draw (`mode: 'draw'`) → the draw as GET /api/drops/{id}/draw answers
   entered: new Set(), // drop ids whose draw this buyer entered
   buyer: null, // { id, username, inboxKey }
   snapshotAt: 0, // local time the feed's last snapshot arrived
@@ -247,6 +247,7 @@ function replaceDrops(drops) {
   for (const drop of drops) {
     const previous = state.drops.get(drop.id);
     next.set(drop.id, { ...drop, seq: previous ? previous.seq : undefined });
+    state.waiting.set(drop.id, drop.waiting || 0);
   }
   // A draw's offers come after it closes, when the drop is no longer listed: a drop this buyer holds or
   // entered stays on screen until they are done with it.
@@ -481,7 +482,7 @@ function renderDrop(dropId) {
   const share = drop.totalStock > 0 ? drop.availableStock / drop.totalStock : 0;
   $('.bar-fill', card).style.width = `${Math.round(share * 100)}%`;
 
-  const draw = state.draws.get(dropId);
+  const draw = drop.mode === 'draw' ? state.draws.get(dropId) || { entries: 0, order: [] } : null;
   const badge = $('.badge', card);
   badge.textContent = draw ? {
     ended: draw.drawnAt ? 'Drawn' : 'Entries closed',
@@ -522,13 +523,14 @@ function renderDrop(dropId) {
   renderQuantity(drop, card);
   const busy = card.dataset.busy === 'yes';
   const reserveButton = $('.reserve', card);
-  reserveButton.hidden = Boolean(hold) || Boolean(draw);
+  // A drawn draw sells what it left first come, first served.
+  reserveButton.hidden = Boolean(hold) || Boolean(draw && !draw.drawnAt);
   const picked = (drop.variants || []).find((v) => v.label === choice(dropId).size);
   const sizeMissing = Boolean(drop.variants) && (!picked || picked.availableStock <= 0);
   reserveButton.disabled = busy || current !== 'open' || sizeMissing;
   for (const radio of card.querySelectorAll('.size-options input')) {
     // A draw or a waiting list takes any size: sold-out ones may be picked there.
-    if (draw || current === 'soldout') radio.disabled = false;
+    if ((draw && !draw.drawnAt) || current === 'soldout') radio.disabled = false;
   }
   $('.extend', card).hidden = !hold || (hold.extensions || 0) >= (drop.maxExtensions || 0);
   $('.extend', card).disabled = busy;
@@ -537,9 +539,7 @@ function renderDrop(dropId) {
   $('.cancel', card).hidden = !hold;
   $('.cancel', card).disabled = busy;
   // A sold-out race drop takes a waiting list; a draw takes entries while it is open.
-  $('.join', card).hidden = Boolean(hold) || Boolean(draw) || current !== 'soldout' || Boolean(place)
-    // Only a drop with a closing time can be a draw: until the server says which, no button.
-    || (Boolean(drop.endsAt) && !state.draws.has(dropId));
+  $('.join', card).hidden = Boolean(hold) || Boolean(draw && !draw.drawnAt) || current !== 'soldout' || Boolean(place);
   $('.join', card).disabled = busy;
   $('.leave', card).hidden = Boolean(hold) || !place;
   $('.leave', card).disabled = busy;
@@ -594,7 +594,7 @@ function tick() {
   for (const [dropId, drop] of state.drops) {
     const draw = state.draws.get(dropId);
     // A closed draw is drawn by the server within moments: look until it is.
-    if (draw && !draw.drawnAt && drop.endsAt && Date.parse(drop.endsAt) <= now) loadDraw(dropId, 2000);
+    if (drop.mode === 'draw' && !(draw && draw.drawnAt) && Date.parse(drop.endsAt) <= now) loadDraw(dropId, 2000);
     const card = state.cards.get(dropId);
     if (liveHold(dropId) || (card && card.dataset.state !== phase(drop, now)) || phase(drop, now) === 'upcoming') {
       renderDrop(dropId);
@@ -889,8 +889,8 @@ async function offerArrived(offer) {
   say(offer.dropId, 'Your turn: units came back and are held for you. Purchase before the countdown ends.', 'good');
 }
 
-// Whether a drop is a draw, and how it stands. Only drops with a closing time can be draws, so only they
-// are asked, once each (and again while a closed draw is being drawn, at most every `throttleMs`).
+// How a draw stands: asked once per draw drop shown (and again while a closed draw is being drawn, at
+// most every `throttleMs`).
 const drawAsked = new Map(); // drop id → when last asked
 async function loadDraw(dropId, throttleMs = Infinity) {
   const asked = drawAsked.get(dropId);
@@ -899,14 +899,13 @@ async function loadDraw(dropId, throttleMs = Infinity) {
   const result = await api('GET', `/api/drops/${encodeURIComponent(dropId)}/draw`);
   drawAsked.set(dropId, Date.now());
   if (result.ok) state.draws.set(dropId, result.data);
-  else if (result.code === 'DS015') state.draws.set(dropId, null);
   else drawAsked.delete(dropId);
   renderDrop(dropId);
 }
 
 function renderDraw(drop, card, draw, current) {
   const box = $('.draw', card);
-  if (draw === undefined && drop.endsAt && !drawAsked.has(drop.id)) loadDraw(drop.id);
+  if (draw && !state.draws.has(drop.id) && !drawAsked.has(drop.id)) loadDraw(drop.id);
   box.hidden = !draw;
   if (!draw) return;
   const mine = state.buyer && draw.order.find((p) => p.username === state.buyer.username);
