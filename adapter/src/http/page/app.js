@@ -500,7 +500,7 @@ function renderDrop(dropId) {
   const place = state.positions.get(dropId);
   const waiting = state.waiting.get(dropId) || 0;
   const lineText = place
-    ? `You are #${countFormat.format(place)} in line (${countFormat.format(waiting || place)} waiting).`
+    ? `You are #${countFormat.format(place)} in line (${countFormat.format(Math.max(waiting, place))} waiting).`
     : waiting > 0 && current === 'soldout' && !draw ? `${countFormat.format(waiting)} waiting for units to come back.` : '';
   const line = $('.line', card);
   line.hidden = !lineText || Boolean(hold);
@@ -528,10 +528,6 @@ function renderDrop(dropId) {
   const picked = (drop.variants || []).find((v) => v.label === choice(dropId).size);
   const sizeMissing = Boolean(drop.variants) && (!picked || picked.availableStock <= 0);
   reserveButton.disabled = busy || current !== 'open' || sizeMissing;
-  for (const radio of card.querySelectorAll('.size-options input')) {
-    // A draw or a waiting list takes any size: sold-out ones may be picked there.
-    if ((draw && !draw.drawnAt) || current === 'soldout') radio.disabled = false;
-  }
   $('.extend', card).hidden = !hold || (hold.extensions || 0) >= (drop.maxExtensions || 0);
   $('.extend', card).disabled = busy;
   $('.purchase', card).hidden = !hold;
@@ -590,6 +586,9 @@ function tick() {
       hold.status = 'expired';
       say(dropId, 'Your hold ran out, so the unit went back on sale.', 'bad');
     }
+  }
+  for (const dropId of state.positions.keys()) {
+    if (Date.now() - (positionQueue.readAt.get(dropId) || 0) > POSITION_STALE_MS) refreshPosition(dropId);
   }
   for (const [dropId, drop] of state.drops) {
     const draw = state.draws.get(dropId);
@@ -733,7 +732,8 @@ function extend(dropId) {
 }
 
 // ---- fair access: waiting lists, offers, draws ---------------------------------------------------------------
-// The sizes a buyer waits for or enters with: the one picked, or (nothing picked on a sized drop) any.
+// The sizes a buyer waits for or enters with: the one picked, or (nothing picked on a sized drop, as on a
+// sold-out one, whose sizes are all greyed out) any of them.
 function wantedSizes(drop) {
   const body = {};
   if (drop && drop.variants) {
@@ -800,8 +800,12 @@ function enterDraw(dropId) {
 
 // A place in line is re-read when the line's length changes, but never more than once per ~2 s for the
 // whole page: a busy drop changes its line every tick, and every page watching it must not ask each time.
-const positionQueue = { drops: new Set(), checked: new Set(), timer: null, lastAt: 0 };
+const positionQueue = { drops: new Set(), checked: new Set(), readAt: new Map(), timer: null, lastAt: 0 };
 const POSITION_EVERY_MS = 2000;
+// The feed tells the line's length, not who is in it: one buyer joining behind while another ahead
+// leaves, within one publication, moves this buyer up with no change to tell. A place is therefore also
+// read again this often while the buyer waits.
+const POSITION_STALE_MS = 15000;
 
 function refreshPosition(dropId) {
   if (!state.buyer) return;
@@ -818,6 +822,7 @@ async function fetchNextPosition() {
   if (dropId === undefined || !state.buyer) return;
   positionQueue.drops.delete(dropId);
   positionQueue.lastAt = Date.now();
+  positionQueue.readAt.set(dropId, positionQueue.lastAt);
   const buyer = state.buyer;
   const result = await api('GET', `/api/drops/${encodeURIComponent(dropId)}/waitlist?userId=${encodeURIComponent(buyer.id)}`);
   if (result.ok && state.buyer === buyer) {
