@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use dropstock_tests::adapter::*;
 use dropstock_tests::db::*;
+use futures_util::StreamExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 /// These tests LISTEN on the worker's channels with each other and with the feed tests' adapters; a
 /// burst in one delays what another waits for against the clock, so they take turns.
@@ -616,6 +618,30 @@ async fn an_offer_reaches_only_the_connections_that_opened_its_inbox() {
         .socketio_with_auth(&json!({"inboxKey": grace_key}))
         .await
         .expect("a Socket.IO client opens its inbox");
+    // And one that opens Ada's inbox after connecting, with a `subscribe` event and its acknowledgement.
+    let mut ada_socketio_later = adapter
+        .socketio_with_auth(&json!({}))
+        .await
+        .expect("a Socket.IO client without an inbox");
+    say(
+        &mut ada_socketio_later,
+        &format!(r#"421["subscribe",{{"inboxKey":"{ada_key}"}}]"#),
+    )
+    .await;
+    let ack = tokio::time::timeout(WITHIN, async {
+        loop {
+            match ada_socketio_later.socket.next().await {
+                Some(Ok(Message::Text(text))) if text.as_str().starts_with("431") => {
+                    return text.as_str().to_owned()
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("no acknowledgement: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the subscribe event is acknowledged");
+    assert_eq!(ack, r#"431[{"ok":true}]"#);
 
     notify_offer(
         &db,
@@ -632,9 +658,14 @@ async fn an_offer_reaches_only_the_connections_that_opened_its_inbox() {
         let offers: Vec<&Value> = before.iter().filter(|m| is_offer(m)).collect();
         assert_eq!(offers, [&offer], "Ada's connections get her offer once");
     }
-    let before = until_marker(&mut ada_socketio, &marker).await;
-    let offers: Vec<&Value> = before.iter().filter(|m| is_offer(m)).collect();
-    assert_eq!(offers, [&json!({"event": "offer", "args": [offer]})]);
+    for feed in [&mut ada_socketio, &mut ada_socketio_later] {
+        let before = until_marker(feed, &marker).await;
+        let offers: Vec<&Value> = before.iter().filter(|m| is_offer(m)).collect();
+        assert_eq!(
+            offers,
+            [&json!({"event": "offer", "args": [offer.clone()]})]
+        );
+    }
     for feed in [&mut grace, &mut watcher, &mut grace_socketio] {
         let before = until_marker(feed, &marker).await;
         assert!(
