@@ -26,7 +26,7 @@
 CREATE FUNCTION _reserve(drop_id uuid, user_ids uuid[], labels text[], quantities integer[])
 RETURNS TABLE (user_id uuid, reservation_id uuid, expires_at timestamptz, created_at timestamptz,
                fresh boolean, sqlstate text, message text, variant text, quantity integer,
-               variant_number smallint)
+               variant_number smallint, detail text)
 LANGUAGE plpgsql
 AS $$
 #variable_conflict use_column
@@ -41,6 +41,7 @@ DECLARE
     hold_times timestamptz[] := '{}';
     states text[] := '{}';                   --   the refusal's SQLSTATE, or NULL
     messages text[] := '{}';
+    details text[] := '{}';                  --   the refusal's detail, or NULL
     answer_labels text[] := '{}';            --   the hold's size label, number and units
     answer_variants smallint[] := '{}';
     answer_units integer[] := '{}';
@@ -123,6 +124,7 @@ BEGIN
         hold_times[n] := NULL;
         states[n] := NULL;
         messages[n] := NULL;
+        details[n] := NULL;
         answer_labels[n] := NULL;
         answer_variants[n] := NULL;
         answer_units[n] := buyer.units;
@@ -199,6 +201,7 @@ BEGIN
                 states[n] := 'DS022';
                 messages[n] := format('your hold on drop "%s" ended while others were waiting: you may reserve it again from %s',
                                       d.name, until);
+                details[n] := until::text;
             ELSE
                 states[n] := 'DS020';
                 messages[n] := CASE WHEN NOT d.sized THEN format('buyers are waiting for drop "%s": join the waiting list', d.name)
@@ -338,6 +341,7 @@ BEGIN
         user_id := uids[i];
         sqlstate := states[i];
         message := messages[i];
+        detail := details[i];
         variant := answer_labels[i];
         quantity := answer_units[i];
         variant_number := answer_variants[i];
@@ -387,7 +391,9 @@ BEGIN
     SELECT * INTO answer
       FROM dropstock._reserve(reserve_item.drop_id, ARRAY[reserve_item.user_id], ARRAY[reserve_item.variant],
                               ARRAY[reserve_item.quantity]);
-    IF answer.sqlstate IS NOT NULL THEN
+    IF answer.detail IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = answer.sqlstate, MESSAGE = answer.message, DETAIL = answer.detail;
+    ELSIF answer.sqlstate IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = answer.sqlstate, MESSAGE = answer.message;
     END IF;
     IF NOT answer.fresh THEN
