@@ -265,8 +265,8 @@ impl ApiError {
     }
 }
 
-/// Whole seconds (rounded up, at least 1) from now until the time a cooldown refusal ends with, as
-/// PostgreSQL writes a timestamptz (`… again from 2026-11-28 08:50:00.123+00`).
+/// Whole seconds (rounded up, at least 1) from now until the time a cooldown refusal names, as
+/// PostgreSQL writes a timestamptz (`… again from 2026-11-28 08:50:00.123+00`, or that time alone).
 fn seconds_until(message: &str) -> Option<u64> {
     let at = message
         .char_indices()
@@ -283,7 +283,15 @@ fn from_postgres(error: tokio_postgres::Error) -> ApiError {
     if let Some(db) = error.as_db_error() {
         let sqlstate = db.code().code();
         if status_for_sqlstate(sqlstate).is_some() {
-            return ApiError::from_sqlstate(sqlstate, db.message());
+            let mut refusal = ApiError::from_sqlstate(sqlstate, db.message());
+            // reserve_item's cooldown carries its time alone as DETAIL (reserve_items' rows, the
+            // message only).
+            if sqlstate == "DS022" {
+                if let Some(seconds) = db.detail().and_then(seconds_until) {
+                    refusal.retry_after = Some(seconds);
+                }
+            }
+            return refusal;
         }
         if is_unavailable_sqlstate(sqlstate) {
             tracing::warn!(sqlstate, message = db.message(), "database unavailable");
