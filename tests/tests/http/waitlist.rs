@@ -798,7 +798,8 @@ async fn an_offer_reaches_its_buyer_alone_and_is_bought_like_a_hold() {
 async fn buyers_enter_a_draw_and_the_result_is_public_and_recomputable() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let adapter = Adapter::start().await;
-    let closes = chrono::Utc::now() + chrono::Duration::seconds(4);
+    // Room for the entries and refusals below on a busy machine before entries close.
+    let closes = chrono::Utc::now() + chrono::Duration::seconds(8);
     let drop = adapter
         .create_drop(
             json!({"name": unique("draw"), "price": 200, "totalStock": 1, "mode": "draw",
