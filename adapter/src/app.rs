@@ -81,7 +81,8 @@ impl App {
         };
         pool::check(&pool, &database).await?;
         let metrics = Metrics::new();
-        Ok(Arc::new(App {
+        // The Socket.IO feed opens inboxes through the app it is part of.
+        Ok(Arc::new_cyclic(|app| App {
             database,
             listen_database,
             holds: Batcher::new(pool.clone(), metrics.reservation_queues.clone()),
@@ -90,7 +91,7 @@ impl App {
                 .with_open_drop_creation(config.open_drop_creation),
             cors: Cors::new(&config.cors_origins),
             hub: Hub::new(),
-            socketio: SocketIoFeed::new(&metrics.socketio_clients),
+            socketio: SocketIoFeed::new(&metrics.socketio_clients, app.clone()),
             metrics,
             health: HealthCheck::default(),
             limits: config.rate_limits(),

@@ -49,10 +49,12 @@
 //!   - [`db::batching`]: requests to reserve in one drop share one `reserve_items` call.
 //!   - [`db::models`]: the JSON views rows are read into, with the replaced API's field names.
 //! - [`feed`]: the live feed of stock changes.
-//!   - [`feed::relay`]: the one LISTEN connection, reconnected with backoff.
-//!   - [`feed::notice`]: the worker's notice format (the NOTIFY payload).
+//!   - [`feed::relay`]: the one LISTEN connection (stock notices and offers), reconnected with backoff.
+//!   - [`feed::notice`]: the worker's notice formats (the NOTIFY payloads, stock and offer).
+//!   - [`feed::inbox`]: opening a buyer's inbox (their offers) with their inbox key or buyer token.
 //!   - [`feed::hub`]: the fan-out from the relay to every client, bounded in memory.
-//!   - [`feed::messages`]: what clients receive (`snapshot`, `stock`, `purchase`, `paused`, `resync`).
+//!   - [`feed::messages`]: what clients receive (`snapshot`, `stock`, `purchase`, `paused`, `resync`, and
+//!     `offer` to one inbox's connections).
 //!   - [`feed::websocket`]: the `/ws` endpoint, one task per client.
 //!   - [`feed::socketio`]: the `/socket.io/` endpoint (Socket.IO, as the replaced backend served it, through
 //!     `socketioxide`): one task relays the hub to every client as `stock:update`, `stock`, `purchase`
@@ -71,6 +73,13 @@
 //! - **sale**: a hold turned into a purchase (the API's "purchase").
 //! - **feed**: the stream of stock changes and sales clients watch over `/ws` or `/socket.io/`.
 //! - **notice**: one `NOTIFY dropstock` payload from the extension's worker.
+//! - **waiting list** (a drop's **line**): buyers waiting for units of a sold-out drop, in order; a
+//!   buyer's **position** is their place in it (the API's "waitlist").
+//! - **offer**: a hold the waiting list made for the buyer whose turn came; bought like any hold.
+//! - **draw**: a drop sold by lot: buyers **enter** it, a seeded hash orders the entries, and the order
+//!   becomes its line.
+//! - **inbox**: a buyer's private part of the feed, where their offers arrive; opened with the buyer's
+//!   **inbox key**, named by its hash (the **inbox id**).
 
 mod app;
 pub mod config;

@@ -325,8 +325,55 @@ async function scenario() {
     document.querySelector(`li.drop[data-drop-id="${id}"] .sizes input[value="US 8"]`).disabled, sized.id, 3_000);
   step('C held 2 of "US 8", extended the hold once; A\'s picker greyed "US 8" out', started);
 
+  // The waiting list. Eve holds the only unit of a drop; Fay waits first, then D joins from the page, at
+  // #2. Fay leaves and D's place moves to #1 by itself. Eve cancels: the unit is offered to D, whose page
+  // shows "Your turn!" and the hold with its countdown, and D buys it.
   started = Date.now();
-  for (const [who, page] of [['A', a], ['B', b], ['C', c]]) {
+  const waited = await rest(base, 'POST', '/api/drops', { name: `Waited-for ${tag}`, price: 99, totalStock: 1, holdSeconds: 30 }, adminToken);
+  const eve = await rest(base, 'POST', '/api/users', { username: `eve-${tag}` });
+  const fay = await rest(base, 'POST', '/api/users', { username: `fay-${tag}` });
+  const eveHold = await rest(base, 'POST', '/api/reservations', { userId: eve.id, dropId: waited.id });
+  await rest(base, 'POST', `/api/drops/${waited.id}/waitlist`, { userId: fay.id });
+  const d = await openBuyer('user-d', base, `?drop=${waited.id}`, { width: 390, height: 844 });
+  await waitFor(d, "D's page goes live", () => document.querySelector('#connection').dataset.state === 'live', undefined, 10_000);
+  await pickName(d, `dee-${tag}`);
+  await waitFor(d, 'D is offered the waiting list', (id) => {
+    const join = document.querySelector(`li.drop[data-drop-id="${id}"] button.join`);
+    return join && !join.hidden && !join.disabled;
+  }, waited.id, 3_000);
+  await cardText(d, waited.id, 'button.join').click();
+  await waitForOutcome(d, waited.id, 'joined the waiting list at #2', 3_000, 'D');
+  await waitFor(d, 'D sees their place, #2', (id) =>
+    /^You are #2 in line/.test(document.querySelector(`li.drop[data-drop-id="${id}"] .line`).textContent), waited.id, 1_000);
+  // The feed tells the line's length (not who is in it): Fay leaves once the page has heard that two
+  // wait, or her leaving and D's joining could fall into one publication and tell nothing.
+  await waitFor(d, 'D\'s page hears that two wait', (id) => state.waiting.get(id) === 2, waited.id, 3_000);
+  step('D joined a sold-out drop\'s waiting list from the page, second in line', started);
+
+  started = Date.now();
+  await rest(base, 'POST', `/api/drops/${waited.id}/waitlist/leave`, { userId: fay.id });
+  // The worker publishes the line's new length within a tick; the page re-reads its place at most every 2 s.
+  await waitFor(d, "D's place moves to #1", (id) =>
+    /^You are #1 in line/.test(document.querySelector(`li.drop[data-drop-id="${id}"] .line`).textContent), waited.id, 5_000);
+  step(`the buyer ahead left; D's page showed #1 ${Date.now() - started} ms later`, started);
+
+  started = Date.now();
+  await rest(base, 'POST', `/api/reservations/${eveHold.id}/cancel`, { userId: eve.id });
+  await waitFor(d, 'D sees "Your turn!" and the offered hold counting down', (id) => {
+    const card = document.querySelector(`li.drop[data-drop-id="${id}"]`);
+    const hold = card.querySelector('.hold');
+    return !document.querySelector('#turn').hidden && !hold.hidden && /^0:(2|3)\d$/.test(hold.querySelector('.hold-left').textContent)
+      && !card.querySelector('button.purchase').hidden;
+  }, waited.id, 5_000);
+  const offeredIn = Date.now() - started;
+  await d.screenshot({ path: path.join(shots, 'your-turn.png') });
+  await cardText(d, waited.id, 'button.purchase').click();
+  await waitForOutcome(d, waited.id, 'Purchased', 3_000, 'D');
+  await waitFor(d, 'the banner goes once the offer is bought', () => document.querySelector('#turn').hidden, undefined, 2_000);
+  step(`Eve cancelled; D's page said "Your turn!" ${offeredIn} ms later and D bought the offer`, started);
+
+  started = Date.now();
+  for (const [who, page] of [['A', a], ['B', b], ['C', c], ['D', d]]) {
     if (!(await page.evaluate(() => window.noReloadMarker === true))) throw new StepFailure(`${who}'s page reloaded`);
     if (page.errors.length) throw new StepFailure(`${who}'s page logged errors: ${page.errors.join(' | ')}`);
   }

@@ -260,6 +260,31 @@ impl Adapter {
         id(&answer["data"])
     }
 
+    /// POST /api/users; the buyer's id and inbox key (the secret that opens their inbox on the feed).
+    pub async fn new_buyer_with_inbox(&self) -> (String, String) {
+        let (status, answer) = self
+            .post("/api/users", json!({"username": unique("buyer")}))
+            .await;
+        assert_eq!(status, 201, "create user: {answer}");
+        let key = answer["data"]["inboxKey"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no inboxKey in {answer}"))
+            .to_owned();
+        (id(&answer["data"]), key)
+    }
+
+    pub async fn get_as(&self, path: &str, bearer: &str) -> (u16, Value) {
+        read(
+            self.http
+                .get(self.url(path))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
     pub async fn reserve(&self, drop: &str, buyer: &str) -> (u16, Value) {
         self.post(
             "/api/reservations",
@@ -294,6 +319,47 @@ impl Adapter {
         Feed {
             socket,
             socketio: true,
+        }
+    }
+
+    /// A Socket.IO client that connects to the default namespace with `auth` (`{inboxKey}` or `{token}`),
+    /// or the server's refusal of it (a connect error's packet).
+    pub async fn socketio_with_auth(&self, auth: &Value) -> Result<Feed, String> {
+        let url = format!(
+            "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+            self.port
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
+        let within = Duration::from_secs(5);
+        let next_text = async |socket: &mut WebSocketStream<MaybeTlsStream<TcpStream>>| loop {
+            match tokio::time::timeout(within, socket.next()).await {
+                Ok(Some(Ok(Message::Text(text)))) => return text.as_str().to_owned(),
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no Socket.IO packet within {within:?}: {other:?}"),
+            }
+        };
+        let open = next_text(&mut socket).await;
+        assert!(
+            open.starts_with("0{"),
+            "not an Engine.IO open packet: {open}"
+        );
+        socket
+            .send(Message::Text(format!("40{auth}").into()))
+            .await
+            .unwrap();
+        loop {
+            let packet = next_text(&mut socket).await;
+            if packet.starts_with("40") {
+                return Ok(Feed {
+                    socket,
+                    socketio: true,
+                });
+            }
+            if packet.starts_with("44") {
+                return Err(packet);
+            }
         }
     }
 

@@ -98,10 +98,20 @@ pub struct DropView {
     /// A sized drop's sizes, in the extension's order; left out for a drop without sizes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub variants: Vec<SizeView>,
+    /// `draw` for a drop sold by a draw; left out for a race (first come, first served), as before draws.
+    #[serde(skip_serializing_if = "is_race")]
+    pub mode: String,
+    /// Buyers in the drop's waiting list; left out when nobody waits.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub waiting: i32,
 }
 
 fn is_zero(value: &i32) -> bool {
     *value == 0
+}
+
+fn is_race(mode: &str) -> bool {
+    mode == "race"
 }
 
 /// One size of a drop, as drops list them.
@@ -212,6 +222,115 @@ pub struct BuyerView {
     pub username: String,
     #[serde(serialize_with = "timestamp")]
     pub created_at: DateTime<Utc>,
+    /// The secret that opens the buyer's inbox on the feed. Answered once, to the request that created
+    /// the buyer, and nowhere else: whoever holds it reads the buyer's offers.
+    pub inbox_key: String,
+}
+
+/// A buyer's place in a drop's waiting list, as `POST /api/drops/{id}/waitlist` answers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitlistEntryView {
+    pub drop_id: Uuid,
+    #[serde(rename = "userId")]
+    pub buyer_id: Uuid,
+    /// 1 = next in line.
+    pub position: i32,
+    /// The sizes waited for, by label (any of them will do); null on a drop without sizes.
+    pub variants: Option<Vec<String>>,
+    pub quantity: i32,
+    #[serde(serialize_with = "timestamp")]
+    pub joined_at: DateTime<Utc>,
+    /// Made by this call (true), or the place the buyer already had.
+    #[serde(skip)]
+    pub fresh: bool,
+}
+
+/// A buyer's place in a drop's line and the line's length, as `GET /api/drops/{id}/waitlist` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitlistView {
+    /// 1 = next in line; null when the buyer is not waiting (or none was named).
+    pub position: Option<i32>,
+    /// Buyers waiting on the drop.
+    pub waiting: i32,
+}
+
+/// What leaving a waiting list did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeftView {
+    pub drop_id: Uuid,
+    #[serde(rename = "userId")]
+    pub buyer_id: Uuid,
+    /// Whether the buyer was waiting (false: nothing to leave).
+    pub left: bool,
+}
+
+/// A buyer's entry into a draw, as `POST /api/drops/{id}/draw/entries` answers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrawEntryView {
+    pub id: Uuid,
+    pub drop_id: Uuid,
+    #[serde(rename = "userId")]
+    pub buyer_id: Uuid,
+    pub variants: Option<Vec<String>>,
+    pub quantity: i32,
+    #[serde(serialize_with = "timestamp")]
+    pub entered_at: DateTime<Utc>,
+    #[serde(skip)]
+    pub fresh: bool,
+}
+
+/// A draw's state and, once drawn, its result, as `GET /api/drops/{id}/draw` answers. Public: entries
+/// are named by username only.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrawView {
+    pub entries: i32,
+    #[serde(serialize_with = "optional_timestamp")]
+    pub drawn_at: Option<DateTime<Utc>>,
+    /// Published once drawn, so anyone can recompute the order.
+    pub seed: Option<String>,
+    /// Entries that got an offer when the draw ran.
+    pub winners: Option<i32>,
+    /// The entries in the order drawn; empty before the draw.
+    pub order: Vec<DrawPlace>,
+}
+
+/// One row of `dropstock.draw_result`, as it spells itself in JSON (read as `json_agg`, a built-in type).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrawPlace {
+    pub place: i32,
+    #[serde(alias = "entry_id")]
+    pub entry_id: Uuid,
+    pub username: String,
+    pub variants: Option<Vec<String>>,
+    pub quantity: i32,
+    /// hex sha256(seed || entry id): the key the order sorts by.
+    pub ticket: String,
+}
+
+/// One of a buyer's live holds, as `GET /api/users/{id}/reservations` lists them: a hold with its drop's
+/// name, and whether the waiting list offered it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuyerHoldView {
+    pub id: Uuid,
+    pub drop_id: Uuid,
+    pub drop_name: String,
+    #[serde(rename = "userId")]
+    pub buyer_id: Uuid,
+    pub status: HoldStatus,
+    #[serde(serialize_with = "timestamp")]
+    pub expires_at: DateTime<Utc>,
+    #[serde(serialize_with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    /// Made for the buyer when their turn in the waiting list came, not asked for.
+    pub offered: bool,
+    #[serde(flatten)]
+    pub units: Option<Units>,
 }
 
 /// What `POST /api/drops` hands to `dropstock.create_drop`. Optional fields left out fall back to the
@@ -231,6 +350,9 @@ pub struct NewDrop {
     /// The sizes and their stock, as the JSON object the client sent (checked by the extension).
     pub variants: Option<String>,
     pub max_extensions: Option<i32>,
+    /// `race` (first come, first served) or `draw` (entries, then a drawn order).
+    pub mode: Option<String>,
+    pub cooldown_seconds: Option<i32>,
 }
 
 #[cfg(test)]
@@ -277,6 +399,8 @@ mod tests {
             })],
             max_extensions: 0,
             variants: Vec::new(),
+            mode: "race".to_owned(),
+            waiting: 0,
         })
         .unwrap();
         assert_eq!(
@@ -343,9 +467,10 @@ mod tests {
             id,
             username: "ada".to_owned(),
             created_at: at,
+            inbox_key: "secret".to_owned(),
         })
         .unwrap();
-        assert_eq!(keys(&buyer), ["createdAt", "id", "username"]);
+        assert_eq!(keys(&buyer), ["createdAt", "id", "inboxKey", "username"]);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use uuid::Uuid;
 use postgres_types::{ToSql, Type};
 
 use crate::db::models::{
-    BuyerView, DropView, HoldStatus, HoldView, NewDrop, RecentSale, SaleView, Units, VariantStock,
+    BuyerHoldView, BuyerView, DrawEntryView, DrawPlace, DrawView, DropView, HoldStatus, HoldView,
+    NewDrop, RecentSale, SaleView, Units, VariantStock, WaitlistEntryView, WaitlistView,
 };
 use crate::db::pool::{Connection, Statements};
 use crate::db::DbError;
@@ -83,7 +84,7 @@ pub async fn extension_installed(client: &Connection) -> Result<bool, DbError> {
 const SUMMARY_COLUMNS: &str =
     "id, name, price::float8, total_stock, available_stock, held_stock, sold_stock, \
      starts_at, ends_at, hold_seconds, per_user_limit, created_at, to_json(recent_purchases)::text, \
-     max_extensions, to_json(variants)::text";
+     max_extensions, to_json(variants)::text, mode, waiting";
 
 /// A JSON array column (`to_json` of an array of the extension's composite type). The views build them
 /// with `ARRAY(…)`, so they hold no NULLs today; skipping them rather than failing keeps one odd row from
@@ -118,6 +119,8 @@ fn drop_view(row: &Row) -> Result<DropView, DbError> {
         sales: sales.into_iter().map(Into::into).collect(),
         max_extensions: row.try_get(13)?,
         variants: sizes.into_iter().map(Into::into).collect(),
+        mode: row.try_get(15)?,
+        waiting: row.try_get(16)?,
     })
 }
 
@@ -147,7 +150,7 @@ pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView
         (&drop.price, Type::TEXT),
         (&drop.total_stock, Type::INT4),
     ];
-    let optional: [(&str, Option<&(dyn ToSql + Sync)>, Type); 6] = [
+    let optional: [(&str, Option<&(dyn ToSql + Sync)>, Type); 8] = [
         (
             "starts_at",
             drop.starts_at.as_ref().map(|v| v as _),
@@ -179,6 +182,12 @@ pub async fn create_drop(client: &Connection, drop: &NewDrop) -> Result<DropView
             drop.max_extensions.as_ref().map(|v| v as _),
             Type::INT4,
         ),
+        ("mode", drop.mode.as_ref().map(|v| v as _), Type::TEXT),
+        (
+            "cooldown_seconds",
+            drop.cooldown_seconds.as_ref().map(|v| v as _),
+            Type::INT4,
+        ),
     ];
     for (name, value, ty) in optional {
         if let Some(value) = value {
@@ -207,7 +216,7 @@ pub async fn create_buyer(
 ) -> Result<BuyerView, DbError> {
     let rows = call!(
         client,
-        "SELECT u.id, u.username, u.created_at FROM dropstock.create_user($1, $2) u",
+        "SELECT u.id, u.username, u.created_at, u.inbox_key FROM dropstock.create_user($1, $2) u",
         &[(&username, Type::TEXT), (&id, Type::UUID)]
     )?;
     let row = only(rows)?;
@@ -215,7 +224,209 @@ pub async fn create_buyer(
         id: row.try_get(0)?,
         username: row.try_get(1)?,
         created_at: row.try_get(2)?,
+        inbox_key: row.try_get(3)?,
     })
+}
+
+/// The sizes a buyer waits for or enters a draw with: one label (or none, on a drop without sizes), or
+/// several, any of which will do. Each picks its own overload of the SQL function.
+#[derive(Debug, Clone)]
+pub enum Sizes {
+    One(Option<String>),
+    AnyOf(Vec<String>),
+}
+
+impl Sizes {
+    /// The argument's cast, which picks the overload (`variant text` or `variants text[]`).
+    fn cast(&self) -> &'static str {
+        match self {
+            Sizes::One(_) => "text",
+            Sizes::AnyOf(_) => "text[]",
+        }
+    }
+
+    fn value(&self) -> (&(dyn ToSql + Sync), Type) {
+        match self {
+            Sizes::One(label) => (label, Type::TEXT),
+            Sizes::AnyOf(labels) => (labels, Type::TEXT_ARRAY),
+        }
+    }
+}
+
+/// Calls `join_waitlist`: the buyer's place in the drop's line, new or the one they had.
+pub async fn join_waitlist(
+    client: &Connection,
+    drop_id: Uuid,
+    buyer: Uuid,
+    sizes: &Sizes,
+    quantity: i32,
+) -> Result<WaitlistEntryView, DbError> {
+    let sql = format!(
+        "SELECT w.drop_id, w.user_id, w.\"position\", w.variants, w.quantity, w.joined_at, w.fresh \
+           FROM dropstock.join_waitlist($1, $2, $3::{}, $4) w",
+        sizes.cast()
+    );
+    let (labels, labels_type) = sizes.value();
+    let row = only(call!(
+        client,
+        &sql,
+        &[
+            (&drop_id, Type::UUID),
+            (&buyer, Type::UUID),
+            (labels, labels_type),
+            (&quantity, Type::INT4),
+        ]
+    )?)?;
+    Ok(WaitlistEntryView {
+        drop_id: row.try_get(0)?,
+        buyer_id: row.try_get(1)?,
+        position: row.try_get(2)?,
+        variants: row.try_get(3)?,
+        quantity: row.try_get(4)?,
+        joined_at: row.try_get(5)?,
+        fresh: row.try_get(6)?,
+    })
+}
+
+/// Calls `leave_waitlist`: whether the buyer was waiting.
+pub async fn leave_waitlist(
+    client: &Connection,
+    drop_id: Uuid,
+    buyer: Uuid,
+) -> Result<bool, DbError> {
+    let row = only(call!(
+        client,
+        "SELECT dropstock.leave_waitlist($1, $2)",
+        &[(&drop_id, Type::UUID), (&buyer, Type::UUID)]
+    )?)?;
+    Ok(row.try_get(0)?)
+}
+
+/// The buyer's position in the drop's line (when a buyer is named) and the line's length.
+pub async fn waitlist(
+    client: &Connection,
+    drop_id: Uuid,
+    buyer: Option<Uuid>,
+) -> Result<WaitlistView, DbError> {
+    let row = only(call!(
+        client,
+        "SELECT CASE WHEN $2::uuid IS NOT NULL THEN dropstock.waitlist_position($1, $2) END, \
+                dropstock.waitlist_length($1)",
+        &[(&drop_id, Type::UUID), (&buyer, Type::UUID)]
+    )?)?;
+    Ok(WaitlistView {
+        position: row.try_get(0)?,
+        waiting: row.try_get(1)?,
+    })
+}
+
+/// Calls `enter_draw`: the buyer's entry, new or the one they had.
+pub async fn enter_draw(
+    client: &Connection,
+    drop_id: Uuid,
+    buyer: Uuid,
+    sizes: &Sizes,
+    quantity: i32,
+) -> Result<DrawEntryView, DbError> {
+    let sql = format!(
+        "SELECT e.entry_id, e.drop_id, e.user_id, e.variants, e.quantity, e.entered_at, e.fresh \
+           FROM dropstock.enter_draw($1, $2, $3::{}, $4) e",
+        sizes.cast()
+    );
+    let (labels, labels_type) = sizes.value();
+    let row = only(call!(
+        client,
+        &sql,
+        &[
+            (&drop_id, Type::UUID),
+            (&buyer, Type::UUID),
+            (labels, labels_type),
+            (&quantity, Type::INT4),
+        ]
+    )?)?;
+    Ok(DrawEntryView {
+        id: row.try_get(0)?,
+        drop_id: row.try_get(1)?,
+        buyer_id: row.try_get(2)?,
+        variants: row.try_get(3)?,
+        quantity: row.try_get(4)?,
+        entered_at: row.try_get(5)?,
+        fresh: row.try_get(6)?,
+    })
+}
+
+/// A draw's state and its order (empty before it is drawn), read in one statement; the order as JSON (a
+/// built-in type, see `HoldStatus`).
+pub async fn draw(client: &Connection, drop_id: Uuid) -> Result<DrawView, DbError> {
+    let row = only(call!(
+        client,
+        "SELECT s.entries, s.drawn_at, s.seed, s.winners, \
+                (SELECT json_agg(r ORDER BY r.place)::text FROM dropstock.draw_result($1) r) \
+           FROM dropstock.draw_status($1) s",
+        &[(&drop_id, Type::UUID)]
+    )?)?;
+    let order: Option<&str> = row.try_get(4)?;
+    let order: Vec<DrawPlace> = serde_json::from_str(order.unwrap_or("[]"))
+        .map_err(|error| DbError::Shape(format!("draw_result: {error}")))?;
+    Ok(DrawView {
+        entries: row.try_get(0)?,
+        drawn_at: row.try_get(1)?,
+        seed: row.try_get(2)?,
+        winners: row.try_get(3)?,
+        order,
+    })
+}
+
+/// Calls `run_draw` (a NULL seed: the extension picks a random one), then reads the draw as `draw` does.
+pub async fn run_draw(
+    client: &Connection,
+    drop_id: Uuid,
+    seed: Option<&str>,
+) -> Result<DrawView, DbError> {
+    call!(
+        client,
+        "SELECT d.drop_id FROM dropstock.run_draw($1, $2) d",
+        &[(&drop_id, Type::UUID), (&seed, Type::TEXT)]
+    )?;
+    draw(client, drop_id).await
+}
+
+/// Calls `buyer_holds`: the buyer's live holds, offers among them, newest first.
+pub async fn buyer_holds(client: &Connection, buyer: Uuid) -> Result<Vec<BuyerHoldView>, DbError> {
+    let rows = call!(
+        client,
+        "SELECT h.reservation_id, h.drop_id, h.drop_name, h.status, h.expires_at, h.created_at, \
+                h.variant, h.quantity, h.offered \
+           FROM dropstock.buyer_holds($1) h",
+        &[(&buyer, Type::UUID)]
+    )?;
+    rows.iter()
+        .map(|row| {
+            let label: &str = row.try_get(3)?;
+            Ok(BuyerHoldView {
+                id: row.try_get(0)?,
+                drop_id: row.try_get(1)?,
+                drop_name: row.try_get(2)?,
+                buyer_id: buyer,
+                status: HoldStatus::from_label(label)
+                    .ok_or_else(|| DbError::Shape(format!("unknown hold status {label:?}")))?,
+                expires_at: row.try_get(4)?,
+                created_at: row.try_get(5)?,
+                offered: row.try_get(8)?,
+                units: Units::of(row.try_get(6)?, row.try_get(7)?),
+            })
+        })
+        .collect()
+}
+
+/// The inbox id of a buyer, for a buyer token's subject (JWT mode).
+pub async fn inbox_of(client: &Connection, buyer: Uuid) -> Result<Option<String>, DbError> {
+    let row = only(call!(
+        client,
+        "SELECT dropstock.inbox_of($1)",
+        &[(&buyer, Type::UUID)]
+    )?)?;
+    Ok(row.try_get(0)?)
 }
 
 /// The size (its label, on a sized drop) and the units of a hold, read beside it. Labels come from

@@ -4,6 +4,10 @@
 //! A `tokio::sync::broadcast` channel holds the last `CAPACITY` events once, shared by all clients: memory
 //! stays bounded however many clients connect or how slow they are. A client that falls more than
 //! `CAPACITY` events behind loses the oldest ones and is told to `resync` (reload its state over REST).
+//!
+//! Offers travel the same channel, tagged with their inbox: every client task sees each one and passes it
+//! on only if it opened that inbox. One ordered stream keeps an offer in its place among the stock
+//! changes, and an offer is rare next to them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,13 +22,20 @@ use crate::feed::notice::Notice;
 /// About ten seconds of a busy cluster: one notice per changed drop per 100 ms tick.
 const CAPACITY: usize = 1024;
 
-/// One thing every client is told, its frames already serialised.
+/// One event of the feed, its frames already serialised: for every client, or (an offer) for one inbox's.
 #[derive(Debug)]
 pub enum FeedEvent {
     Drop {
         /// Lets a client that watches one drop skip the others without reading their frames.
         drop_id: Uuid,
         frames: Vec<Utf8Bytes>,
+    },
+    /// An offer for the clients that opened `inbox`, and for no one else: every client task sees the
+    /// event and drops it unless the inbox is its own.
+    Offer {
+        /// The inbox id (hex sha256 of the buyer's inbox key).
+        inbox: Arc<str>,
+        frame: Utf8Bytes,
     },
     Resync,
     /// The LISTEN connection is lost: clients are told their view may go stale.

@@ -11,13 +11,35 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
 
 use crate::db::models::DropView;
-use crate::feed::notice::Notice;
+use crate::feed::notice::{InboxNotice, Notice};
 
 /// Tells a client to reload its state over REST: the LISTEN connection was lost, or it fell behind.
 pub const RESYNC_FRAME: &str = r#"{"type":"resync"}"#;
 /// Tells a client the feed has stopped (the LISTEN connection is lost): what it shows may go stale until
 /// the `resync` that follows reconnection.
 pub const PAUSED_FRAME: &str = r#"{"type":"paused"}"#;
+/// Tells a client its inbox is open on this connection: offers for it come here from now on.
+pub const SUBSCRIBED_FRAME: &str = r#"{"type":"subscribed"}"#;
+
+/// Tells a client why what it sent was not done (an inbox key or token that does not open an inbox).
+pub fn error_frame(message: &str) -> Utf8Bytes {
+    #[derive(Serialize)]
+    #[serde(tag = "type", rename = "error")]
+    struct Refusal<'a> {
+        message: &'a str,
+    }
+    to_frame(&Refusal { message })
+}
+
+/// The `offer` message for the buyer whose inbox the notice names.
+pub fn offer_frame(offer: &InboxNotice) -> Utf8Bytes {
+    to_frame(&OfferMessage {
+        drop_id: offer.drop_id,
+        expires_at: offer.expires_at,
+        variant: offer.variant.as_deref(),
+        quantity: offer.quantity,
+    })
+}
 
 #[derive(Serialize)]
 #[serde(tag = "type", rename = "snapshot")]
@@ -37,6 +59,21 @@ struct StockMessage<'a> {
     /// A sized drop's sizes that changed; left out for a drop without sizes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     variants: Vec<StockVariant<'a>>,
+    /// Buyers waiting on the drop, as the notice said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting: Option<i64>,
+}
+
+/// To one buyer only: the waiting list made them a hold. The hold itself (its id, to buy it) is read
+/// over REST, `GET /api/users/{id}/reservations`: the feed never carries what acting on it needs.
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "offer", rename_all = "camelCase")]
+struct OfferMessage<'a> {
+    drop_id: Uuid,
+    #[serde(serialize_with = "crate::db::models::timestamp")]
+    expires_at: DateTime<Utc>,
+    variant: Option<&'a str>,
+    quantity: i32,
 }
 
 #[derive(Serialize)]
@@ -91,6 +128,7 @@ pub fn notice_frames(notice: &Notice, labels: &[String]) -> Vec<Utf8Bytes> {
                 })
             })
             .collect(),
+        waiting: notice.waiting,
     }));
     for sale in notice.sales.iter().rev() {
         frames.push(to_frame(&SaleMessage {
@@ -150,6 +188,29 @@ mod tests {
         assert_eq!(
             messages[2]["dropId"],
             "6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11"
+        );
+    }
+
+    #[test]
+    fn passes_the_waiting_count_on_and_offers_name_no_buyer() {
+        let notice: Notice = serde_json::from_str(
+            r#"{"dropId":"6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11","availableStock":0,"totalStock":9,"seq":3,"waiting":4}"#,
+        )
+        .unwrap();
+        let stock: serde_json::Value =
+            serde_json::from_str(notice_frames(&notice, &[])[0].as_str()).unwrap();
+        assert_eq!(stock["waiting"], 4);
+        let offer: InboxNotice = serde_json::from_str(
+            r#"{"inbox":"ab12","dropId":"6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11",
+                "expiresAt":"2026-11-27T21:30:00.5+00:00","variant":null,"quantity":2}"#,
+        )
+        .unwrap();
+        let message: serde_json::Value =
+            serde_json::from_str(offer_frame(&offer).as_str()).unwrap();
+        assert_eq!(
+            message,
+            serde_json::json!({"type": "offer", "dropId": "6f1c2a9e-8a47-4a57-9f53-0f6f6b1f2c11",
+                               "expiresAt": "2026-11-27T21:30:00.500Z", "variant": null, "quantity": 2})
         );
     }
 

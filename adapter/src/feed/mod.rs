@@ -2,6 +2,7 @@
 //! (the worker's notices in, the clients' messages out).
 
 pub mod hub;
+pub mod inbox;
 pub mod messages;
 pub mod notice;
 pub mod relay;

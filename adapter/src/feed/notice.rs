@@ -22,6 +22,25 @@ pub struct Notice {
     /// its first), by variant number: labels would not fit the payload limit, numbers do.
     #[serde(default)]
     pub variants: Vec<NoticeVariant>,
+    /// Buyers waiting on the drop (its waiting list's length); absent from an older extension's notices.
+    #[serde(default)]
+    pub waiting: Option<i64>,
+}
+
+/// One offer, as `NOTIFY dropstock_inbox, '<json>'` carries it: for whoever opened the inbox it names, and
+/// nobody else. It names no buyer and no hold (any role may LISTEN); the inbox id is a hash of the buyer's
+/// secret inbox key, so hearing it does not let anyone open the inbox.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxNotice {
+    /// `encode(sha256(inbox key), 'hex')`.
+    pub inbox: String,
+    pub drop_id: Uuid,
+    #[serde(serialize_with = "crate::db::models::timestamp")]
+    pub expires_at: DateTime<Utc>,
+    /// The size's label; null on a drop without sizes.
+    pub variant: Option<String>,
+    pub quantity: i32,
 }
 
 /// One size in a notice, `[variant, availableStock]`; variant i is the i-th size the drop lists.

@@ -19,10 +19,13 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::db::queries;
 use crate::feed::hub::FeedEvent;
-use crate::feed::notice::Notice;
+use crate::feed::messages;
+use crate::feed::notice::{InboxNotice, Notice};
 
-/// The worker's channel.
+/// The worker's channel of stock notices.
 const CHANNEL: &str = "dropstock";
+/// The worker's channel of offers, each for one inbox.
+const INBOX_CHANNEL: &str = "dropstock_inbox";
 /// Names the LISTEN backend in `pg_stat_activity`, so operators (and tests) can find it.
 pub const APPLICATION_NAME: &str = "dropstock-http-listen";
 
@@ -119,7 +122,10 @@ async fn listen(config: &tokio_postgres::Config, app: &App, listened_before: boo
         Ok(())
     });
 
-    if let Err(error) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+    if let Err(error) = client
+        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {INBOX_CHANNEL}"))
+        .await
+    {
         return Lost::before(error);
     }
     app.hub.set_listening(true);
@@ -159,6 +165,9 @@ async fn listen(config: &tokio_postgres::Config, app: &App, listened_before: boo
     loop {
         tokio::select! {
             notification = notifications.recv() => match notification {
+                Some(notification) if notification.channel() == INBOX_CHANNEL => {
+                    relay_offer(app, notification.payload())
+                }
                 Some(notification) => relay(app, &mut sizes, notification.payload()).await,
                 None => {
                     let reason = match pump.await {
@@ -232,6 +241,24 @@ async fn relay(app: &App, sizes: &mut SizeLabels, payload: &str) {
         Err(error) => {
             app.metrics.bad_notices.inc();
             tracing::warn!(%error, payload = %payload.chars().take(200).collect::<String>(), "unreadable notification");
+        }
+    }
+}
+
+/// An offer goes into the fan-out tagged with its inbox; only clients that opened that inbox send it on.
+fn relay_offer(app: &App, payload: &str) {
+    match serde_json::from_str::<InboxNotice>(payload) {
+        Ok(offer) => {
+            app.metrics.notices.inc();
+            app.hub.publish(FeedEvent::Offer {
+                frame: messages::offer_frame(&offer),
+                inbox: offer.inbox.into(),
+            });
+        }
+        Err(error) => {
+            app.metrics.bad_notices.inc();
+            // The payload names an inbox, not a buyer: logging its start reveals nothing secret.
+            tracing::warn!(%error, payload = %payload.chars().take(200).collect::<String>(), "unreadable offer");
         }
     }
 }

@@ -16,7 +16,13 @@
 //!   `stock:update` follows it, so the replaced client reloads too.
 //!
 //! There is no snapshot on connect, as there was none in the replaced backend: a client reads
-//! `GET /api/drops` once connected. Clients send nothing the feed reads.
+//! `GET /api/drops` once connected.
+//!
+//! A buyer's offers (`offer`, the `/ws` message) go to the sockets that opened the buyer's inbox and no
+//! other: with `auth: {inboxKey}` (or `{token}` in JWT mode) when connecting, refused with a connect
+//! error when the token is not valid, or later with a `subscribe` event carrying the same object (its
+//! acknowledgement says `{ok}` or `{ok: false, message}`). Each inbox is a room, `inbox:<id>`, and the
+//! relay emits an offer to that room only.
 //!
 //! Like the rest of the adapter:
 //! - Origins: with an allow-list, a page may connect only from its own origin or a listed one, as on
@@ -29,7 +35,7 @@
 //!   connected on until it disconnects, whether it goes on polling or upgrades to a WebSocket.
 //! - Shutdown: every client is disconnected and the drain waits for their transports to close.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -38,13 +44,15 @@ use hyper::body::Incoming;
 use hyper::service::Service as _;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::value::RawValue;
-use socketioxide::extract::SocketRef;
+use socketioxide::extract::{AckSender, Data, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::service::SocketIoService;
 use socketioxide::SocketIo;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::app::App;
 use crate::feed::hub::FeedEvent;
+use crate::feed::inbox::{self, Credential};
 use crate::http::cors::Cors;
 use crate::http::errors::ApiError;
 use crate::http::input::BODY_LIMIT;
@@ -74,8 +82,9 @@ pub struct SocketIoFeed {
 }
 
 impl SocketIoFeed {
-    /// Builds the endpoint; `clients` counts the connected clients for `/metrics`.
-    pub fn new(clients: &Gauge) -> Self {
+    /// Builds the endpoint; `clients` counts the connected clients for `/metrics`; `app` is the app this
+    /// feed is part of (a weak reference: the app owns the feed), for opening inboxes.
+    pub fn new(clients: &Gauge, app: Weak<App>) -> Self {
         let (service, io) = SocketIo::builder()
             .req_path(PATH)
             .ping_interval(PING_INTERVAL)
@@ -86,13 +95,49 @@ impl SocketIoFeed {
             .ws_max_frame_size(BODY_LIMIT)
             .build_svc();
         let clients = clients.clone();
-        io.ns("/", async move |socket: SocketRef| {
+        let subscribing = app.clone();
+        let connected = async move |socket: SocketRef| {
             clients.inc();
             let clients = clients.clone();
             socket.on_disconnect(async move || {
                 clients.dec();
             });
-        });
+            let app = subscribing.clone();
+            socket.on(
+                "subscribe",
+                async move |socket: SocketRef,
+                            Data(auth): Data<serde_json::Value>,
+                            ack: AckSender| {
+                    let answer = match open_inbox(&app, &auth).await {
+                        Ok(Some(room)) => {
+                            // One inbox per socket: the one opened last.
+                            socket.leave_all();
+                            socket.join(room);
+                            serde_json::json!({ "ok": true })
+                        }
+                        Ok(None) => serde_json::json!({ "ok": false,
+                            "message": "subscribe with {inboxKey} or {token}" }),
+                        Err(error) => serde_json::json!({ "ok": false, "message": error.message }),
+                    };
+                    let _ = ack.send(&answer);
+                },
+            );
+        };
+        // Runs before the client is told it is connected: once it is, its inbox is open.
+        let open_on_connect = async move |socket: SocketRef,
+                                          TryData(auth): TryData<serde_json::Value>|
+                    -> Result<(), String> {
+            let Ok(auth) = auth else { return Ok(()) };
+            match open_inbox(&app, &auth).await {
+                Ok(Some(room)) => {
+                    socket.join(room);
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(error) => Err(error.message),
+            }
+        };
+        io.ns("/", connected.with(open_on_connect));
         SocketIoFeed { service, io }
     }
 
@@ -146,6 +191,29 @@ impl SocketIoFeed {
     }
 }
 
+/// The room of the inbox `auth` opens (`{inboxKey}` or `{token}`), if it names one.
+async fn open_inbox(app: &Weak<App>, auth: &serde_json::Value) -> Result<Option<String>, ApiError> {
+    let text = |name: &str| {
+        auth.get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    let credential = match (text("inboxKey"), text("token")) {
+        (Some(key), _) => Credential::Key(key),
+        (None, Some(token)) => Credential::Token(token),
+        (None, None) => return Ok(None),
+    };
+    let app = app
+        .upgrade()
+        .ok_or_else(|| ApiError::unavailable("the adapter is shutting down"))?;
+    let id = inbox::open(&app, &credential).await?;
+    Ok(Some(room_of(&id)))
+}
+
+fn room_of(inbox: &str) -> String {
+    format!("inbox:{inbox}")
+}
+
 /// Relays the fan-out to Socket.IO clients until shutdown, then disconnects them all and waits for their
 /// transports to close (the caller runs this among `app.sockets`, which the shutdown drain waits for).
 pub async fn run(app: Arc<App>) {
@@ -164,6 +232,16 @@ pub async fn run(app: Arc<App>) {
                             for sale in sales {
                                 feed.emit_frame("purchase", sale.as_str()).await;
                             }
+                        }
+                    }
+                    FeedEvent::Offer { inbox, frame } => {
+                        match serde_json::from_str::<&RawValue>(frame.as_str()) {
+                            Ok(raw) => {
+                                if let Err(error) = feed.io.to(room_of(inbox)).emit("offer", raw).await {
+                                    tracing::debug!(%error, "an offer did not reach its inbox's sockets");
+                                }
+                            }
+                            Err(error) => tracing::warn!(%error, "offer frame is not JSON"),
                         }
                     }
                     FeedEvent::Resync => feed.resync(&app).await,

@@ -1,5 +1,6 @@
 //! `GET /ws`: the live feed. A snapshot on connect, then `stock`, `purchase` and `resync` messages from
-//! the fan-out, one task per client.
+//! the fan-out, one task per client; and, to a client that opened a buyer's inbox (`?inbox=<key>` or
+//! `?token=<jwt>` on connect, or a `subscribe` message after), that buyer's `offer`s, to it alone.
 //!
 //! A client never slows anyone else: it reads the shared broadcast at its own pace; if it falls too far
 //! behind it gets `resync`, and if its socket stops draining (a write stalls for `WRITE_TIMEOUT`, or the
@@ -26,10 +27,11 @@ use uuid::Uuid;
 use crate::app::App;
 use crate::db::queries;
 use crate::feed::hub::FeedEvent;
-use crate::feed::messages::{self, PAUSED_FRAME, RESYNC_FRAME};
+use crate::feed::inbox::{self, Credential};
+use crate::feed::messages::{self, PAUSED_FRAME, RESYNC_FRAME, SUBSCRIBED_FRAME};
 use crate::http::connections::Slot;
 use crate::http::errors::ApiError;
-use crate::http::input::drop_filter;
+use crate::http::input::{drop_filter, query_value};
 use crate::http::respond::{self, Body};
 
 /// How often the server pings; browsers answer pings by themselves.
@@ -88,6 +90,12 @@ pub async fn upgrade(
     // The connection's place under the cap, kept for as long as the socket lives.
     let slot = request.extensions().get::<Slot>().cloned();
     let filter = drop_filter(request.uri().query())?;
+    // An inbox opened on connect is open before the snapshot is read: no offer made after the client
+    // connected can pass it by.
+    let inbox = match credential_on_connect(&request, &app) {
+        Some(credential) => Some(inbox::open(&app, &credential).await?),
+        None => None,
+    };
 
     // Subscribe first: a change that lands while the snapshot is read is then delivered, not lost.
     let events = app.hub.subscribe();
@@ -120,7 +128,7 @@ pub async fn upgrade(
                     Some(config),
                 )
                 .await;
-                serve(socket, snapshot, events, filter, &client_app).await;
+                serve(socket, snapshot, events, filter, inbox, &client_app).await;
             }
             Err(error) => tracing::debug!(%error, "WebSocket upgrade did not complete"),
         }
@@ -135,6 +143,62 @@ pub async fn upgrade(
         HeaderValue::from_str(&accept).map_err(|error| ApiError::internal(&error))?,
     );
     Ok(response)
+}
+
+/// The inbox a client asks for in its handshake: `?inbox=<key>`, or in JWT mode `?token=<jwt>` or an
+/// `Authorization: Bearer` header (clients other than browsers can send one).
+fn credential_on_connect(request: &Request<Incoming>, app: &App) -> Option<Credential> {
+    let query = request.uri().query();
+    if let Some(key) = query_value(query, "inbox") {
+        return Some(Credential::Key(key));
+    }
+    if let Some(token) = query_value(query, "token") {
+        return Some(Credential::Token(token));
+    }
+    if !app.access.jwt_mode() {
+        return None;
+    }
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| Credential::Token(token.trim().to_owned()))
+}
+
+/// What a client may send: `{"type":"subscribe","inboxKey":"…"}` or `{"type":"subscribe","token":"…"}`
+/// opens that inbox on the connection (instead of any opened before). Keeps the key out of URLs, which
+/// proxies log.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename = "subscribe", rename_all = "camelCase")]
+struct Subscribe {
+    inbox_key: Option<String>,
+    token: Option<String>,
+}
+
+/// Opens the inbox a `subscribe` message names; the frame that answers it.
+async fn subscribe(text: &str, inbox: &mut Option<Arc<str>>, app: &App) -> Option<Message> {
+    let request: Subscribe = serde_json::from_str(text).ok()?;
+    let credential = match (request.inbox_key, request.token) {
+        (Some(key), None) => Credential::Key(key),
+        (None, Some(token)) => Credential::Token(token),
+        _ => {
+            return Some(Message::Text(messages::error_frame(
+                "subscribe with inboxKey or token, one of them",
+            )))
+        }
+    };
+    let frame = match inbox::open(app, &credential).await {
+        Ok(opened) => {
+            *inbox = Some(opened);
+            Utf8Bytes::from_static(SUBSCRIBED_FRAME)
+        }
+        Err(error) => messages::error_frame(&error.message),
+    };
+    Some(Message::Text(frame))
 }
 
 /// Counts a connected client for as long as it lives, however its task ends.
@@ -189,6 +253,7 @@ async fn serve(
     snapshot: Utf8Bytes,
     mut events: broadcast::Receiver<Arc<FeedEvent>>,
     filter: Option<Uuid>,
+    mut inbox: Option<Arc<str>>,
     app: &App,
 ) {
     let _connected = Connected::new(app);
@@ -205,10 +270,17 @@ async fn serve(
                 return;
             }
             incoming = socket.next() => match incoming {
-                // tungstenite answers pings and close frames itself; the feed has no client commands.
-                Some(Ok(_)) => {
+                // tungstenite answers pings and close frames itself; the one command is `subscribe`.
+                Some(Ok(message)) => {
                     last_heard = Instant::now();
-                    continue;
+                    let reply = match message {
+                        Message::Text(text) => subscribe(text.as_str(), &mut inbox, app).await,
+                        _ => None,
+                    };
+                    match reply {
+                        Some(reply) => vec![reply],
+                        None => continue,
+                    }
                 }
                 Some(Err(_)) | None => return,
             },
@@ -218,6 +290,10 @@ async fn serve(
                         frames.iter().cloned().map(Message::Text).collect()
                     }
                     FeedEvent::Drop { .. } => continue,
+                    FeedEvent::Offer { inbox: to, frame } if inbox.as_deref() == Some(&**to) => {
+                        vec![Message::Text(frame.clone())]
+                    }
+                    FeedEvent::Offer { .. } => continue,
                     FeedEvent::Resync => resync(app),
                     FeedEvent::Paused => vec![Message::Text(Utf8Bytes::from_static(PAUSED_FRAME))],
                 },

@@ -123,12 +123,32 @@ impl Access {
     /// Who the request says it acts for, checked before its body is read. In JWT mode a valid buyer token
     /// is required; otherwise nothing is known yet and the body's `userId` will decide.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
-        let Some(tokens) = &self.buyer_tokens else {
-            return Ok(Identity(None));
-        };
+        if self.buyer_tokens.is_none() {
+            return Ok(Identity::Trusted);
+        }
         let token = bearer(headers).ok_or_else(|| {
             ApiError::unauthorized("a buyer token is required: send 'Authorization: Bearer <jwt>' (HS256, sub = user id)")
         })?;
+        self.buyer_of(token).map(Identity::Token)
+    }
+
+    /// As `authenticate`, for reads that answer something without a buyer too (the length of a waiting
+    /// list): in JWT mode a request without a token is anonymous rather than refused.
+    pub fn authenticate_if_any(&self, headers: &HeaderMap) -> Result<Identity, ApiError> {
+        if self.buyer_tokens.is_some() && bearer(headers).is_none() {
+            return Ok(Identity::Anonymous);
+        }
+        self.authenticate(headers)
+    }
+
+    /// The buyer a token was issued to, its signature and claims checked (JWT mode only). Used for
+    /// requests' bearer tokens and for the feed's inbox, whose browsers cannot send headers.
+    pub fn buyer_of(&self, token: &str) -> Result<Uuid, ApiError> {
+        let Some(tokens) = &self.buyer_tokens else {
+            return Err(ApiError::bad_request(
+                "buyer tokens are not in use here (JWT mode is off): use the inbox key",
+            ));
+        };
         let claims = jsonwebtoken::decode::<BuyerClaims>(token, &tokens.key, &tokens.validation)
             .map_err(|error| {
                 ApiError::unauthorized(match error.kind() {
@@ -145,27 +165,41 @@ impl Access {
                 })
             })?
             .claims;
-        let buyer = Uuid::try_parse(&claims.sub).map_err(|_| {
-            ApiError::unauthorized("the buyer token's sub must be a user id (UUID)")
-        })?;
-        Ok(Identity(Some(buyer)))
+        Uuid::try_parse(&claims.sub)
+            .map_err(|_| ApiError::unauthorized("the buyer token's sub must be a user id (UUID)"))
     }
 }
 
-/// The buyer a token proved, if JWT mode is on.
-pub struct Identity(Option<Uuid>);
+/// Who a request acts for, as far as its headers tell.
+pub enum Identity {
+    /// Not JWT mode: the body's (or query's) `userId` is trusted.
+    Trusted,
+    /// JWT mode: the buyer the token proved.
+    Token(Uuid),
+    /// JWT mode, no token: fine for public reads, never for a buyer's own.
+    Anonymous,
+}
 
 impl Identity {
     /// The buyer the request acts for. In JWT mode that is the token's `sub`, and a `userId` in the body
     /// must name the same buyer (it may be left out); otherwise it is the body's `userId`.
     pub fn resolve(self, body_buyer: Option<Uuid>) -> Result<Uuid, ApiError> {
-        match (self.0, body_buyer) {
-            (None, Some(buyer)) => Ok(buyer),
-            (None, None) => Err(ApiError::bad_request("userId is required")),
-            (Some(token_buyer), Some(buyer)) if buyer != token_buyer => Err(ApiError::forbidden(
-                "userId does not match the buyer the token was issued to",
+        self.resolve_if_any(body_buyer)?
+            .ok_or_else(|| ApiError::bad_request("userId is required"))
+    }
+
+    /// As `resolve`, where naming no buyer is allowed (the read then answers for nobody in particular).
+    pub fn resolve_if_any(self, named: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
+        match (self, named) {
+            (Identity::Trusted, named) => Ok(named),
+            (Identity::Token(token_buyer), Some(buyer)) if buyer != token_buyer => Err(
+                ApiError::forbidden("userId does not match the buyer the token was issued to"),
+            ),
+            (Identity::Token(token_buyer), _) => Ok(Some(token_buyer)),
+            (Identity::Anonymous, None) => Ok(None),
+            (Identity::Anonymous, Some(_)) => Err(ApiError::unauthorized(
+                "a buyer token is required to ask for a buyer: send 'Authorization: Bearer <jwt>'",
             )),
-            (Some(token_buyer), _) => Ok(token_buyer),
         }
     }
 }

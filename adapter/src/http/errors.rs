@@ -177,6 +177,13 @@ impl ApiError {
 ///   never succeed here.
 /// - DS012 no size named, DS013 no such size → 422, as the extension's other argument checks (22023):
 ///   the request names the drop rightly but asks for something it does not sell.
+/// - DS014 (a draw drop: enter the draw), DS015 (not a draw), DS023 (units are free: reserve them),
+///   DS024 (the buyer already holds one), DS025 (the buyer is in the line: their turn comes as an offer)
+///   → 409: the request is well formed, but the drop's mode or state
+///   calls for another request, which the message names.
+/// - DS016 already drawn → 409, DS017 entries still open → 409, as DS010: not now, or not again.
+/// - DS022 cooldown → 429 with `Retry-After`: unlike DS021, the same request succeeds once the cooldown
+///   is over, and `Retry-After` says when (read from the refusal's DETAIL).
 pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
     let status = match sqlstate {
         "DS001" | "DS002" | "DS003" => StatusCode::NOT_FOUND,
@@ -187,6 +194,8 @@ pub fn status_for_sqlstate(sqlstate: &str) -> Option<StatusCode> {
         "DS031" => StatusCode::FORBIDDEN,
         "DS033" | "DS034" | "DS040" | "DS041" => StatusCode::CONFLICT,
         "DS012" | "DS013" => StatusCode::UNPROCESSABLE_ENTITY,
+        "DS014" | "DS015" | "DS016" | "DS017" | "DS023" | "DS024" | "DS025" => StatusCode::CONFLICT,
+        "DS022" => StatusCode::TOO_MANY_REQUESTS,
         // invalid_parameter_value: the extension's own argument checks.
         "22023" => StatusCode::UNPROCESSABLE_ENTITY,
         // A lock wait ran out (lock_not_available, only under an operator's lock_timeout), or the
@@ -244,17 +253,45 @@ impl ApiError {
     /// A refusal the extension reported as a SQLSTATE and message, as `reserve_items` does per buyer.
     pub fn from_sqlstate(sqlstate: &str, message: &str) -> Self {
         match status_for_sqlstate(sqlstate) {
-            Some(status) => ApiError::new(status, sqlstate.to_owned(), message),
+            Some(status) => ApiError {
+                // The cooldown's message ends with when it is over.
+                retry_after: (sqlstate == "DS022")
+                    .then(|| seconds_until(message))
+                    .flatten(),
+                ..ApiError::new(status, sqlstate.to_owned(), message)
+            },
             None => ApiError::internal(&format_args!("SQLSTATE {sqlstate}: {message}")),
         }
     }
+}
+
+/// Whole seconds (rounded up, at least 1) from now until the time a cooldown refusal names, as
+/// PostgreSQL writes a timestamptz (`… again from 2026-11-28 08:50:00.123+00`, or that time alone).
+fn seconds_until(message: &str) -> Option<u64> {
+    let at = message
+        .char_indices()
+        .filter(|(_, c)| c.is_ascii_digit())
+        .find_map(|(start, _)| {
+            let text = message[start..].trim_end_matches('.');
+            chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z").ok()
+        })?;
+    let millis = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
+    Some(u64::try_from(millis).unwrap_or(0).div_ceil(1000).max(1))
 }
 
 fn from_postgres(error: tokio_postgres::Error) -> ApiError {
     if let Some(db) = error.as_db_error() {
         let sqlstate = db.code().code();
         if status_for_sqlstate(sqlstate).is_some() {
-            return ApiError::from_sqlstate(sqlstate, db.message());
+            let mut refusal = ApiError::from_sqlstate(sqlstate, db.message());
+            // reserve_item's cooldown carries its time alone as DETAIL (reserve_items' rows, the
+            // message only).
+            if sqlstate == "DS022" {
+                if let Some(seconds) = db.detail().and_then(seconds_until) {
+                    refusal.retry_after = Some(seconds);
+                }
+            }
+            return refusal;
         }
         if is_unavailable_sqlstate(sqlstate) {
             tracing::warn!(sqlstate, message = db.message(), "database unavailable");
@@ -269,4 +306,23 @@ fn from_postgres(error: tokio_postgres::Error) -> ApiError {
         return ApiError::unavailable("the database is unavailable; try again shortly");
     }
     ApiError::internal(&error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_when_a_cooldown_ends() {
+        let at = chrono::Utc::now() + chrono::Duration::milliseconds(41_500);
+        let message = format!(
+            "your hold on drop \"x 12:00\" ended while others were waiting: you may reserve it again from {}",
+            at.format("%Y-%m-%d %H:%M:%S%.f+00")
+        );
+        assert_eq!(seconds_until(&message), Some(42));
+        let error = ApiError::from_sqlstate("DS022", &message);
+        assert_eq!(error.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error.retry_after, Some(42));
+        assert_eq!(seconds_until("no time here"), None);
+    }
 }

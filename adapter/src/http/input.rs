@@ -124,6 +124,26 @@ impl Fields {
         }
     }
 
+    /// A JSON array of strings (`variants: ["US 8", "US 9"]`).
+    pub fn optional_strings(&self, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
+        let wrong = || ApiError::bad_request(format!("{name} must be a list of strings"));
+        let items = value.as_array().ok_or_else(wrong)?;
+        items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) if text.contains('\0') => Err(ApiError::bad_request(format!(
+                    "{name} must not contain NUL characters"
+                ))),
+                Value::String(text) => Ok(text.clone()),
+                _ => Err(wrong()),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
     /// A JSON object, returned as its JSON text for a `jsonb` argument; its members are the extension's
     /// to check.
     pub fn optional_object(&self, name: &str) -> Result<Option<String>, ApiError> {
@@ -203,15 +223,42 @@ pub fn parse_uuid(name: &str, text: &str) -> Result<Uuid, ApiError> {
 
 /// The `drop` query parameter of `/ws`, if any: the client wants one drop's feed only.
 pub fn drop_filter(query: Option<&str>) -> Result<Option<Uuid>, ApiError> {
-    let Some(query) = query else {
-        return Ok(None);
-    };
-    for pair in query.split('&') {
-        if let Some(("drop", value)) = pair.split_once('=') {
-            return parse_uuid("drop", value).map(Some);
+    query_value(query, "drop")
+        .map(|value| parse_uuid("drop", &value))
+        .transpose()
+}
+
+/// A query parameter's value, percent-decoded; the first if it is given twice.
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+/// `%XX` and `+` as a browser's `URLSearchParams` writes them; a malformed escape stays as it is.
+fn percent_decode(text: &str) -> String {
+    let hex = |byte: u8| (byte as char).to_digit(16);
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = match bytes.get(i..i + 3) {
+            Some([b'%', high, low]) => hex(*high).zip(hex(*low)),
+            _ => None,
+        };
+        match (escaped, bytes[i]) {
+            (Some((high, low)), _) => {
+                decoded.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+            (None, b'+') => decoded.push(b' '),
+            (None, byte) => decoded.push(byte),
         }
+        i += 1;
     }
-    Ok(None)
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// RFC 3339, or the replaced API's `"DD-MM-YYYY, hh:mm A"`, which carries no zone and is read as UTC.
@@ -280,6 +327,16 @@ mod tests {
         assert!(!json("application/x-www-form-urlencoded"));
         assert!(!json("multipart/form-data; boundary=x"));
         assert!(!json("text/json+plain"));
+    }
+
+    #[test]
+    fn decodes_query_values() {
+        assert_eq!(
+            query_value(Some("a=1&key=a%2Fb+c%zz"), "key").as_deref(),
+            Some("a/b c%zz")
+        );
+        assert_eq!(query_value(Some("key"), "key"), None);
+        assert_eq!(query_value(None, "key"), None);
     }
 
     #[test]

@@ -35,6 +35,11 @@ fn body(required: &[&str], properties: Value) -> Value {
     })
 }
 
+fn user_id_schema() -> Value {
+    json!({ "type": "string", "format": "uuid",
+        "description": "The buyer. In JWT mode it may be left out (the token's sub is used) and must match it when given." })
+}
+
 fn id_parameter(description: &str) -> Value {
     json!({ "name": "id", "in": "path", "required": true, "description": description,
             "schema": { "type": "string", "format": "uuid" } })
@@ -47,6 +52,14 @@ pub fn document() -> Value {
         "variant": { "type": "string", "nullable": true, "description":
             "the size's label (null on a drop without sizes); with quantity, left out for one unit of a drop without sizes" },
         "quantity": { "type": "integer", "minimum": 1, "description": "units held or sold together" } });
+    let sizes = json!({ "type": "array", "items": { "type": "string" }, "nullable": true,
+        "description": "the sizes waited for (any of them will do); null on a drop without sizes" });
+    let wanted = json!({ "userId": user_id_schema(),
+        "variant": { "type": "string", "description": "one size's label (sized drops)" },
+        "variants": { "type": "array", "items": { "type": "string" },
+            "description": "several sizes, any of which will do; not with variant" },
+        "quantity": { "type": "integer", "minimum": 1, "maximum": 10000, "default": 1,
+            "description": "units wanted together (all or nothing)" } });
     let user_id = json!({ "type": "string", "format": "uuid",
         "description": "The buyer. In JWT mode it may be left out (the token's sub is used) and must match it when given." });
     json!({
@@ -103,7 +116,36 @@ pub fn document() -> Value {
                     "price": { "type": "number", "description": "per unit" }, "createdAt": time,
                     "variant": units["variant"], "quantity": units["quantity"] } },
                 "User": { "type": "object", "properties": {
-                    "id": uuid, "username": { "type": "string" }, "createdAt": time } }
+                    "id": uuid, "username": { "type": "string" }, "createdAt": time,
+                    "inboxKey": { "type": "string", "description":
+                        "The secret that opens the buyer's inbox on the feed (/ws ?inbox=, Socket.IO auth). \
+                         Answered here only, once: keep it." } } },
+                "WaitlistEntry": { "type": "object", "properties": {
+                    "dropId": uuid, "userId": uuid,
+                    "position": { "type": "integer", "minimum": 1, "description": "1 = next in line" },
+                    "variants": sizes.clone(), "quantity": units["quantity"], "joinedAt": time } },
+                "Waitlist": { "type": "object", "properties": {
+                    "position": { "type": "integer", "nullable": true,
+                        "description": "the buyer's place (1 = next); null when not waiting or no buyer named" },
+                    "waiting": { "type": "integer", "description": "buyers waiting on the drop" } } },
+                "DrawEntry": { "type": "object", "properties": {
+                    "id": uuid, "dropId": uuid, "userId": uuid, "variants": sizes.clone(),
+                    "quantity": units["quantity"], "enteredAt": time } },
+                "Draw": { "type": "object", "properties": {
+                    "entries": { "type": "integer" },
+                    "drawnAt": { "type": "string", "format": "date-time", "nullable": true },
+                    "seed": { "type": "string", "nullable": true, "description": "published once drawn" },
+                    "winners": { "type": "integer", "nullable": true, "description": "entries offered units when drawn" },
+                    "order": { "type": "array", "description": "by place; empty before the draw",
+                        "items": { "type": "object", "properties": {
+                            "place": { "type": "integer" }, "entryId": uuid, "username": { "type": "string" },
+                            "variants": sizes.clone(), "quantity": units["quantity"],
+                            "ticket": { "type": "string", "description": "hex sha256(seed || entry id), the sort key" } } } } } },
+                "BuyerHold": { "type": "object", "properties": {
+                    "id": uuid, "dropId": uuid, "dropName": { "type": "string" }, "userId": uuid,
+                    "status": { "type": "string", "enum": ["reserved"] }, "expiresAt": time, "createdAt": time,
+                    "offered": { "type": "boolean", "description": "made by the waiting list, not asked for" },
+                    "variant": units["variant"], "quantity": units["quantity"] } }
             }
         },
         "paths": {
@@ -129,7 +171,13 @@ pub fn document() -> Value {
                             "Sizes and their stock (labels trimmed, 1-32 characters, unique); totalStock may then \
                              be left out, or must be their sum" },
                         "maxExtensions": { "type": "integer", "default": 0, "minimum": 0, "maximum": 100,
-                            "description": "how many times a buyer may extend a hold by holdSeconds" } })),
+                            "description": "how many times a buyer may extend a hold by holdSeconds" },
+                        "mode": { "type": "string", "enum": ["race", "draw"], "default": "race", "description":
+                            "race: first come, first served; draw: buyers enter between startsAt and endsAt \
+                             (required), then a drawn order becomes the waiting list" },
+                        "cooldownSeconds": { "type": "integer", "minimum": 0, "description":
+                            "how long a buyer whose hold ran out or was cancelled while others waited may not \
+                             reserve this drop again; default holdSeconds" } })),
                     "responses": { "201": ok("the new drop", schema("Drop")),
                                    "400": failure("malformed body"), "401": failure("missing or wrong admin token"),
                                    "403": failure("creating drops over HTTP is disabled (no admin token configured)"),
@@ -142,6 +190,99 @@ pub fn document() -> Value {
                     "parameters": [id_parameter("drop id")],
                     "responses": { "200": ok("the drop", schema("Drop")),
                                    "400": failure("id is not a UUID"), "404": failure("unknown drop (DS001)") }
+                }
+            },
+            "/api/drops/{id}/waitlist": {
+                "get": {
+                    "summary": "The waiting list's length, and a buyer's place in it",
+                    "security": [{}, { "buyerToken": [] }],
+                    "parameters": [id_parameter("drop id"),
+                        { "name": "userId", "in": "query", "required": false, "schema": uuid,
+                          "description": "the buyer whose place to answer (JWT mode: the token's buyer, or must match it)" }],
+                    "responses": { "200": ok("the line", schema("Waitlist")),
+                                   "400": failure("id or userId is not a UUID"),
+                                   "401": failure("JWT mode: userId named without a valid buyer token"),
+                                   "403": failure("JWT mode: userId is not the token's buyer"),
+                                   "404": failure("unknown drop (DS001)") }
+                },
+                "post": {
+                    "summary": "Join the drop's waiting list (sold out or fully held): when units come back, the first \
+                                in line gets them as a hold (an offer); joining again returns the same place",
+                    "security": [{}, { "buyerToken": [] }],
+                    "parameters": [id_parameter("drop id")],
+                    "requestBody": body(&[], wanted.clone()),
+                    "responses": {
+                        "201": ok("a new place", schema("WaitlistEntry")),
+                        "200": ok("the place the buyer already had", schema("WaitlistEntry")),
+                        "400": failure("malformed body, or both variant and variants"),
+                        "401": failure("JWT mode: missing or invalid buyer token"),
+                        "403": failure("JWT mode: userId is not the token's buyer"),
+                        "404": failure("unknown drop (DS001) or user (DS002)"),
+                        "409": failure("not started (DS010), a draw not drawn yet: enter it (DS014), limit (DS021), \
+                                        units are free: reserve them (DS023), the buyer already holds one (DS024)"),
+                        "410": failure("drop ended (DS011)"),
+                        "422": failure("size missing (DS012) or unknown (DS013), quantity out of range (22023)") }
+                }
+            },
+            "/api/drops/{id}/waitlist/leave": {
+                "post": {
+                    "summary": "Leave the drop's waiting list; units kept for the buyer go on down the line",
+                    "security": [{}, { "buyerToken": [] }],
+                    "parameters": [id_parameter("drop id")],
+                    "requestBody": body(&[], json!({ "userId": user_id })),
+                    "responses": {
+                        "200": ok("left is false when the buyer was not waiting", json!({ "type": "object", "properties": {
+                            "dropId": uuid, "userId": uuid, "left": { "type": "boolean" } } })),
+                        "401": failure("JWT mode: missing or invalid buyer token"),
+                        "403": failure("JWT mode: userId is not the token's buyer") }
+                }
+            },
+            "/api/drops/{id}/draw": {
+                "get": {
+                    "summary": "A draw drop's entries, and once drawn its seed and order (usernames only)",
+                    "parameters": [id_parameter("drop id")],
+                    "responses": { "200": ok("the draw", schema("Draw")),
+                                   "404": failure("unknown drop (DS001)"), "409": failure("not a draw (DS015)") }
+                },
+                "post": {
+                    "summary": "Run the draw now (admin token); entries must have closed. Without a seed a random one is used",
+                    "security": [{ "adminToken": [] }],
+                    "parameters": [id_parameter("drop id")],
+                    "requestBody": body(&[], json!({ "seed": { "type": "string", "minLength": 1, "maxLength": 200 } })),
+                    "responses": { "201": ok("the draw, drawn", schema("Draw")),
+                                   "401": failure("missing or wrong admin token"),
+                                   "403": failure("no admin token configured"),
+                                   "404": failure("unknown drop (DS001)"),
+                                   "409": failure("not a draw (DS015), already drawn (DS016), entries still open (DS017)"),
+                                   "422": failure("seed empty or over 200 characters (22023)") }
+                }
+            },
+            "/api/drops/{id}/draw/entries": {
+                "post": {
+                    "summary": "Enter a draw drop while its entries are open; entering again returns the same entry",
+                    "security": [{}, { "buyerToken": [] }],
+                    "parameters": [id_parameter("drop id")],
+                    "requestBody": body(&[], wanted),
+                    "responses": {
+                        "201": ok("a new entry", schema("DrawEntry")),
+                        "200": ok("the buyer's entry from before", schema("DrawEntry")),
+                        "400": failure("malformed body, or both variant and variants"),
+                        "404": failure("unknown drop (DS001) or user (DS002)"),
+                        "409": failure("entries not open yet (DS010), not a draw: reserve it (DS015), limit (DS021)"),
+                        "410": failure("entries closed (DS011)"),
+                        "422": failure("size missing (DS012) or unknown (DS013), quantity out of range (22023)") }
+                }
+            },
+            "/api/users/{id}/reservations": {
+                "get": {
+                    "summary": "The buyer's live holds, newest first, offers from waiting lists among them (JWT mode: \
+                                the buyer's own token only)",
+                    "security": [{}, { "buyerToken": [] }],
+                    "parameters": [id_parameter("user id")],
+                    "responses": { "200": ok("the holds", json!({ "type": "array", "items": schema("BuyerHold") })),
+                                   "400": failure("id is not a UUID"),
+                                   "401": failure("JWT mode: missing or invalid buyer token"),
+                                   "403": failure("JWT mode: not the token's buyer") }
                 }
             },
             "/api/reservations": {
@@ -158,8 +299,10 @@ pub fn document() -> Value {
                         "400": failure("malformed body"), "401": failure("JWT mode: missing or invalid buyer token"),
                         "403": failure("JWT mode: userId is not the token's buyer"),
                         "404": failure("unknown drop (DS001) or user (DS002)"),
-                        "409": failure("sold out or fewer units left than asked (DS020), limit reached (DS021), \
-                                        not started (DS010)"),
+                        "409": failure("sold out, fewer units left than asked, or others are waiting: join the \
+                                        waiting list (DS020); limit reached (DS021), not started (DS010), a draw \
+                                        drop (DS014)"),
+                        "429": failure("cooldown after a lapsed or cancelled hold (DS022; Retry-After), or rate limited"),
                         "410": failure("drop ended (DS011)"),
                         "422": failure("no size named on a sized drop (DS012), no such size (DS013), \
                                         quantity out of range (22023)") }
@@ -211,7 +354,7 @@ pub fn document() -> Value {
                     "requestBody": body(&["username"], json!({ "username": { "type": "string", "maxLength": 64 },
                         "id": { "type": "string", "format": "uuid",
                                 "description": "the buyer's id, chosen by the operator (admin token); default a new one" } })),
-                    "responses": { "201": ok("the buyer", schema("User")),
+                    "responses": { "201": ok("the buyer, with inboxKey (answered here only)", schema("User")),
                                    "401": failure("id given (or JWT mode) without the admin token"),
                                    "403": failure("id given (or JWT mode) and no admin token configured"),
                                    "409": failure("username taken (DS040), or a buyer with that id exists (DS041)"),
@@ -237,11 +380,17 @@ pub fn document() -> Value {
             },
             "/ws": {
                 "get": {
-                    "summary": "WebSocket live feed: snapshot, then stock, purchase and resync messages",
+                    "summary": "WebSocket live feed: snapshot, then stock, purchase and resync messages; offer messages \
+                                for the one inbox the client subscribed to",
                     "parameters": [{ "name": "drop", "in": "query", "required": false,
-                                     "description": "only this drop's messages", "schema": { "type": "string", "format": "uuid" } }],
+                                     "description": "only this drop's messages", "schema": { "type": "string", "format": "uuid" } },
+                                   { "name": "inbox", "in": "query", "required": false, "schema": { "type": "string" },
+                                     "description": "the buyer's inboxKey: their offers come to this connection" },
+                                   { "name": "token", "in": "query", "required": false, "schema": { "type": "string" },
+                                     "description": "JWT mode: a buyer token, whose buyer's offers come to this connection" }],
                     "responses": { "101": { "description": "switching to the WebSocket protocol" },
                                    "400": failure("not a WebSocket handshake, or drop is not a UUID"),
+                                   "401": failure("token given and not valid"),
                                    "404": failure("unknown drop (DS001)") }
                 }
             },

@@ -10,13 +10,14 @@ use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::db::models::LeftView;
 use crate::db::models::NewDrop;
-use crate::db::queries::{self, Asked, HoldChange};
+use crate::db::queries::{self, Asked, HoldChange, Sizes};
 use crate::feed::socketio;
 use crate::feed::websocket as ws;
 use crate::http::connections::BeyondCap;
 use crate::http::errors::ApiError;
-use crate::http::input::{parse_uuid, Fields};
+use crate::http::input::{parse_uuid, query_value, Fields};
 use crate::http::respond::{self, Body};
 use crate::http::{health, openapi, page};
 
@@ -32,11 +33,16 @@ enum Route<'a> {
     SocketIo,
     Drops,
     Drop(&'a str),
+    Waitlist(&'a str),
+    LeaveWaitlist(&'a str),
+    Draw(&'a str),
+    DrawEntries(&'a str),
     Holds,
     CancelHold(&'a str),
     ExtendHold(&'a str),
     Sales,
     Buyers,
+    BuyerHolds(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -52,11 +58,16 @@ impl<'a> Route<'a> {
             ["socket.io"] | ["socket.io", ""] => Route::SocketIo,
             ["api", "drops"] => Route::Drops,
             ["api", "drops", id] if !id.is_empty() => Route::Drop(id),
+            ["api", "drops", id, "waitlist"] if !id.is_empty() => Route::Waitlist(id),
+            ["api", "drops", id, "waitlist", "leave"] if !id.is_empty() => Route::LeaveWaitlist(id),
+            ["api", "drops", id, "draw"] if !id.is_empty() => Route::Draw(id),
+            ["api", "drops", id, "draw", "entries"] if !id.is_empty() => Route::DrawEntries(id),
             ["api", "reservations"] => Route::Holds,
             ["api", "reservations", id, "cancel"] if !id.is_empty() => Route::CancelHold(id),
             ["api", "reservations", id, "extend"] if !id.is_empty() => Route::ExtendHold(id),
             ["api", "purchases"] => Route::Sales,
             ["api", "users"] => Route::Buyers,
+            ["api", "users", id, "reservations"] if !id.is_empty() => Route::BuyerHolds(id),
             _ => return None,
         };
         Some(route)
@@ -74,24 +85,31 @@ impl<'a> Route<'a> {
             Route::SocketIo => "/socket.io/",
             Route::Drops => "/api/drops",
             Route::Drop(_) => "/api/drops/{id}",
+            Route::Waitlist(_) => "/api/drops/{id}/waitlist",
+            Route::LeaveWaitlist(_) => "/api/drops/{id}/waitlist/leave",
+            Route::Draw(_) => "/api/drops/{id}/draw",
+            Route::DrawEntries(_) => "/api/drops/{id}/draw/entries",
             Route::Holds => "/api/reservations",
             Route::CancelHold(_) => "/api/reservations/{id}/cancel",
             Route::ExtendHold(_) => "/api/reservations/{id}/extend",
             Route::Sales => "/api/purchases",
             Route::Buyers => "/api/users",
+            Route::BuyerHolds(_) => "/api/users/{id}/reservations",
         }
     }
 
     /// The methods the route takes, for `Allow` on 405 and `OPTIONS`.
     fn allow(self) -> &'static str {
         match self {
-            Route::Drops => "GET, HEAD, POST, OPTIONS",
+            Route::Drops | Route::Waitlist(_) | Route::Draw(_) => "GET, HEAD, POST, OPTIONS",
             Route::SocketIo => "GET, POST, OPTIONS",
             Route::Holds
             | Route::CancelHold(_)
             | Route::ExtendHold(_)
             | Route::Sales
-            | Route::Buyers => "POST, OPTIONS",
+            | Route::Buyers
+            | Route::LeaveWaitlist(_)
+            | Route::DrawEntries(_) => "POST, OPTIONS",
             _ => "GET, HEAD, OPTIONS",
         }
     }
@@ -208,6 +226,13 @@ async fn dispatch(
         }
         (Route::Sales, Method::POST) => buy(request, app).await,
         (Route::Buyers, Method::POST) => create_buyer(request, app).await,
+        (Route::BuyerHolds(id), Method::GET) => buyer_holds(id, request, app).await,
+        (Route::Waitlist(id), Method::GET) => show_waitlist(id, request, app).await,
+        (Route::Waitlist(id), Method::POST) => join_waitlist(id, request, app).await,
+        (Route::LeaveWaitlist(id), Method::POST) => leave_waitlist(id, request, app).await,
+        (Route::Draw(id), Method::GET) => show_draw(id, app).await,
+        (Route::Draw(id), Method::POST) => run_draw(id, request, app).await,
+        (Route::DrawEntries(id), Method::POST) => enter_draw(id, request, app).await,
         (route, _) => Err(ApiError::method_not_allowed(&method, path, route.allow())),
     }
 }
@@ -247,6 +272,8 @@ async fn create_drop(request: Request<Incoming>, app: &App) -> Result<Response<B
         per_buyer_limit: fields.optional_integer("perUserLimit")?,
         variants,
         max_extensions: fields.optional_integer("maxExtensions")?,
+        mode: fields.optional_string("mode")?,
+        cooldown_seconds: fields.optional_integer("cooldownSeconds")?,
     };
     let client = app.pool.connection().await?;
     Ok(respond::success(
@@ -333,6 +360,158 @@ async fn change_hold(
     ))
 }
 
+/// 201 for what this request made, 200 for what the buyer had already (a retry, or a second press).
+fn made_or_found(fresh: bool) -> StatusCode {
+    if fresh {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// What a buyer asks a waiting list or a draw for: `variant` (one size) or `variants` (any of several),
+/// never both, and a number of units.
+fn sizes_and_units(fields: &Fields) -> Result<(Sizes, i32), ApiError> {
+    let sizes = match (
+        fields.optional_string("variant")?,
+        fields.optional_strings("variants")?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give variant (one size) or variants (any of several), not both",
+            ))
+        }
+        (None, Some(labels)) => Sizes::AnyOf(labels),
+        (label, None) => Sizes::One(label),
+    };
+    Ok((sizes, fields.optional_integer("quantity")?.unwrap_or(1)))
+}
+
+/// `POST /api/drops/{id}/waitlist`: a place in the drop's line, or the one the buyer has.
+async fn join_waitlist(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<Response<Body>, ApiError> {
+    let drop_id = parse_uuid("drop id", id)?;
+    let identity = app.access.authenticate(request.headers())?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    let (sizes, quantity) = sizes_and_units(&fields)?;
+    app.limits.check_buyer(buyer)?;
+    let client = app.pool.connection().await?;
+    let entry = queries::join_waitlist(&client, drop_id, buyer, &sizes, quantity).await?;
+    Ok(respond::success(made_or_found(entry.fresh), entry))
+}
+
+async fn leave_waitlist(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<Response<Body>, ApiError> {
+    let drop_id = parse_uuid("drop id", id)?;
+    let identity = app.access.authenticate(request.headers())?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
+    let client = app.pool.connection().await?;
+    let left = queries::leave_waitlist(&client, drop_id, buyer).await?;
+    Ok(respond::success(
+        StatusCode::OK,
+        LeftView {
+            drop_id,
+            buyer_id: buyer,
+            left,
+        },
+    ))
+}
+
+/// `GET /api/drops/{id}/waitlist[?userId=]`: the line's length, and the buyer's place in it when a
+/// buyer is named (by `userId`, or by the token in JWT mode).
+async fn show_waitlist(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<Response<Body>, ApiError> {
+    let drop_id = parse_uuid("drop id", id)?;
+    let named = query_value(request.uri().query(), "userId")
+        .filter(|value| !value.is_empty())
+        .map(|value| parse_uuid("userId", &value))
+        .transpose()?;
+    let buyer = app
+        .access
+        .authenticate_if_any(request.headers())?
+        .resolve_if_any(named)?;
+    let client = app.pool.connection().await?;
+    Ok(respond::success(
+        StatusCode::OK,
+        queries::waitlist(&client, drop_id, buyer).await?,
+    ))
+}
+
+async fn enter_draw(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<Response<Body>, ApiError> {
+    let drop_id = parse_uuid("drop id", id)?;
+    let identity = app.access.authenticate(request.headers())?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    let (sizes, quantity) = sizes_and_units(&fields)?;
+    app.limits.check_buyer(buyer)?;
+    let client = app.pool.connection().await?;
+    let entry = queries::enter_draw(&client, drop_id, buyer, &sizes, quantity).await?;
+    Ok(respond::success(made_or_found(entry.fresh), entry))
+}
+
+async fn show_draw(id: &str, app: &App) -> Result<Response<Body>, ApiError> {
+    let drop_id = parse_uuid("drop id", id)?;
+    let client = app.pool.connection().await?;
+    Ok(respond::success(
+        StatusCode::OK,
+        queries::draw(&client, drop_id).await?,
+    ))
+}
+
+/// `POST /api/drops/{id}/draw`: an operator draws now (entries must have closed) rather than waiting
+/// for the worker, optionally with a seed of their choosing (announced beforehand, say).
+async fn run_draw(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<Response<Body>, ApiError> {
+    let drop_id = parse_uuid("drop id", id)?;
+    app.access
+        .require_admin(request.headers(), "running a draw")?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
+    let seed = fields.optional_string("seed")?;
+    let client = app.pool.connection().await?;
+    Ok(respond::success(
+        StatusCode::CREATED,
+        queries::run_draw(&client, drop_id, seed.as_deref()).await?,
+    ))
+}
+
+/// `GET /api/users/{id}/reservations`: the buyer's live holds, offers among them. As private as the
+/// answers to a buyer's own requests: in JWT mode only the buyer's own token reads them.
+async fn buyer_holds(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<Response<Body>, ApiError> {
+    let named = parse_uuid("user id", id)?;
+    let buyer = app
+        .access
+        .authenticate(request.headers())?
+        .resolve(Some(named))?;
+    let client = app.pool.connection().await?;
+    Ok(respond::success(
+        StatusCode::OK,
+        queries::buyer_holds(&client, buyer).await?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +527,15 @@ mod tests {
             Route::recognise("/api/reservations/abc/cancel"),
             Some(Route::CancelHold("abc"))
         ));
+        assert!(matches!(
+            Route::recognise("/api/drops/abc/waitlist/leave"),
+            Some(Route::LeaveWaitlist("abc"))
+        ));
+        assert!(matches!(
+            Route::recognise("/api/users/abc/reservations"),
+            Some(Route::BuyerHolds("abc"))
+        ));
+        assert!(Route::recognise("/api/drops//draw").is_none());
         assert!(Route::recognise("/api/drops/").is_none());
         assert!(Route::recognise("/api/drops/a/b").is_none());
         assert!(Route::recognise("/nope").is_none());

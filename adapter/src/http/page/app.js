@@ -16,7 +16,11 @@ const state = {
   choices: new Map(), // drop id → { size (label or undefined), quantity }: what the buyer picked
   outcomes: new Map(), // drop id → { text, tone }, kept across re-renders
   unlisted: new Set(), // drop ids the feed mentioned that a reload did not list (ended drops)
-  buyer: null, // { id, username }
+  waiting: new Map(), // drop id → buyers in its waiting list, as the feed last said
+  positions: new Map(), // drop id → this buyer's place in its line (1 = next), absent when not waiting
+  draws: new Map(), // drop id of a draw (`mode: 'draw'`) → the draw as GET /api/drops/{id}/draw answers
+  entered: new Set(), // drop ids whose draw this buyer entered
+  buyer: null, // { id, username, inboxKey }
   snapshotAt: 0, // local time the feed's last snapshot arrived
 };
 
@@ -91,8 +95,8 @@ function describeRefusal(result, drop) {
     case 'DS012': return 'Choose a size first.';
     case 'DS013': return 'That size is not sold in this drop.';
     case 'DS020': return drop && drop.variants
-      ? 'Not enough left in that size: every unit is held or sold. Held units come back if they are not bought in time.'
-      : 'Sold out: every unit is held or sold. Held units come back if they are not bought in time.';
+      ? 'Not enough left in that size: every unit is held or sold. Join the waiting list to get your turn when units come back.'
+      : 'Sold out: every unit is held or sold. Join the waiting list to get your turn when units come back.';
     case 'DS021': return 'Limit reached: you already have as many of this drop as one buyer may.';
     case 'DS030': return 'Your hold expired before you purchased, so the unit went back on sale. Reserve again if any are left.';
     case 'DS031': return 'That hold belongs to another buyer.';
@@ -100,6 +104,13 @@ function describeRefusal(result, drop) {
     case 'DS033': return 'Already purchased: there is no hold left to cancel.';
     case 'DS034': return 'This hold cannot be extended any more. Purchase it before the countdown ends.';
     case 'DS040': return 'That name is taken by another buyer. Pick a different one.';
+    case 'DS014': return 'This drop is a draw: enter the draw while it is open instead.';
+    case 'DS015': return 'This drop is not a draw: reserve it instead.';
+    case 'DS016': return 'This draw has already been drawn.';
+    case 'DS017': return 'The draw is still taking entries.';
+    case 'DS022': return `You let a hold lapse while others were waiting, so others get a turn first. ${result.message}`;
+    case 'DS023': return 'Units are free right now: reserve one instead of waiting.';
+    case 'DS024': return 'You already hold this drop: purchase it instead of waiting.';
     case '55P03':
     case '40001': return 'The drop is very busy right now. Try again.';
     case 'unavailable': return 'The server cannot reach its database right now. Try again shortly.';
@@ -169,11 +180,19 @@ function setBuyer(buyer) {
   } else {
     try { localStorage.removeItem(STORE_BUYER); } catch { /* see writeStore */ }
   }
-  // Holds belong to the buyer who made them.
+  // Holds, places in line and draw entries belong to the buyer who made them.
   state.holds.clear();
   state.outcomes.clear();
+  state.positions.clear();
+  state.entered.clear();
+  positionQueue.checked.clear();
   renderBuyer();
   for (const id of state.drops.keys()) renderDrop(id);
+  subscribeInbox();
+  if (buyer) {
+    loadHolds();
+    for (const id of state.drops.keys()) refreshPosition(id);
+  }
 }
 
 function renderBuyer() {
@@ -208,7 +227,8 @@ async function chooseBuyer(event) {
     input.focus();
     return;
   }
-  setBuyer({ id: result.data.id, username: result.data.username });
+  // The inbox key is answered this once: kept on this device, it opens the buyer's offers on the feed.
+  setBuyer({ id: result.data.id, username: result.data.username, inboxKey: result.data.inboxKey });
   outcome.textContent = '';
   $('#buyer-switch').focus();
 }
@@ -227,6 +247,12 @@ function replaceDrops(drops) {
   for (const drop of drops) {
     const previous = state.drops.get(drop.id);
     next.set(drop.id, { ...drop, seq: previous ? previous.seq : undefined });
+    state.waiting.set(drop.id, drop.waiting || 0);
+  }
+  // A draw's offers come after it closes, when the drop is no longer listed: a drop this buyer holds or
+  // entered stays on screen until they are done with it.
+  for (const [id, drop] of state.drops) {
+    if (!next.has(id) && (liveHold(id) || state.entered.has(id))) next.set(id, drop);
   }
   for (const id of state.drops.keys()) {
     if (!next.has(id)) {
@@ -296,6 +322,12 @@ function onFeedMessage(message) {
       if (drop.seq !== undefined && message.seq <= drop.seq) return;
       drop.seq = message.seq;
       drop.availableStock = message.availableStock;
+      if (message.waiting !== undefined && message.waiting !== state.waiting.get(drop.id)) {
+        state.waiting.set(drop.id, message.waiting);
+        // The line moved: this buyer's place may have too. A line first heard of (after a reload) is
+        // asked about once, in case this buyer is in it.
+        if (state.positions.has(drop.id) || !positionQueue.checked.has(drop.id)) refreshPosition(drop.id);
+      }
       if (message.totalStock !== undefined) drop.totalStock = message.totalStock;
       // A sized drop's message names the sizes that changed, by label.
       for (const change of message.variants || []) {
@@ -312,8 +344,15 @@ function onFeedMessage(message) {
       renderDrop(drop.id);
       break;
     }
+    case 'offer':
+      offerArrived(message);
+      break;
+    case 'subscribed':
+      break;
     case 'resync':
       reload();
+      // An offer may have been missed too: the holds are the truth.
+      loadHolds();
       break;
     case 'paused':
       break; // shown by the connection line
@@ -366,6 +405,9 @@ function createCard(dropId) {
   $('.purchase', card).addEventListener('click', () => purchase(dropId));
   $('.cancel', card).addEventListener('click', () => cancel(dropId));
   $('.extend', card).addEventListener('click', () => extend(dropId));
+  $('.join', card).addEventListener('click', () => joinLine(dropId));
+  $('.leave', card).addEventListener('click', () => leaveLine(dropId));
+  $('.enter', card).addEventListener('click', () => enterDraw(dropId));
   $('.size-options', card).addEventListener('change', (event) => {
     choice(dropId).size = event.target.value;
     renderDrop(dropId);
@@ -440,13 +482,30 @@ function renderDrop(dropId) {
   const share = drop.totalStock > 0 ? drop.availableStock / drop.totalStock : 0;
   $('.bar-fill', card).style.width = `${Math.round(share * 100)}%`;
 
+  const draw = drop.mode === 'draw' ? state.draws.get(dropId) || { entries: 0, order: [] } : null;
   const badge = $('.badge', card);
-  badge.textContent = {
+  badge.textContent = draw ? {
+    ended: draw.drawnAt ? 'Drawn' : 'Entries closed',
+    upcoming: `Entries open in ${duration(Date.parse(drop.startsAt) - now)}`,
+    soldout: `Draw: entries close in ${duration(Date.parse(drop.endsAt) - now)}`,
+    open: `Draw: entries close in ${duration(Date.parse(drop.endsAt) - now)}`,
+  }[current] : {
     ended: 'Ended',
     upcoming: `Starts in ${duration(Date.parse(drop.startsAt) - now)}`,
     soldout: 'Sold out',
     open: 'On sale now',
   }[current];
+
+  // The waiting list: the buyer's place, and how many wait.
+  const place = state.positions.get(dropId);
+  const waiting = state.waiting.get(dropId) || 0;
+  const lineText = place
+    ? `You are #${countFormat.format(place)} in line (${countFormat.format(Math.max(waiting, place))} waiting).`
+    : waiting > 0 && current === 'soldout' && !draw ? `${countFormat.format(waiting)} waiting for units to come back.` : '';
+  const line = $('.line', card);
+  line.hidden = !lineText || Boolean(hold);
+  if (line.textContent !== lineText) line.textContent = lineText;
+  renderDraw(drop, card, draw, current);
 
   // A hold that ran out stays on screen at 0:00, so the buyer sees why Purchase went away.
   const shown = state.holds.get(dropId);
@@ -464,7 +523,8 @@ function renderDrop(dropId) {
   renderQuantity(drop, card);
   const busy = card.dataset.busy === 'yes';
   const reserveButton = $('.reserve', card);
-  reserveButton.hidden = Boolean(hold);
+  // A drawn draw sells what it left first come, first served.
+  reserveButton.hidden = Boolean(hold) || Boolean(draw && !draw.drawnAt);
   const picked = (drop.variants || []).find((v) => v.label === choice(dropId).size);
   const sizeMissing = Boolean(drop.variants) && (!picked || picked.availableStock <= 0);
   reserveButton.disabled = busy || current !== 'open' || sizeMissing;
@@ -474,6 +534,13 @@ function renderDrop(dropId) {
   $('.purchase', card).disabled = busy;
   $('.cancel', card).hidden = !hold;
   $('.cancel', card).disabled = busy;
+  // A sold-out race drop takes a waiting list; a draw takes entries while it is open.
+  $('.join', card).hidden = Boolean(hold) || Boolean(draw && !draw.drawnAt) || current !== 'soldout' || Boolean(place);
+  $('.join', card).disabled = busy;
+  $('.leave', card).hidden = Boolean(hold) || !place;
+  $('.leave', card).disabled = busy;
+  $('.enter', card).hidden = !draw || Boolean(draw.drawnAt) || !['open', 'soldout'].includes(current) || state.entered.has(dropId);
+  $('.enter', card).disabled = busy || sizeMissingForDraw(drop);
 
   const outcome = state.outcomes.get(dropId);
   const outcomeLine = $('.outcome', card);
@@ -511,13 +578,22 @@ function renderDrop(dropId) {
 // tick runs more often so the display changes within a quarter second of the true boundary.
 function tick() {
   const now = serverNow();
+  // The "your turn" banner stays while an offered hold can still be bought.
+  const offerLive = [...state.holds.values()].some((h) => h.offered && h.status === 'reserved' && h.expiresAt > now);
+  if (!offerLive) $('#turn').hidden = true;
   for (const [dropId, hold] of state.holds) {
     if (hold.status === 'reserved' && hold.expiresAt <= now) {
       hold.status = 'expired';
       say(dropId, 'Your hold ran out, so the unit went back on sale.', 'bad');
     }
   }
+  for (const dropId of state.positions.keys()) {
+    if (Date.now() - (positionQueue.readAt.get(dropId) || 0) > POSITION_STALE_MS) refreshPosition(dropId);
+  }
   for (const [dropId, drop] of state.drops) {
+    const draw = state.draws.get(dropId);
+    // A closed draw is drawn by the server within moments: look until it is.
+    if (drop.mode === 'draw' && !(draw && draw.drawnAt) && Date.parse(drop.endsAt) <= now) loadDraw(dropId, 2000);
     const card = state.cards.get(dropId);
     if (liveHold(dropId) || (card && card.dataset.state !== phase(drop, now)) || phase(drop, now) === 'upcoming') {
       renderDrop(dropId);
@@ -655,6 +731,227 @@ function extend(dropId) {
   });
 }
 
+// ---- fair access: waiting lists, offers, draws ---------------------------------------------------------------
+// The sizes a buyer waits for or enters with: the one picked, or (nothing picked on a sized drop, as on a
+// sold-out one, whose sizes are all greyed out) any of them.
+function wantedSizes(drop) {
+  const body = {};
+  if (drop && drop.variants) {
+    const picked = choice(drop.id).size;
+    if (picked) body.variant = picked;
+    else body.variants = drop.variants.map((v) => v.label);
+  }
+  if (choice(drop.id).quantity > 1) body.quantity = choice(drop.id).quantity;
+  return body;
+}
+
+function sizeMissingForDraw() {
+  return false; // no size picked means any size, which a draw takes
+}
+
+function joinLine(dropId) {
+  if (needBuyer(dropId)) return;
+  return act(dropId, '.leave', async () => {
+    const drop = state.drops.get(dropId);
+    const result = await api('POST', `/api/drops/${encodeURIComponent(dropId)}/waitlist`, { userId: state.buyer.id, ...wantedSizes(drop) });
+    if (!result.ok) {
+      say(dropId, describeRefusal(result, drop), 'bad');
+      forgetBuyerIfUnknown(result);
+      return;
+    }
+    state.positions.set(dropId, result.data.position);
+    say(dropId, result.status === 201
+      ? `You joined the waiting list at #${result.data.position}. When units come back they are held for you in turn; this page tells you.`
+      : `You are already waiting, #${result.data.position} in line.`, 'good');
+  });
+}
+
+function leaveLine(dropId) {
+  if (needBuyer(dropId)) return;
+  return act(dropId, '.join', async () => {
+    const result = await api('POST', `/api/drops/${encodeURIComponent(dropId)}/waitlist/leave`, { userId: state.buyer.id });
+    if (!result.ok) {
+      say(dropId, describeRefusal(result, state.drops.get(dropId)), 'bad');
+      return;
+    }
+    state.positions.delete(dropId);
+    say(dropId, result.data.left ? 'You left the waiting list.' : 'You were not waiting.', 'good');
+  });
+}
+
+function enterDraw(dropId) {
+  if (needBuyer(dropId)) return;
+  return act(dropId, '.drop-name', async () => {
+    const drop = state.drops.get(dropId);
+    const result = await api('POST', `/api/drops/${encodeURIComponent(dropId)}/draw/entries`, { userId: state.buyer.id, ...wantedSizes(drop) });
+    if (!result.ok) {
+      say(dropId, describeRefusal(result, drop), 'bad');
+      forgetBuyerIfUnknown(result);
+      return;
+    }
+    state.entered.add(dropId);
+    const draw = state.draws.get(dropId);
+    if (draw && result.status === 201) draw.entries += 1;
+    say(dropId, result.status === 201
+      ? 'You are in the draw. When entries close the order is drawn; if your turn comes, the unit is held for you.'
+      : 'You had already entered this draw.', 'good');
+  });
+}
+
+// A place in line is re-read when the line's length changes, but never more than once per ~2 s for the
+// whole page: a busy drop changes its line every tick, and every page watching it must not ask each time.
+const positionQueue = { drops: new Set(), checked: new Set(), readAt: new Map(), timer: null, lastAt: 0 };
+const POSITION_EVERY_MS = 2000;
+// The feed tells the line's length, not who is in it: one buyer joining behind while another ahead
+// leaves, within one publication, moves this buyer up with no change to tell. A place is therefore also
+// read again this often while the buyer waits.
+const POSITION_STALE_MS = 15000;
+
+function refreshPosition(dropId) {
+  if (!state.buyer) return;
+  positionQueue.checked.add(dropId);
+  positionQueue.drops.add(dropId);
+  if (positionQueue.timer) return;
+  const wait = Math.max(0, positionQueue.lastAt + POSITION_EVERY_MS - Date.now());
+  positionQueue.timer = setTimeout(fetchNextPosition, wait);
+}
+
+async function fetchNextPosition() {
+  positionQueue.timer = null;
+  const [dropId] = positionQueue.drops;
+  if (dropId === undefined || !state.buyer) return;
+  positionQueue.drops.delete(dropId);
+  positionQueue.lastAt = Date.now();
+  positionQueue.readAt.set(dropId, positionQueue.lastAt);
+  const buyer = state.buyer;
+  const result = await api('GET', `/api/drops/${encodeURIComponent(dropId)}/waitlist?userId=${encodeURIComponent(buyer.id)}`);
+  if (result.ok && state.buyer === buyer) {
+    if (result.data.position) state.positions.set(dropId, result.data.position);
+    else state.positions.delete(dropId);
+    state.waiting.set(dropId, result.data.waiting);
+    renderDrop(dropId);
+  }
+  if (positionQueue.drops.size > 0) {
+    positionQueue.timer = setTimeout(fetchNextPosition, POSITION_EVERY_MS);
+  }
+}
+
+// The buyer's live holds, offers among them, from the server: after a reload, a resync, or an offer.
+let loadingHolds = null;
+async function loadHolds() {
+  if (!state.buyer) return;
+  if (loadingHolds) return loadingHolds;
+  const buyer = state.buyer;
+  loadingHolds = (async () => {
+    const result = await api('GET', `/api/users/${encodeURIComponent(buyer.id)}/reservations`);
+    loadingHolds = null;
+    if (!result.ok || state.buyer !== buyer) return [];
+    for (const hold of result.data) {
+      const known = state.holds.get(hold.dropId);
+      if (known && known.id === hold.id) continue;
+      state.holds.set(hold.dropId, { // an offer, or a hold made before this page loaded
+        id: hold.id, expiresAt: Date.parse(hold.expiresAt), status: hold.status, variant: hold.variant,
+        quantity: hold.quantity || 1, extensions: 0, offered: hold.offered,
+      });
+      state.positions.delete(hold.dropId);
+      if (!state.drops.has(hold.dropId)) await loadDrop(hold.dropId);
+      renderDrop(hold.dropId);
+    }
+    return result.data;
+  })();
+  return loadingHolds;
+}
+
+// A drop not in the list (a closed draw): fetched alone so its hold can be shown and bought.
+async function loadDrop(dropId) {
+  const result = await api('GET', `/api/drops/${encodeURIComponent(dropId)}`);
+  if (!result.ok || state.drops.has(dropId)) return;
+  state.drops.set(dropId, { ...result.data, seq: undefined });
+  renderList();
+}
+
+// The feed says the buyer's turn came: the hold (its id, to buy it) is read over REST, then shown like any
+// hold, with a banner that says so wherever the buyer is on the page.
+async function offerArrived(offer) {
+  const find = (holds) => (holds || []).find((h) => h.dropId === offer.dropId);
+  // A load already under way may have been read before the offer was made: then read once more.
+  let hold = find(await loadHolds());
+  if (!hold) hold = find(await loadHolds());
+  if (!hold) return; // already bought, cancelled or lapsed
+  const drop = state.drops.get(offer.dropId);
+  const name = drop ? drop.name : hold.dropName;
+  const left = countdown(Date.parse(hold.expiresAt) - serverNow());
+  const what = [hold.variant, hold.quantity > 1 ? `× ${hold.quantity}` : ''].filter(Boolean).join(' ');
+  $('#turn-text').textContent = `“${name}”${what ? ` (${what})` : ''} is held for you for ${left}. Purchase it before the countdown ends.`;
+  const link = $('#turn-link');
+  link.href = `#drop-${offer.dropId}`;
+  link.onclick = (event) => {
+    event.preventDefault();
+    const card = state.cards.get(offer.dropId);
+    if (card) $('.purchase', card).focus();
+  };
+  $('#turn').hidden = false;
+  say(offer.dropId, 'Your turn: units came back and are held for you. Purchase before the countdown ends.', 'good');
+}
+
+// How a draw stands: asked once per draw drop shown (and again while a closed draw is being drawn, at
+// most every `throttleMs`).
+const drawAsked = new Map(); // drop id → when last asked
+async function loadDraw(dropId, throttleMs = Infinity) {
+  const asked = drawAsked.get(dropId);
+  if (asked !== undefined && (asked === 'pending' || Date.now() - asked < throttleMs)) return;
+  drawAsked.set(dropId, 'pending');
+  const result = await api('GET', `/api/drops/${encodeURIComponent(dropId)}/draw`);
+  drawAsked.set(dropId, Date.now());
+  if (result.ok) state.draws.set(dropId, result.data);
+  else drawAsked.delete(dropId);
+  renderDrop(dropId);
+}
+
+function renderDraw(drop, card, draw, current) {
+  const box = $('.draw', card);
+  if (draw && !state.draws.has(drop.id) && !drawAsked.has(drop.id)) loadDraw(drop.id);
+  box.hidden = !draw;
+  if (!draw) return;
+  const mine = state.buyer && draw.order.find((p) => p.username === state.buyer.username);
+  const entries = countFormat.format(draw.entries);
+  let text;
+  if (draw.drawnAt) text = `Drawn among ${entries} ${draw.entries === 1 ? 'entry' : 'entries'}; ${countFormat.format(draw.winners)} got units at once.`;
+  else if (current === 'ended') text = `Entries closed with ${entries}; drawing…`;
+  else if (current === 'upcoming') text = 'Entries open when the drop starts.';
+  else text = state.entered.has(drop.id) ? `You are in the draw (${entries} entered).` : `${entries} entered so far.`;
+  const state_ = $('.draw-state', card);
+  if (state_.textContent !== text) state_.textContent = text;
+
+  const result = $('.draw-result', card);
+  result.hidden = !draw.drawnAt || !mine;
+  if (mine) {
+    const won = mine.place <= (draw.winners || 0);
+    result.dataset.tone = won ? 'good' : '';
+    result.textContent = won
+      ? `You won: drawn #${mine.place}. Your units are held for you.`
+      : `Not this time: drawn #${mine.place}. You are in line in that order if units come back.`;
+  }
+  const details = $('.draw-details', card);
+  details.hidden = !draw.drawnAt;
+  if (!draw.drawnAt) return;
+  $('.draw-seed', card).textContent = draw.seed;
+  const list = $('.draw-order', card);
+  const key = `${draw.seed} ${state.buyer ? state.buyer.username : ''}`;
+  if (list.dataset.key === key) return;
+  list.dataset.key = key;
+  list.replaceChildren(...draw.order.map((p) => {
+    const item = document.createElement('li');
+    item.value = p.place;
+    const ticket = document.createElement('code');
+    ticket.textContent = p.ticket.slice(0, 12);
+    ticket.title = p.ticket;
+    item.append(p.username, ' ', ticket);
+    if (state.buyer && p.username === state.buyer.username) item.classList.add('mine');
+    return item;
+  }));
+}
+
 async function createDrop(event) {
   event.preventDefault();
   const form = event.target;
@@ -669,6 +966,8 @@ async function createDrop(event) {
   if (fields.get('startsAt')) body.startsAt = new Date(fields.get('startsAt')).toISOString();
   if (fields.get('holdSeconds')) body.holdSeconds = Number(fields.get('holdSeconds'));
   if (fields.get('perUserLimit')) body.perUserLimit = Number(fields.get('perUserLimit'));
+  if (fields.get('endsAt')) body.endsAt = new Date(fields.get('endsAt')).toISOString();
+  if (fields.get('mode') === 'draw') body.mode = 'draw';
   const button = $('button[type=submit]', form);
   button.disabled = true;
   const result = await api('POST', '/api/drops', body, fields.get('token'));
@@ -683,7 +982,7 @@ async function createDrop(event) {
   outcome.dataset.tone = 'good';
   outcome.textContent = `Created “${result.data.name}” with ${result.data.totalStock} units.`;
   // The token stays filled in for the next drop; the drop's own fields are cleared.
-  for (const name of ['name', 'price', 'totalStock', 'startsAt', 'holdSeconds', 'perUserLimit']) form.elements[name].value = '';
+  for (const name of ['name', 'price', 'totalStock', 'startsAt', 'endsAt', 'holdSeconds', 'perUserLimit']) form.elements[name].value = '';
   // The feed announces stock changes, not new drops: fetch the list so the new drop shows here now.
   if (!onlyDrop) reload();
 }
@@ -713,6 +1012,8 @@ function connect() {
     return;
   }
   feed.socket = socket;
+  // The inbox key goes in a message, not the URL, which proxies log.
+  socket.addEventListener('open', () => subscribeInbox());
   socket.addEventListener('message', (event) => {
     let message;
     try {
@@ -736,6 +1037,13 @@ function connect() {
   socket.addEventListener('close', () => {
     if (feed.socket === socket) scheduleReconnect();
   });
+}
+
+// Opens the buyer's inbox on the feed: their offers come to this page, and to no one else's.
+function subscribeInbox() {
+  const socket = feed.socket;
+  if (!socket || socket.readyState !== WebSocket.OPEN || !state.buyer || !state.buyer.inboxKey) return;
+  socket.send(JSON.stringify({ type: 'subscribe', inboxKey: state.buyer.inboxKey }));
 }
 
 function scheduleReconnect() {
@@ -763,6 +1071,7 @@ function start() {
   const saved = readStore(STORE_BUYER, null);
   state.buyer = saved && saved.id && saved.username ? saved : null;
   renderBuyer();
+  if (state.buyer) loadHolds();
 
   // REST first, so the page shows drops even where WebSockets are blocked; the feed's snapshot follows.
   reload();
