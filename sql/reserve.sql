@@ -309,6 +309,7 @@ BEGIN
     END LOOP;
 
     IF cardinality(granted_at) > 0 THEN
+        PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
         -- The buyer locks make a conflict here impossible through the API; ON CONFLICT keeps a hold
         -- made behind the API's back from turning into an error for the whole batch.
         WITH made AS (

@@ -162,6 +162,7 @@ BEGIN
     IF left_over > 0 THEN
         PERFORM dropstock._adjust_stock(_give_back.drop_id, _give_back.variant, left_over, 0);
     END IF;
+    PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN waiting;
 END
 $$;
@@ -266,6 +267,7 @@ BEGIN
     END IF;
     INSERT INTO dropstock.waitlist (drop_id, user_id, variants, quantity)
     VALUES (d.id, join_waitlist.user_id, numbers, join_waitlist.quantity);
+    PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN dropstock._waitlist_answer(d.id, join_waitlist.user_id, true);
 END
 $$;
@@ -300,6 +302,7 @@ BEGIN
     IF gone.kept > 0 THEN
         PERFORM dropstock._give_back(leave_waitlist.drop_id, gone.kept_variant, gone.kept);
     END IF;
+    PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN true;
 END
 $$;

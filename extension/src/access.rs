@@ -3,6 +3,16 @@
 pgrx::extension_sql_file!(
     "../../sql/access.sql",
     name = "access",
-    requires =
-        ["users", "drops", "reserve", "purchase", "cancel", "expiry", "feed", "waitlist", "draw"]
+    requires = [
+        "users",
+        "drops",
+        "reserve",
+        "purchase",
+        "cancel",
+        "expiry",
+        "feed",
+        "waitlist",
+        "draw",
+        _wake_worker_at_commit
+    ]
 );

@@ -51,6 +51,7 @@ mod settings;
 mod stock;
 mod users;
 mod waitlist;
+mod wake;
 mod worker;
 
 use pgrx::prelude::*;
@@ -67,6 +68,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     // SAFETY: as above.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        wake::init();
         worker::register();
     }
 }

@@ -1,4 +1,5 @@
-//! The background worker: every tick it expires due holds and publishes stock changes with NOTIFY.
+//! The background worker: every tick it expires due holds, runs due draws and publishes stock changes
+//! with NOTIFY. Ticks come every `dropstock.tick_ms`, and as soon as a change commits (`wake`).
 //!
 //! It runs only when the library is preloaded (`shared_preload_libraries = 'dropstock'`), in the one
 //! database named by `dropstock.database`. Buyers never wait for it: reserve_item and purchase stay
@@ -46,6 +47,9 @@ const FAILURE_PAUSE_FIRST: Duration = Duration::from_millis(250);
 const FAILURE_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// The same failure is logged again at most this often, with how many times it happened meanwhile.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Ticks start at least this far apart, however often commits wake the worker (`wake`): a busy drop
+/// then gets one notification per gap, whatever its commits per second.
+const MIN_TICK_GAP: Duration = Duration::from_millis(20);
 
 /// Set in the postmaster while it preloads the library; every backend inherits it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
@@ -68,6 +72,11 @@ pub fn register() {
 /// Whether this server preloaded the library, so a worker serves `dropstock.database`.
 #[pg_extern]
 fn worker_preloaded() -> bool {
+    preloaded()
+}
+
+/// The same, for Rust callers.
+pub fn preloaded() -> bool {
     PRELOADED.load(Ordering::Relaxed)
 }
 
@@ -89,7 +98,9 @@ pub extern "C-unwind" fn dropstock_worker_main(_arg: pg_sys::Datum) {
     if wait_for_database(&database) {
         BackgroundWorker::connect_worker_to_spi(Some(&database), None);
         log!("{WORKER_NAME}: serving database \"{database}\"");
+        crate::wake::worker_serving();
         serve(&database);
+        crate::wake::worker_stopping();
     }
     log!("{WORKER_NAME}: stopping");
     // Exit code 1, not 0: PostgreSQL never restarts a worker that exited 0, so a worker stopped by
@@ -288,6 +299,10 @@ fn serve(database: &str) {
     let mut trouble: Option<Trouble> = None;
     let mut pause = tick_interval();
     let mut sweep = Sweep { last_full: None };
+    // The latch is set by SIGHUP, SIGTERM and commits that changed something (`wake`), so a wake-up
+    // is not a tick's due time: these two keep the gaps.
+    let mut last_tick: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
     while BackgroundWorker::wait_latch(Some(pause)) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: called from the worker's main loop, outside any transaction, as postgres' own
@@ -295,6 +310,19 @@ fn serve(database: &str) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         pause = tick_interval();
+        // While ticks fail, commits do not shorten the pause between attempts.
+        if let Some(at) = retry_at {
+            let now = Instant::now();
+            if now < at {
+                pause = at - now;
+                continue;
+            }
+        }
+        if let Some(since) = last_tick.map(|at| at.elapsed()) {
+            if since < MIN_TICK_GAP {
+                std::thread::sleep(MIN_TICK_GAP - since);
+            }
+        }
         // SAFETY: a plain read of shared recovery state, valid in any backend.
         if unsafe { pg_sys::RecoveryInProgress() } {
             continue;
@@ -321,10 +349,12 @@ fn serve(database: &str) {
                 }
                 Err(failure) => {
                     pause = note_failure(&mut trouble, failure);
+                    retry_at = Some(Instant::now() + pause);
                     continue;
                 }
             }
         }
+        last_tick = Some(Instant::now());
         let outcome = tick(&mut sweep);
         // A long-lived process sends its table statistics only when asked (backends do it when they
         // go idle): without this, autovacuum never learns of the rows the sweep ends and leaves their
@@ -333,6 +363,7 @@ fn serve(database: &str) {
         unsafe { pg_sys::pgstat_report_stat(false) };
         match outcome {
             Ok(()) => {
+                retry_at = None;
                 if let Some(ended) = trouble.take() {
                     ended.report_recovery();
                 }
@@ -344,7 +375,10 @@ fn serve(database: &str) {
                 installed = false;
                 trouble = None;
             }
-            Err(failure) => pause = note_failure(&mut trouble, failure),
+            Err(failure) => {
+                pause = note_failure(&mut trouble, failure);
+                retry_at = Some(Instant::now() + pause);
+            }
         }
     }
 }
