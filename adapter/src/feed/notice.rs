@@ -22,6 +22,9 @@ pub struct Notice {
     /// its first), by variant number: labels would not fit the payload limit, numbers do.
     #[serde(default)]
     pub variants: Vec<NoticeVariant>,
+    /// Buyers waiting in the drop's line.
+    #[serde(default)]
+    pub waiting: i64,
 }
 
 /// One size in a notice, `[variant, availableStock]`; variant i is the i-th size the drop lists.

@@ -288,8 +288,13 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
         quantity: fields.optional_integer("quantity")?.unwrap_or(1),
     };
     app.limits.check_buyer(buyer)?;
+    if let Some(sold_out) = app.sold_out.refuse(drop_id, &asked) {
+        app.metrics.sold_out_shortcut.inc();
+        return Err(sold_out);
+    }
     // Batched with whoever else is reserving this drop right now: one commit serves them all.
     let reserved = app.holds.reserve(drop_id, asked).await?;
+    app.sold_out.note_buyer(drop_id, buyer);
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
     let status = if reserved.fresh {
         StatusCode::CREATED

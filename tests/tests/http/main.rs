@@ -9,3 +9,4 @@ mod hostile_input;
 mod rate_limits;
 mod rest;
 mod scale_out;
+mod sold_out;
