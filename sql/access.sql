@@ -46,6 +46,8 @@ ALTER FUNCTION extend_hold(uuid, uuid) SECURITY DEFINER SET search_path = pg_cat
 ALTER FUNCTION variant_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION active_drops() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION drop_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION drop_buyers(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+      SET enable_seqscan = off SET enable_bitmapscan = off;
 ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off
       SET plan_cache_mode = force_generic_plan;
@@ -91,7 +93,7 @@ BEGIN
                    'dropstock.leave_waitlist(uuid, uuid), dropstock.waitlist_position(uuid, uuid), '
                    'dropstock.waitlist_length(uuid), dropstock.buyer_holds(uuid), '
                    'dropstock.enter_draw(uuid, uuid, text[], integer), dropstock.enter_draw(uuid, uuid, text, integer), '
-                   'dropstock.draw_status(uuid), dropstock.draw_result(uuid) TO %s', role);
+                   'dropstock.draw_status(uuid), dropstock.draw_result(uuid), dropstock.drop_buyers(uuid) TO %s', role);
     IF runs_drops THEN
         EXECUTE format('GRANT EXECUTE ON FUNCTION '
                        'dropstock.create_drop(text, numeric, integer, timestamptz, integer, integer, timestamptz, '

@@ -252,3 +252,18 @@ BEGIN
     END IF;
 END
 $$;
+
+-- drop_buyers: the buyers who hold units of the drop (live or past due but not yet swept) or bought
+-- some. While a drop is sold out and nobody waits in its line, reserve_item tells everybody else "sold
+-- out" whatever they ask, so a front end that knows this list can answer them without a call (the
+-- HTTP adapter's sold-out shortcut); these buyers' calls must still reach reserve_item, which gives a
+-- holder their hold back and tells a buyer at their limit so.
+CREATE FUNCTION drop_buyers(drop_id uuid)
+RETURNS SETOF uuid
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT r.user_id FROM dropstock.reservations r WHERE r.drop_id = drop_buyers.drop_id AND r.status = 'reserved'
+    UNION
+    SELECT p.user_id FROM dropstock.purchases p WHERE p.drop_id = drop_buyers.drop_id
+$$;

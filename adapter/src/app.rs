@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Timeouts};
 use crate::db::batching::Batcher;
 use crate::db::pool::{self, Database, StartupError};
+use crate::db::sold_out::SoldOutShortcut;
 use crate::feed::hub::Hub;
 use crate::feed::relay;
 use crate::feed::socketio::{self, SocketIoFeed};
@@ -33,6 +34,8 @@ pub struct App {
     pub pool: Database,
     /// Reservations, grouped per drop into one `reserve_items` call each.
     pub holds: Batcher,
+    /// Answers "sold out" without the database while the feed says a drop is (see `db::sold_out`).
+    pub sold_out: SoldOutShortcut,
     /// Who may create drops and act for which buyer.
     pub access: Access,
     /// Which browser origins may call the API.
@@ -86,6 +89,7 @@ impl App {
             database,
             listen_database,
             holds: Batcher::new(pool.clone(), metrics.reservation_queues.clone()),
+            sold_out: SoldOutShortcut::new(pool.clone()),
             pool,
             access: Access::new(config.admin_token(), config.jwt_rules())
                 .with_open_drop_creation(config.open_drop_creation),

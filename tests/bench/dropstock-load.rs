@@ -151,6 +151,12 @@ async fn run(args: &Args) -> Result<bool, String> {
             "  sold-out answers that arrived before the last unit's 201: {}",
             outcome.early_sold_out
         );
+        println!(
+            "  then an unknown path on the same connections: {} answers (404) in {:.2} s = {:.0}/s",
+            outcome.not_found_answers,
+            outcome.not_found_elapsed.as_secs_f64(),
+            outcome.not_found_per_second()
+        );
     }
     let answers: Vec<String> = outcome
         .answers
@@ -182,6 +188,10 @@ async fn run(args: &Args) -> Result<bool, String> {
             format!("{:.0}", outcome.sold_out_per_second()),
         )
         .add_ms("sold_out_p99_ms", outcome.sold_out_latency.p99)
+        .add(
+            "not_found_per_s",
+            format!("{:.0}", outcome.not_found_per_second()),
+        )
         .add("buyers_ran_out", outcome.buyers_ran_out)
         .add("oversold", verdict.oversold)
         .add("check", if verdict.ok() { "ok" } else { "broken" });

@@ -1,5 +1,5 @@
 //! The database side: the pool and its start-up checks, one function per SQL call, the batcher
-//! of holds, and the JSON views the rows are read into.
+//! of holds, the sold-out shortcut, and the JSON views the rows are read into.
 
 use deadpool_postgres::PoolError;
 
@@ -7,6 +7,7 @@ pub mod batching;
 pub mod models;
 pub mod pool;
 pub mod queries;
+pub mod sold_out;
 
 /// What a database call failed with; `http::errors` turns it into a status and a message for people.
 #[derive(Debug, thiserror::Error)]

@@ -568,6 +568,19 @@ pub async fn variant_labels(client: &Connection, drop_id: Uuid) -> Result<Vec<St
         .collect::<Result<_, _>>()?)
 }
 
+/// Calls `drop_buyers`: who holds or bought units of the drop (the sold-out shortcut's exceptions).
+pub async fn drop_buyers(client: &Connection, drop_id: Uuid) -> Result<Vec<Uuid>, DbError> {
+    let rows = call!(
+        client,
+        "SELECT b FROM dropstock.drop_buyers($1) AS b",
+        &[(&drop_id, Type::UUID)]
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?)
+}
+
 /// Calls `purchase`: the buyer turns their hold into a sale.
 pub async fn buy(client: &Connection, hold_id: Uuid, buyer: Uuid) -> Result<SaleView, DbError> {
     let sql = format!(

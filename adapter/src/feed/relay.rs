@@ -70,6 +70,8 @@ pub async fn run(app: Arc<App>) {
             lost = listen(&config, &app, listened_before) => lost,
         };
         app.hub.set_listening(false);
+        // Without the feed, a sold-out drop's units could come back unseen.
+        app.sold_out.forget_all();
         if lost.was_listening {
             app.hub.publish(FeedEvent::Paused);
             listened_before = true;
@@ -223,6 +225,11 @@ async fn relay(app: &App, sizes: &mut SizeLabels, payload: &str) {
     match serde_json::from_str::<Notice>(payload) {
         Ok(notice) => {
             app.metrics.notices.inc();
+            app.sold_out.on_notice(
+                notice.drop_id,
+                notice.available_stock,
+                notice.waiting.unwrap_or(0),
+            );
             let labels = if notice.variants.is_empty() {
                 Arc::from([])
             } else {

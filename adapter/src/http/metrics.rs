@@ -39,6 +39,7 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub health_checks: Counter,
     pub reservation_queues: Gauge,
+    pub sold_out_shortcut: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -129,6 +130,12 @@ impl Metrics {
             "Drops with a reservation batching queue open now (at most 1,024)",
             reservation_queues.clone(),
         );
+        let sold_out_shortcut = Counter::default();
+        registry.register(
+            "sold_out_shortcut_answers",
+            "Reservations answered \"sold out\" from the feed, without a database call",
+            sold_out_shortcut.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -143,6 +150,7 @@ impl Metrics {
             connections_refused,
             health_checks,
             reservation_queues,
+            sold_out_shortcut,
         }
     }
 

@@ -314,9 +314,16 @@ async fn reserve(request: Request<Incoming>, app: &App) -> Result<Response<Body>
         variant: fields.optional_string("variant")?,
         quantity: fields.optional_integer("quantity")?.unwrap_or(1),
     };
+    // Before the per-buyer rate limit, which is there to spare the database: this answer does not
+    // reach it, and a crowd of new buyers would fill the limiter's table for nothing.
+    if let Some(sold_out) = app.sold_out.refuse(drop_id, &asked) {
+        app.metrics.sold_out_shortcut.inc();
+        return Err(sold_out);
+    }
     app.limits.check_buyer(buyer)?;
     // Batched with whoever else is reserving this drop right now: one commit serves them all.
     let reserved = app.holds.reserve(drop_id, asked).await?;
+    app.sold_out.note_buyer(drop_id, buyer);
     // A retry gets its hold back with 200, so a client can tell "reserved now" from "already yours".
     let status = if reserved.fresh {
         StatusCode::CREATED

@@ -3,7 +3,9 @@
 //!
 //! Two shapes of run: `Throughput` reserves for a fixed time on a drop with more stock than the demand;
 //! `SellOut` reserves until the drop's last unit is held, then keeps asking for a fixed time and counts the
-//! sold-out answers (409 `DS020`), which is what most of a hyped drop's crowd receives.
+//! sold-out answers (409 `DS020`), which is what most of a hyped drop's crowd receives; then, on the same
+//! connections, sends the same requests to a path the adapter does not have, for as long, so that its
+//! cheapest answer (404) is measured side by side with the sold-out one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -21,7 +23,8 @@ use super::latency::{Samples, Summary};
 pub enum Mode {
     /// Reserve for this long; the drop has more stock than the run can take.
     Throughput { seconds: f64 },
-    /// Reserve until `stock` new holds were answered, then keep asking for `sold_out_seconds`.
+    /// Reserve until `stock` new holds were answered, then keep asking for `sold_out_seconds`, then ask
+    /// an unknown path for as long.
     SellOut { stock: u64, sold_out_seconds: f64 },
 }
 
@@ -62,6 +65,9 @@ pub struct Outcome {
     pub sold_out_answers: u64,
     pub sold_out_elapsed: Duration,
     pub sold_out_latency: Summary,
+    /// Sell-out only: 404 answers to the unknown path, and how long that lasted.
+    pub not_found_answers: u64,
+    pub not_found_elapsed: Duration,
     /// The run ended because every prepared buyer had asked.
     pub buyers_ran_out: bool,
 }
@@ -74,6 +80,10 @@ impl Outcome {
     pub fn sold_out_per_second(&self) -> f64 {
         self.sold_out_answers as f64 / self.sold_out_elapsed.as_secs_f64().max(1e-9)
     }
+
+    pub fn not_found_per_second(&self) -> f64 {
+        self.not_found_answers as f64 / self.not_found_elapsed.as_secs_f64().max(1e-9)
+    }
 }
 
 struct Shared {
@@ -84,6 +94,8 @@ struct Shared {
     buyers_ran_out: AtomicBool,
     sell_out_stock: Option<u64>,
     sold_out_at: OnceLock<Instant>,
+    /// When the clients turned to the unknown path.
+    not_found_at: OnceLock<Instant>,
     requests: AtomicU64,
     fresh_holds: AtomicU64,
     sold_out: AtomicU64,
@@ -100,6 +112,7 @@ struct ClientLog {
     early_sold_out: u64,
     purchases: u64,
     sold_out_answers: u64,
+    not_found_answers: u64,
 }
 
 impl ClientLog {
@@ -122,6 +135,7 @@ pub async fn run(plan: &Plan, buyers: Arc<Vec<Uuid>>) -> Result<Outcome, String>
             Mode::Throughput { .. } => None,
         },
         sold_out_at: OnceLock::new(),
+        not_found_at: OnceLock::new(),
         requests: AtomicU64::new(0),
         fresh_holds: AtomicU64::new(0),
         sold_out: AtomicU64::new(0),
@@ -178,6 +192,10 @@ pub async fn run(plan: &Plan, buyers: Arc<Vec<Uuid>>) -> Result<Outcome, String>
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     wait_or_stop(&shared, Duration::from_secs_f64(sold_out_seconds)).await;
+                    if shared.sold_out_at.get().is_some() {
+                        let _ = shared.not_found_at.set(Instant::now());
+                        wait_or_stop(&shared, Duration::from_secs_f64(sold_out_seconds)).await;
+                    }
                 }
             }
             shared.stop.store(true, Ordering::Relaxed);
@@ -228,6 +246,7 @@ pub async fn run(plan: &Plan, buyers: Arc<Vec<Uuid>>) -> Result<Outcome, String>
         outcome.early_sold_out += log.early_sold_out;
         outcome.purchases += log.purchases;
         outcome.sold_out_answers += log.sold_out_answers;
+        outcome.not_found_answers += log.not_found_answers;
     }
     outcome.reserve_latency = reserve.summary();
     outcome.purchase_latency = purchase.summary();
@@ -235,7 +254,13 @@ pub async fn run(plan: &Plan, buyers: Arc<Vec<Uuid>>) -> Result<Outcome, String>
     match shared.sold_out_at.get() {
         Some(&sold_out_at) => {
             outcome.elapsed = sold_out_at - started;
-            outcome.sold_out_elapsed = finished - sold_out_at;
+            match shared.not_found_at.get() {
+                Some(&not_found_at) => {
+                    outcome.sold_out_elapsed = not_found_at - sold_out_at;
+                    outcome.not_found_elapsed = finished - not_found_at;
+                }
+                None => outcome.sold_out_elapsed = finished - sold_out_at,
+            }
         }
         None => outcome.elapsed = finished - started,
     }
@@ -252,6 +277,10 @@ async fn wait_or_stop(shared: &Shared, duration: Duration) {
 async fn client(mut connection: Connection, shared: &Shared, purchase: bool) -> ClientLog {
     let mut log = ClientLog::default();
     while !shared.stop.load(Ordering::Relaxed) {
+        if shared.not_found_at.get().is_some() {
+            not_found(&mut connection, &mut log, shared).await;
+            continue;
+        }
         // Latency after the sell-out counts only requests sent after it: one in flight across the last
         // unit was still a reservation attempt when it was sent.
         let after_sell_out = shared.sold_out_at.get().is_some();
@@ -315,6 +344,27 @@ async fn client(mut connection: Connection, shared: &Shared, purchase: bool) -> 
         }
     }
     log
+}
+
+/// One request like a reservation, to a path the adapter does not have.
+async fn not_found(connection: &mut Connection, log: &mut ClientLog, shared: &Shared) {
+    let body = format!(
+        r#"{{"userId":"{}","dropId":"{}"}}"#,
+        Uuid::nil(),
+        shared.drop_id
+    );
+    match connection.post_json("/api/unknown", body).await {
+        Ok(answer) if answer.status.as_u16() == 404 => log.not_found_answers += 1,
+        Ok(answer) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            log.count(format!("unknown path: {}", answer.status.as_u16()));
+        }
+        Err(error) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            log.count(format!("transport: {error}"));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 async fn buy(

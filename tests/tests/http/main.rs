@@ -9,4 +9,5 @@ mod hostile_input;
 mod rate_limits;
 mod rest;
 mod scale_out;
+mod sold_out;
 mod waitlist;

@@ -1,0 +1,188 @@
+//! The sold-out shortcut: once a drop is sold out, most reservations are bots asking again, and the
+//! database would tell each of them "sold out". The shortcut tells them itself, at the cost of a map
+//! look-up, and sends to the database only the requests whose answer could be anything else.
+//!
+//! When it answers. A drop is **sold out** here when the feed's latest notice for it says no unit is
+//! available and nobody waits in its line; from then until the next notice, `reserve_item` answers
+//! `DS020` to every buyer except:
+//! - the drop's buyers (`drop_buyers`: whoever holds units, or bought some), since a holder gets their
+//!   hold back and a buyer at their limit is told so; read from the database after each such notice,
+//!   and again at most every `REFRESH` while the shortcut is used, for holds made through other
+//!   adapters; holds made through this one are added as they are made;
+//! - requests the database would refuse for another reason that the shortcut can tell from the
+//!   request alone: a size the drop does not have, none on a drop sold by size, a quantity out of range,
+//!   a drop that has ended.
+//!
+//! Any notice for the drop turns it off at once (the units it announces may have come back), and so does
+//! losing the feed (`forget_all`), so the shortcut is never older than one notice. What it gives up:
+//! a unit of a past-due hold, which `reserve_item` would hand to the next reserver before the sweep, is
+//! offered only after the sweep (within a tick of the worker, when the notice announcing it arrives);
+//! and a buyer id unknown to the database is told "sold out" rather than "unknown buyer".
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::db::pool::Database;
+use crate::db::queries::{self, Asked};
+use crate::http::errors::ApiError;
+
+/// How often the drop's buyers are read again while the shortcut answers for it.
+const REFRESH: Duration = Duration::from_millis(250);
+/// Drops remembered at most; each is a few bytes per buyer of it.
+const MAX_DROPS: usize = 1024;
+/// The largest quantity `reserve_item` accepts.
+const MAX_QUANTITY: i32 = 10_000;
+
+/// A sold-out drop as the shortcut answers for it.
+struct SoldOut {
+    name: String,
+    /// A sized drop's size labels; empty for a drop without sizes.
+    labels: Vec<String>,
+    ends_at: Option<DateTime<Utc>>,
+    buyers: HashSet<Uuid>,
+    read_at: Instant,
+}
+
+/// Per drop: which notice the state follows, and the state once read.
+struct Entry {
+    /// Bumped by every notice of the drop: a read that started before a later notice is thrown away.
+    generation: u64,
+    sold_out: Option<SoldOut>,
+    reading: bool,
+}
+
+pub struct SoldOutShortcut {
+    pool: Database,
+    drops: Arc<Mutex<HashMap<Uuid, Entry>>>,
+}
+
+impl SoldOutShortcut {
+    pub fn new(pool: Database) -> Self {
+        SoldOutShortcut {
+            pool,
+            drops: Arc::default(),
+        }
+    }
+
+    /// A notice of the drop arrived: off at once; when the drop is sold out with nobody waiting, on
+    /// again as soon as its buyers are read.
+    pub fn on_notice(&self, drop_id: Uuid, available: i64, waiting: i64) {
+        let mut drops = self.drops.lock().expect("sold-out map");
+        let sold_out = available == 0 && waiting == 0;
+        if !sold_out {
+            drops.remove(&drop_id);
+            return;
+        }
+        if drops.len() >= MAX_DROPS && !drops.contains_key(&drop_id) {
+            return;
+        }
+        let entry = drops.entry(drop_id).or_insert(Entry {
+            generation: 0,
+            sold_out: None,
+            reading: false,
+        });
+        entry.generation += 1;
+        entry.sold_out = None;
+        let generation = entry.generation;
+        entry.reading = true;
+        drop(drops);
+        self.read(drop_id, generation);
+    }
+
+    /// The feed was lost or resynchronised: nothing it said can be relied on any more.
+    pub fn forget_all(&self) {
+        self.drops.lock().expect("sold-out map").clear();
+    }
+
+    /// The database made or returned a hold for this buyer: they are one of the drop's buyers now.
+    pub fn note_buyer(&self, drop_id: Uuid, buyer: Uuid) {
+        if let Some(sold_out) = self
+            .drops
+            .lock()
+            .expect("sold-out map")
+            .get_mut(&drop_id)
+            .and_then(|entry| entry.sold_out.as_mut())
+        {
+            sold_out.buyers.insert(buyer);
+        }
+    }
+
+    /// The answer `reserve_item` would give, when the shortcut knows it: `DS020`.
+    pub fn refuse(&self, drop_id: Uuid, asked: &Asked) -> Option<ApiError> {
+        let mut drops = self.drops.lock().expect("sold-out map");
+        let entry = drops.get_mut(&drop_id)?;
+        let sold_out = entry.sold_out.as_ref()?;
+        if !(1..=MAX_QUANTITY).contains(&asked.quantity)
+            || sold_out.ends_at.is_some_and(|end| Utc::now() >= end)
+            || sold_out.buyers.contains(&asked.buyer)
+        {
+            return None;
+        }
+        let message = match (&asked.variant, sold_out.labels.is_empty()) {
+            (None, true) => format!("drop \"{}\" is sold out", sold_out.name),
+            (Some(label), false) => {
+                let label = label.trim();
+                if !sold_out.labels.iter().any(|known| known == label) {
+                    return None;
+                }
+                format!("size \"{label}\" of drop \"{}\" is sold out", sold_out.name)
+            }
+            _ => return None,
+        };
+        if sold_out.read_at.elapsed() >= REFRESH && !entry.reading {
+            entry.reading = true;
+            let generation = entry.generation;
+            drop(drops);
+            self.read(drop_id, generation);
+        }
+        Some(ApiError::from_sqlstate("DS020", &message))
+    }
+
+    /// Reads the drop and its buyers in the background, and keeps them unless a notice came meanwhile.
+    fn read(&self, drop_id: Uuid, generation: u64) {
+        let pool = self.pool.clone();
+        let drops = self.drops.clone();
+        tokio::spawn(async move {
+            let read = async {
+                let client = pool.connection().await?;
+                let drop = queries::drop_status(&client, drop_id).await?;
+                let buyers = queries::drop_buyers(&client, drop_id).await?;
+                Ok::<_, crate::db::DbError>(SoldOut {
+                    name: drop.name,
+                    labels: drop.variants.into_iter().map(|size| size.label).collect(),
+                    ends_at: drop.ends_at,
+                    buyers: buyers.into_iter().collect(),
+                    read_at: Instant::now(),
+                })
+            }
+            .await;
+            let mut drops = drops.lock().expect("sold-out map");
+            let Some(entry) = drops.get_mut(&drop_id) else {
+                return;
+            };
+            if entry.generation != generation {
+                return; // a newer notice started its own read, or turned the shortcut off
+            }
+            entry.reading = false;
+            match read {
+                Ok(mut sold_out) => {
+                    // Buyers noted while the read ran may have committed after it looked; a buyer
+                    // kept too long only means their next call goes to the database.
+                    if let Some(old) = entry.sold_out.take() {
+                        sold_out.buyers.extend(old.buyers);
+                    }
+                    entry.sold_out = Some(sold_out);
+                }
+                Err(error) => {
+                    // Without the buyers nothing can be answered here: the database answers instead.
+                    tracing::debug!(%error, drop = %drop_id, "sold-out shortcut off: cannot read the drop's buyers");
+                    drops.remove(&drop_id);
+                }
+            }
+        });
+    }
+}

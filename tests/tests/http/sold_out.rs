@@ -1,0 +1,88 @@
+//! The sold-out shortcut: once the feed says a drop is sold out with nobody waiting, the adapter answers
+//! reservations "sold out" by itself, except those of the drop's own buyers, and stops with the next
+//! notice of the drop.
+
+use std::time::Duration;
+
+use dropstock_tests::adapter::*;
+use dropstock_tests::db::*;
+use serde_json::json;
+
+/// How many reservations the adapter answered from its shortcut so far.
+async fn shortcut_answers(adapter: &Adapter) -> u64 {
+    adapter
+        .metrics()
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix("dropstock_http_sold_out_shortcut_answers_total "))
+        .map_or(0, |count| count.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_sold_out_drop_is_answered_without_the_database_except_for_its_buyers() {
+    let adapter = Adapter::start().await;
+    adapter.wait_listening().await;
+    let drop = adapter.open_drop(1).await;
+    let holder = adapter.new_buyer().await;
+    let (status, held) = adapter.reserve(&drop, &holder).await;
+    assert_eq!(status, 201, "{held}");
+    let hold = id(&held["data"]);
+
+    // The worker's notice of the sell-out turns the shortcut on: a bot's answer then comes from it.
+    let bot = adapter.new_buyer().await;
+    let shortcut_on = wait_until(Duration::from_secs(10), || async {
+        let answer = adapter.reserve(&drop, &bot).await;
+        assert_refused(&answer, 409, "DS020", "is sold out");
+        shortcut_answers(&adapter).await > 0
+    })
+    .await;
+    assert!(shortcut_on, "the shortcut never answered");
+
+    // The holder still gets their own hold back, not "sold out".
+    let (status, again) = adapter.reserve(&drop, &holder).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(id(&again["data"]), hold);
+
+    // A unit comes back: with the next notice the bot reaches the database again, and gets it.
+    let (status, cancelled) = adapter
+        .post(
+            &format!("/api/reservations/{hold}/cancel"),
+            json!({ "userId": holder }),
+        )
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let served = wait_until(Duration::from_secs(10), || async {
+        adapter.reserve(&drop, &bot).await.0 == 201
+    })
+    .await;
+    assert!(served, "the unit that came back was never reserved");
+}
+
+#[tokio::test]
+async fn while_buyers_wait_in_line_the_database_answers() {
+    let adapter = Adapter::start().await;
+    adapter.wait_listening().await;
+    let drop = adapter.open_drop(1).await;
+    let holder = adapter.new_buyer().await;
+    assert_eq!(adapter.reserve(&drop, &holder).await.0, 201);
+    let db = connect().await;
+    let waiter = adapter.new_buyer().await;
+    db.execute(
+        &format!("SELECT dropstock.join_waitlist('{drop}', '{waiter}')"),
+        &[],
+    )
+    .await
+    .unwrap();
+    // Once the notice with the line has arrived, the answer is the database's: join the line.
+    let bot = adapter.new_buyer().await;
+    let told_to_join = wait_until(Duration::from_secs(10), || async {
+        let (status, answer) = adapter.reserve(&drop, &bot).await;
+        status == 409
+            && answer["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("join the waiting list")
+    })
+    .await;
+    assert!(told_to_join, "the line was never seen");
+}
