@@ -62,17 +62,15 @@ fn _wake_worker_at_commit() {
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
-            if CHANGED.swap(false, Ordering::Relaxed) {
-                let procno = WORKER.get().load(Ordering::Acquire);
-                if procno >= 0 {
-                    // SAFETY: allProcs has an entry for every process number; setting the latch of a
-                    // process that has since exited (and whose slot was reused) only wakes that one
-                    // process once, spuriously, which every latch user allows for.
-                    unsafe {
-                        let proc_ = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
-                        pg_sys::SetLatch(&raw mut (*proc_).procLatch);
-                    }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT if CHANGED.swap(false, Ordering::Relaxed) => {
+            let procno = WORKER.get().load(Ordering::Acquire);
+            if procno >= 0 {
+                // SAFETY: allProcs has an entry for every process number; setting the latch of a
+                // process that has since exited (and whose slot was reused) only wakes that one
+                // process once, spuriously, which every latch user allows for.
+                unsafe {
+                    let proc_ = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
+                    pg_sys::SetLatch(&raw mut (*proc_).procLatch);
                 }
             }
         }
