@@ -197,15 +197,18 @@ SELECT d.id,
                       WHERE s.drop_id = d.id) st;
 
 -- active_drops: drops that have not ended (upcoming ones included, so a screen can count down),
--- soonest first.
+-- soonest first. A draw's end closes its entries, not its sales: it stays until it is drawn and its
+-- winners' holds and its line are done with.
 CREATE FUNCTION active_drops()
 RETURNS SETOF drop_summaries
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT * FROM dropstock.drop_summaries
-     WHERE ends_at IS NULL OR ends_at > now()
-     ORDER BY starts_at, created_at, id
+    SELECT * FROM dropstock.drop_summaries s
+     WHERE s.ends_at IS NULL OR s.ends_at > now()
+        OR (s.mode = 'draw' AND (s.waiting > 0 OR s.held_stock > 0
+                                 OR NOT EXISTS (SELECT FROM dropstock.draws w WHERE w.drop_id = s.id)))
+     ORDER BY s.starts_at, s.created_at, s.id
 $$;
 
 -- drop_status: one drop, ended or not.

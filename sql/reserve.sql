@@ -13,15 +13,15 @@
 -- The steps, in the lock order of stock.sql:
 --   1. the drop, read once (and a sized drop's labels);
 --   2. the buyer locks, so each buyer's state below is what their last call committed;
---   3. each buyer's state: known, size, live hold, place in the drop's line, units bought; a buyer's
---      own hold that ran out before a sweep saw it is ended here, and its units go back after the
---      claims of step 4, to the line or to stock, never to that buyer (who would otherwise keep a unit
---      for ever by reserving again each time their hold runs out). Nobody gets units others wait for
---      (waitlist.sql): they are refused, with the cooldown's end when their own hold ended while others
---      waited;
+--   3. each buyer's state: known, size, live hold, place in the drop's line, cooldown, units bought; a
+--      buyer's own hold that ran out before a sweep saw it is ended here and its units kept for the
+--      new holds of its variant. Nobody gets units others wait for (waitlist.sql): they are refused,
+--      and a buyer whose hold ended while others waited is refused until the drop's cooldown has passed
+--      (so nobody keeps a unit by reserving it again each time their hold runs out while others wait);
 --   4. units for the buyers still waiting, one variant at a time in ascending order, first come first
---      served and all or nothing per buyer: free stock (_claim_units), then other buyers' past-due
---      holds (_reclaim_due); units nobody could use go back (_give_back);
+--      served and all or nothing per buyer: the units in hand, then free stock (_claim_units), then
+--      other buyers' past-due holds (_reclaim_due); units nobody could use go back (_give_back): to
+--      the line first;
 --   5. the new holds, inserted together.
 CREATE FUNCTION _reserve(drop_id uuid, user_ids uuid[], labels text[], quantities integer[])
 RETURNS TABLE (user_id uuid, reservation_id uuid, expires_at timestamptz, created_at timestamptz,
@@ -48,18 +48,14 @@ DECLARE
     waiting_at integer[] := '{}';            -- buyers who need units, in order: where each stands in uids,
     waiting_variant smallint[] := '{}';      --   the variant
     waiting_units integer[] := '{}';         --   and how many units
-    waiting_lapsed boolean[] := '{}';        --   and whether their own hold ran out (ended in step 3)
     -- Per variant, element v + 1 for variant v:
     wanted integer[] := '{}';                --   units the waiting buyers want
-    wanted_by_others integer[] := '{}';      --   of which by buyers whose own hold did not run out
     in_hand integer[] := '{}';               --   units of buyers' own past-due holds, ended in step 3
     lapsed_buyers uuid[] := '{}';            -- those buyers
     busy_lines boolean[] := '{}';            --   whether anybody waits in the drop's line for it
     until timestamptz;
     granted integer;
     left_over integer;
-    own_left integer;                        -- of the units in hand, those not handed out yet
-    from_own integer;
     short_variant smallint;
     v smallint;
     g integer;
@@ -106,7 +102,8 @@ BEGIN
                live.variant AS live_variant, live.quantity AS live_units,
                (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
                  WHERE p.user_id = a.uid AND p.drop_id = d.id) AS bought,
-               (SELECT w.place FROM dropstock.waitlist w WHERE w.drop_id = d.id AND w.user_id = a.uid) AS place
+               (SELECT w.place FROM dropstock.waitlist w WHERE w.drop_id = d.id AND w.user_id = a.uid) AS place,
+               (SELECT c.until FROM dropstock.cooldowns c WHERE c.drop_id = d.id AND c.user_id = a.uid) AS cooling_until
           FROM (SELECT t.uid, min(t.pos)::integer AS pos
                   FROM unnest(_reserve.user_ids) WITH ORDINALITY AS t(uid, pos)
                  GROUP BY t.uid) a
@@ -181,6 +178,11 @@ BEGIN
             IF FOUND THEN
                 in_hand[buyer.live_variant + 1] := coalesce(in_hand[buyer.live_variant + 1], 0) + buyer.live_units;
                 lapsed_buyers := lapsed_buyers || buyer.uid;
+            ELSE
+                -- The sweep ended it after this call first looked (the update waited for it): it may have
+                -- given the units to the line and started this buyer's cooldown since.
+                buyer.cooling_until := (SELECT c.until FROM dropstock.cooldowns c
+                                         WHERE c.drop_id = d.id AND c.user_id = buyer.uid);
             END IF;
         END IF;
         IF busy_lines[v + 1] IS NULL THEN
@@ -188,25 +190,26 @@ BEGIN
                                           WHERE w.drop_id = d.id AND v = ANY (w.variants)
                                             AND (w.kept_variant IS NULL OR w.kept_variant = v));
         END IF;
+        -- A buyer whose hold ended while others waited cools down for the drop's cooldown, whether or
+        -- not anybody still waits: their hold running out now, while others wait, starts one.
+        until := buyer.cooling_until;
+        IF busy_lines[v + 1] AND buyer.live_id IS NOT NULL AND buyer.live_expires_at <= clock_timestamp() THEN
+            until := greatest(until, buyer.live_expires_at + make_interval(secs => coalesce(d.cooldown_seconds, d.hold_seconds)));
+            INSERT INTO dropstock.cooldowns AS c (drop_id, user_id, until)
+            VALUES (d.id, buyer.uid, until)
+            ON CONFLICT ON CONSTRAINT cooldowns_pkey DO UPDATE SET until = greatest(c.until, excluded.until);
+        END IF;
+        IF until > clock_timestamp() THEN
+            states[n] := 'DS022';
+            messages[n] := format('your hold on drop "%s" ended while others were waiting: you may reserve it again from %s',
+                                  d.name, until);
+            details[n] := until::text;
+            CONTINUE;
+        END IF;
         IF busy_lines[v + 1] THEN
-            -- Others wait for these units. A buyer whose own hold ended while they did cools down.
-            IF buyer.live_id IS NOT NULL AND buyer.live_expires_at <= clock_timestamp() THEN
-                INSERT INTO dropstock.cooldowns AS c (drop_id, user_id, until)
-                VALUES (d.id, buyer.uid, buyer.live_expires_at + make_interval(secs => coalesce(d.cooldown_seconds, d.hold_seconds)))
-                ON CONFLICT ON CONSTRAINT cooldowns_pkey DO UPDATE SET until = greatest(c.until, excluded.until);
-            END IF;
-            until := (SELECT c.until FROM dropstock.cooldowns c
-                       WHERE c.drop_id = d.id AND c.user_id = buyer.uid AND c.until > clock_timestamp());
-            IF until IS NOT NULL THEN
-                states[n] := 'DS022';
-                messages[n] := format('your hold on drop "%s" ended while others were waiting: you may reserve it again from %s',
-                                      d.name, until);
-                details[n] := until::text;
-            ELSE
-                states[n] := 'DS020';
-                messages[n] := CASE WHEN NOT d.sized THEN format('buyers are waiting for drop "%s": join the waiting list', d.name)
-                                    ELSE format('buyers are waiting for size "%s" of drop "%s": join the waiting list', sizes[v], d.name) END;
-            END IF;
+            states[n] := 'DS020';
+            messages[n] := CASE WHEN NOT d.sized THEN format('buyers are waiting for drop "%s": join the waiting list', d.name)
+                                ELSE format('buyers are waiting for size "%s" of drop "%s": join the waiting list', sizes[v], d.name) END;
             CONTINUE;
         END IF;
         -- The limit counts units of live holds and purchases; the buyer holds no live hold at this point.
@@ -221,11 +224,7 @@ BEGIN
         waiting_at := waiting_at || n;
         waiting_variant := waiting_variant || v;
         waiting_units := waiting_units || buyer.units;
-        waiting_lapsed := waiting_lapsed || (buyer.live_id IS NOT NULL);
         wanted[v + 1] := coalesce(wanted[v + 1], 0) + buyer.units;
-        IF buyer.live_id IS NULL THEN
-            wanted_by_others[v + 1] := coalesce(wanted_by_others[v + 1], 0) + buyer.units;
-        END IF;
     END LOOP;
 
     -- Units per variant, in ascending variant order, then handed out in buyer order. Past-due holds that
@@ -243,34 +242,25 @@ BEGIN
                 CONTINUE WHEN coalesce(wanted[k], 0) = 0 AND coalesce(in_hand[k], 0) = 0;
                 v := k - 1;
                 short_variant := NULL;
-                -- The units in hand (own lapsed holds) serve the other buyers only; the rest is claimed.
-                own_left := coalesce(in_hand[k], 0);
-                granted := 0;
-                IF least(own_left, coalesce(wanted_by_others[k], 0)) < coalesce(wanted[k], 0) THEN
-                    granted := dropstock._claim_units(d.id, v, wanted[k] - least(own_left, coalesce(wanted_by_others[k], 0)));
-                    IF granted < wanted[k] - least(own_left, coalesce(wanted_by_others[k], 0)) THEN
+                -- The units in hand first (own past-due holds, ended in step 3), then claimed ones.
+                granted := coalesce(in_hand[k], 0);
+                IF granted < coalesce(wanted[k], 0) THEN
+                    granted := granted + dropstock._claim_units(d.id, v, wanted[k] - granted);
+                    IF granted < wanted[k] THEN
                         BEGIN
-                            granted := granted + dropstock._reclaim_due(d.id, v,
-                                           wanted[k] - least(own_left, coalesce(wanted_by_others[k], 0)) - granted);
+                            granted := granted + dropstock._reclaim_due(d.id, v, wanted[k] - granted);
                         EXCEPTION WHEN lock_not_available THEN
                             NULL;  -- see _reclaim_due
                         END;
                     END IF;
                 END IF;
-                -- All or nothing per buyer, first come first served; `granted` counts claimed units
-                -- not handed out yet.
+                -- All or nothing per buyer, first come first served.
+                left_over := granted;
                 FOR i IN 1 .. coalesce(cardinality(waiting_at), 0) LOOP
                     CONTINUE WHEN waiting_variant[i] <> v;
-                    left_over := granted + CASE WHEN waiting_lapsed[i] THEN 0 ELSE own_left END;
                     IF waiting_units[i] <= left_over THEN
                         granted_at := granted_at || i;
-                        IF NOT waiting_lapsed[i] THEN
-                            from_own := least(own_left, waiting_units[i]);
-                            own_left := own_left - from_own;
-                            granted := granted - (waiting_units[i] - from_own);
-                        ELSE
-                            granted := granted - waiting_units[i];
-                        END IF;
+                        left_over := left_over - waiting_units[i];
                     ELSE
                         short_variant := v;
                         states[waiting_at[i]] := 'DS020';
@@ -283,8 +273,8 @@ BEGIN
                     END IF;
                 END LOOP;
                 -- Units nobody here could use, claimed or in hand, to the line or to stock.
-                IF granted + own_left > 0 THEN
-                    PERFORM dropstock._give_back(d.id, v, granted + own_left, lapsed_buyers);
+                IF left_over > 0 THEN
+                    PERFORM dropstock._give_back(d.id, v, left_over, lapsed_buyers);
                 END IF;
                 due_by := clock_timestamp();
                 IF short_variant IS NOT NULL AND round < 5

@@ -75,9 +75,8 @@ mod tests {
     }
 
     #[pg_test]
-    fn reserve_item_never_hands_a_buyer_their_own_past_due_hold_back() {
-        // With a unit free besides it, the buyer gets that one and their old unit goes back to stock.
-        let drop = drop_with_stock(2);
+    fn reserve_item_replaces_the_buyers_own_past_due_hold_when_nobody_waits() {
+        let drop = drop_with_stock(1);
         let ann = buyer("ann");
         let stale = reserve(&drop, &ann);
         let_hold_run_out(&stale);
@@ -89,18 +88,7 @@ mod tests {
             )),
             "expired"
         );
-        assert_eq!(available(&drop), 1);
         assert_stock_invariant(&drop);
-        // With none, they do not keep the unit by asking again before the sweep.
-        let single = drop_with_stock(1);
-        let stale = reserve(&single, &ann);
-        let_hold_run_out(&stale);
-        assert_refused(
-            &format!("SELECT dropstock.reserve_item('{single}', '{ann}')"),
-            "DS020",
-            "sold out",
-        );
-        assert_stock_invariant(&single);
     }
 
     #[pg_test]
@@ -215,10 +203,10 @@ mod tests {
         run(&format!("SELECT dropstock.purchase('{sale}', '{ann}')"));
         let stale = reserve(&drop, &bob);
         let_hold_run_out(&stale);
-        // ann has bought her one; bob's own past-due hold ends and its unit goes to cyd, not to him.
+        // bob's own past-due hold is replaced, ann has bought her one, cyd gets nothing: stock is gone.
         assert_eq!(
             batch_outcomes(&drop, &[&ann, &bob, &cyd]),
-            "ann=DS021 bob=DS020 cyd=new"
+            "ann=DS021 bob=new cyd=DS020"
         );
         assert_eq!(
             text(&format!(
