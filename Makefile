@@ -222,7 +222,8 @@ RUN_ISOLATION = rm -rf target/isolation && mkdir -p target/isolation && \
       > target/isolation/summary.txt 2>&1 \
     || { cat target/isolation/summary.txt; cat target/isolation/regression.diffs 2>/dev/null; false; }; }
 
-# The concurrency storms are the `concurrency` module of the `sql` test target (tests/tests/sql).
+# The concurrency storms are the `concurrency`, `races` and `waitlist` modules of the `sql` test target
+# (tests/tests/sql).
 CONCURRENCY_TESTS = cargo test -p dropstock-tests --test sql
 
 # The drop page's test drives headless Chromium (Debian's, from setup) with playwright-core from a
@@ -261,8 +262,8 @@ test-repeat: db
 	passed=0; \
 	for k in $$(seq 1 $(N)); do \
 	  start=$$(date +%s); \
-	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary concurrency:: races:: --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
-	    cat target/test-repeat.log; echo "test-repeat: run $$k/$(N) failed in the concurrency or race tests"; \
+	  if ! (cd tests && DROPSTOCK_PGDATA=$(PG_DATA) $$binary concurrency:: races:: waitlist:: --test-threads=1 -q) > target/test-repeat.log 2>&1; then \
+	    cat target/test-repeat.log; echo "test-repeat: run $$k/$(N) failed in the concurrency, race or waiting-list tests"; \
 	    echo "test-repeat: $$passed of $(N) runs passed"; exit 1; fi; \
 	  if ! ( $(RUN_ISOLATION) ); then \
 	    echo "test-repeat: run $$k/$(N) failed in the isolation specs"; \
