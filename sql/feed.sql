@@ -14,8 +14,10 @@
 
 -- publish_changes: NOTIFY dropstock, '<json>' for each drop whose stock or buyers changed since its
 -- last publication; returns how many notifications it sent.
--- Payload: {"dropId", "availableStock", "totalStock", "seq", "waiting", "purchases": [{"id", "createdAt",
--- "user": {"username"}}]}, `waiting` being how many buyers wait in the drop's line, the purchases being sales not announced before, newest first, at
+-- Payload: {"dropId", "availableStock", "totalStock", "seq", "waiting", "lineSeq", "purchases": [{"id",
+-- "createdAt", "user": {"username"}}]}, `waiting` being how many buyers wait in the drop's line and
+-- `lineSeq` rising by one each time the line changed since the last notice (a buyer waiting needs to
+-- ask for their position only then), the purchases being sales not announced before, newest first, at
 -- most 10 per notification; more new sales than that go out as several notifications in a row, oldest
 -- sales first, each with its own seq and the same stock. A sized drop's payload also has "variants":
 -- [[variant, available], ...], the variants whose available units changed since the last publication,
@@ -45,6 +47,7 @@ DECLARE
     sizes json;
     candidates uuid[];
     offers integer;
+    line_seq bigint;
 BEGIN
     -- One publisher at a time (the worker's tick and a manual call), so seq rises strictly.
     PERFORM pg_advisory_xact_lock(7237970079682749796);  -- 'dropfeed'
@@ -85,7 +88,9 @@ BEGIN
                END AS variants, f.variants AS last_variants,
                EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales,
                (SELECT count(*)::integer FROM dropstock.waitlist w WHERE w.drop_id = d.id) AS waiting,
-               coalesce(f.waiting, 0) AS last_waiting
+               coalesce(f.waiting, 0) AS last_waiting,
+               (SELECT max(w.place) FROM dropstock.waitlist w WHERE w.drop_id = d.id) AS line_last,
+               f.line_last AS last_line_last, coalesce(f.line_seq, 0) AS line_seq
           FROM unnest(candidates) AS c(drop_id)
          CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id) d
           LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id) f ON true
@@ -98,7 +103,11 @@ BEGIN
         CONTINUE WHEN NOT (changed.pending OR changed.new_sales
                            OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold
                            OR changed.variants IS DISTINCT FROM changed.last_variants
-                           OR changed.waiting <> changed.last_waiting);
+                           OR changed.waiting <> changed.last_waiting
+                           OR changed.line_last IS DISTINCT FROM changed.last_line_last);
+        line_seq := changed.line_seq
+                    + CASE WHEN changed.waiting <> changed.last_waiting
+                             OR changed.line_last IS DISTINCT FROM changed.last_line_last THEN 1 ELSE 0 END;
         -- Units can move between sizes with the total unchanged (a cancel and a hold in one tick).
         IF changed.variants IS NOT NULL THEN
             SELECT coalesce(json_agg(json_build_array(x.variant, x.available) ORDER BY x.variant), '[]'::json)
@@ -133,6 +142,7 @@ BEGIN
                     'totalStock', changed.total_stock,
                     'seq', next_seq,
                     'waiting', changed.waiting,
+                    'lineSeq', line_seq,
                     'purchases', sales)::text);
             ELSE
                 PERFORM pg_notify('dropstock', json_build_object(
@@ -141,6 +151,7 @@ BEGIN
                     'totalStock', changed.total_stock,
                     'seq', next_seq,
                     'waiting', changed.waiting,
+                    'lineSeq', line_seq,
                     'purchases', sales,
                     'variants', sizes)::text);
             END IF;
@@ -150,14 +161,15 @@ BEGIN
                                    WHERE p.drop_id = changed.id AND p.feed_seq IS NULL);
         END LOOP;
         INSERT INTO dropstock.feed_state AS f (drop_id, seq, available, sold, held, pending, published_at, variants,
-                                               waiting)
+                                               waiting, line_last, line_seq)
         VALUES (changed.id, next_seq, changed.available, changed.sold,
                 changed.total_stock - changed.available - changed.sold, false, now(), changed.variants,
-                changed.waiting)
+                changed.waiting, changed.line_last, line_seq)
         ON CONFLICT (drop_id) DO UPDATE
            SET seq = excluded.seq, available = excluded.available, sold = excluded.sold,
                held = excluded.held, pending = false, published_at = excluded.published_at,
-               variants = excluded.variants, waiting = excluded.waiting;
+               variants = excluded.variants, waiting = excluded.waiting, line_last = excluded.line_last,
+               line_seq = excluded.line_seq;
     END LOOP;
 
     -- The offers, each to its buyer's inbox.

@@ -155,8 +155,12 @@ CREATE TABLE feed_state (
     held         integer NOT NULL DEFAULT 0,
     pending      boolean NOT NULL DEFAULT true,
     published_at timestamptz,
-    -- Buyers waiting on the drop at the last publication.
+    -- Buyers waiting on the drop at the last publication, the line's last place then, and how many
+    -- times the line was seen to change (a buyer ahead leaving while another joins behind leaves the
+    -- count as it was, but not the last place).
     waiting      integer NOT NULL DEFAULT 0,
+    line_last    bigint,
+    line_seq     bigint NOT NULL DEFAULT 0,
     -- A sized drop's available units per variant at the last publication, element i for variant i;
     -- NULL for a drop without sizes. The notice carries only the variants that differ from it.
     variants     integer[]

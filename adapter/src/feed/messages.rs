@@ -62,6 +62,9 @@ struct StockMessage<'a> {
     /// Buyers waiting on the drop, as the notice said.
     #[serde(skip_serializing_if = "Option::is_none")]
     waiting: Option<i64>,
+    /// Rises each time the drop's line changed, as the notice said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line_seq: Option<i64>,
 }
 
 /// To one buyer only: the waiting list made them a hold. The hold itself (its id, to buy it) is read
@@ -129,6 +132,7 @@ pub fn notice_frames(notice: &Notice, labels: &[String]) -> Vec<Utf8Bytes> {
             })
             .collect(),
         waiting: notice.waiting,
+        line_seq: notice.line_seq,
     }));
     for sale in notice.sales.iter().rev() {
         frames.push(to_frame(&SaleMessage {

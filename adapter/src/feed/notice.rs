@@ -25,6 +25,9 @@ pub struct Notice {
     /// Buyers waiting on the drop (its waiting list's length); absent from an older extension's notices.
     #[serde(default)]
     pub waiting: Option<i64>,
+    /// Rises each time the line changed; a buyer in it asks for their position only then.
+    #[serde(default, rename = "lineSeq")]
+    pub line_seq: Option<i64>,
 }
 
 /// One offer, as `NOTIFY dropstock_inbox, '<json>'` carries it: for whoever opened the inbox it names, and

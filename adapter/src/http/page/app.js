@@ -17,6 +17,7 @@ const state = {
   outcomes: new Map(), // drop id → { text, tone }, kept across re-renders
   unlisted: new Set(), // drop ids the feed mentioned that a reload did not list (ended drops)
   waiting: new Map(), // drop id → buyers in its waiting list, as the feed last said
+  lineSeqs: new Map(), // drop id → the feed's count of changes to its line (a change means: ask your place)
   positions: new Map(), // drop id → this buyer's place in its line (1 = next), absent when not waiting
   draws: new Map(), // drop id of a draw (`mode: 'draw'`) → the draw as GET /api/drops/{id}/draw answers
   entered: new Set(), // drop ids whose draw this buyer entered
@@ -322,7 +323,9 @@ function onFeedMessage(message) {
       if (drop.seq !== undefined && message.seq <= drop.seq) return;
       drop.seq = message.seq;
       drop.availableStock = message.availableStock;
-      if (message.waiting !== undefined && message.waiting !== state.waiting.get(drop.id)) {
+      const lineMoved = message.lineSeq !== undefined && message.lineSeq !== state.lineSeqs.get(drop.id);
+      if (message.lineSeq !== undefined) state.lineSeqs.set(drop.id, message.lineSeq);
+      if (message.waiting !== undefined && (lineMoved || message.waiting !== state.waiting.get(drop.id))) {
         state.waiting.set(drop.id, message.waiting);
         // The line moved: this buyer's place may have too. A line first heard of (after a reload) is
         // asked about once, in case this buyer is in it.
