@@ -144,6 +144,9 @@ BEGIN
     SELECT e.drop_id, e.user_id, e.place - entered - 1, e.variants, e.quantity, e.entered_at
       FROM dropstock.draw_entries e WHERE e.drop_id = d.id;
     INSERT INTO dropstock.draws (drop_id, seed, entries, winners) VALUES (d.id, key, entered, 0);
+    IF entered > 0 THEN
+        INSERT INTO dropstock.line_moves (drop_id, delta) VALUES (d.id, entered);
+    END IF;
 
     -- Every free unit to the line, size by size in ascending order (the lock order of stock.sql).
     FOR v IN SELECT x.variant FROM dropstock.variants x WHERE x.drop_id = d.id ORDER BY x.variant LOOP

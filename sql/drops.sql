@@ -189,8 +189,10 @@ SELECT d.id,
               WHERE d.sized AND v.drop_id = d.id
               ORDER BY v.variant)                AS variants,
        d.mode,
-       -- Buyers waiting in the drop's line (waitlist.sql).
-       (SELECT count(*)::integer FROM dropstock.waitlist w WHERE w.drop_id = d.id) AS waiting
+       -- Buyers waiting in the drop's line (waitlist.sql): its length at the last publication and the
+       -- moves since, never a count of the line.
+       coalesce((SELECT f.waiting FROM dropstock.feed_state f WHERE f.drop_id = d.id), 0)
+       + coalesce((SELECT sum(m.delta)::integer FROM dropstock.line_moves m WHERE m.drop_id = d.id), 0) AS waiting
   FROM dropstock.drops d
  CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
                        FROM dropstock.stock_slots s

@@ -16,7 +16,7 @@
 -- last publication; returns how many notifications it sent.
 -- Payload: {"dropId", "availableStock", "totalStock", "seq", "waiting", "lineSeq", "purchases": [{"id",
 -- "createdAt", "user": {"username"}}]}, `waiting` being how many buyers wait in the drop's line and
--- `lineSeq` rising by one each time the line changed since the last notice (a buyer waiting needs to
+-- `lineSeq` rising by one each time the line moved since the last notice (a buyer waiting needs to
 -- ask for their position only then), the purchases being sales not announced before, newest first, at
 -- most 10 per notification; more new sales than that go out as several notifications in a row, oldest
 -- sales first, each with its own seq and the same stock. A sized drop's payload also has "variants":
@@ -24,8 +24,9 @@
 -- by variant number (variant_status gives the labels). Numbers, not labels, keep a notice under
 -- PostgreSQL's 8,000-byte limit whatever the labels: 100 variants take at most 1,500 bytes, ten sales
 -- at most 4,300 (names of 64 four-byte characters).
--- Drops that ended more than a minute ago are not looked at (a draw's drop: unless buyers wait in its
--- line). Buyers appear by name only: any role that can connect can LISTEN, and a buyer's id is theirs
+-- Drops that ended more than a minute ago are not looked at unless their line moved (a draw's sales
+-- come after its end). A line's length is never counted: the moves recorded since the last
+-- publication (line_moves) are added to it. Buyers appear by name only: any role that can connect can LISTEN, and a buyer's id is theirs
 -- alone.
 -- Offers made since the last publication (waitlist.sql) go out on channel `dropstock_inbox`, one
 -- notification each, addressed to the buyer's inbox (inbox_of: the hash of a secret only the buyer and
@@ -47,10 +48,19 @@ DECLARE
     sizes json;
     candidates uuid[];
     offers integer;
-    line_seq bigint;
 BEGIN
     -- One publisher at a time (the worker's tick and a manual call), so seq rises strictly.
     PERFORM pg_advisory_xact_lock(7237970079682749796);  -- 'dropfeed'
+    -- The lines' moves since the last publication, added to their lengths; a drop whose line moved is
+    -- published (pending) even if nothing else changed.
+    WITH gone AS (
+        DELETE FROM dropstock.line_moves m RETURNING m.drop_id, m.delta
+    ), moved AS (
+        SELECT gone.drop_id, sum(gone.delta)::integer AS delta FROM gone GROUP BY gone.drop_id
+    )
+    UPDATE dropstock.feed_state f
+       SET waiting = f.waiting + moved.delta, line_seq = f.line_seq + 1, pending = true
+      FROM moved WHERE f.drop_id = moved.drop_id;
     -- The drops worth a look, found from small indexes only: drops with live holds (skipping from one
     -- drop to the next in the live-hold index: one probe per such drop, not one per hold), drops that
     -- held units at their last publication or were never published, and drops with sales to announce.
@@ -62,19 +72,11 @@ BEGIN
                  WHERE r.status = 'reserved' AND r.drop_id > live.drop_id
                  ORDER BY r.drop_id LIMIT 1)
           FROM live WHERE live.drop_id IS NOT NULL
-    ), line(drop_id) AS (
-        -- Drops with buyers in line, the same way: their `waiting` may have changed.
-        (SELECT w.drop_id FROM dropstock.waitlist w ORDER BY w.drop_id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT w.drop_id FROM dropstock.waitlist w WHERE w.drop_id > line.drop_id ORDER BY w.drop_id LIMIT 1)
-          FROM line WHERE line.drop_id IS NOT NULL
     )
     SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}') INTO candidates
       FROM (SELECT l.drop_id FROM live l WHERE l.drop_id IS NOT NULL
             UNION
-            SELECT l.drop_id FROM line l WHERE l.drop_id IS NOT NULL
-            UNION
-            SELECT f.drop_id FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending OR f.waiting > 0
+            SELECT f.drop_id FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending
             UNION
             SELECT p.drop_id FROM dropstock.purchases p WHERE p.feed_seq IS NULL) c;
 
@@ -87,27 +89,19 @@ BEGIN
                           WHERE s.drop_id = c.drop_id GROUP BY s.variant ORDER BY s.variant)
                END AS variants, f.variants AS last_variants,
                EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales,
-               (SELECT count(*)::integer FROM dropstock.waitlist w WHERE w.drop_id = d.id) AS waiting,
-               coalesce(f.waiting, 0) AS last_waiting,
-               (SELECT max(w.place) FROM dropstock.waitlist w WHERE w.drop_id = d.id) AS line_last,
-               f.line_last AS last_line_last, coalesce(f.line_seq, 0) AS line_seq
+               coalesce(f.waiting, 0) AS waiting, coalesce(f.line_seq, 0) AS line_seq
           FROM unnest(candidates) AS c(drop_id)
          CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id) d
           LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id) f ON true
          CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
                                FROM dropstock.stock_slots s WHERE s.drop_id = c.drop_id) st
          WHERE d.ends_at IS NULL OR d.ends_at > now() - interval '1 minute'
-            OR (d.mode = 'draw' AND (f.waiting > 0 OR EXISTS (SELECT FROM dropstock.waitlist w WHERE w.drop_id = d.id)))
+            OR f.pending
          ORDER BY c.drop_id
     LOOP
         CONTINUE WHEN NOT (changed.pending OR changed.new_sales
                            OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold
-                           OR changed.variants IS DISTINCT FROM changed.last_variants
-                           OR changed.waiting <> changed.last_waiting
-                           OR changed.line_last IS DISTINCT FROM changed.last_line_last);
-        line_seq := changed.line_seq
-                    + CASE WHEN changed.waiting <> changed.last_waiting
-                             OR changed.line_last IS DISTINCT FROM changed.last_line_last THEN 1 ELSE 0 END;
+                           OR changed.variants IS DISTINCT FROM changed.last_variants);
         -- Units can move between sizes with the total unchanged (a cancel and a hold in one tick).
         IF changed.variants IS NOT NULL THEN
             SELECT coalesce(json_agg(json_build_array(x.variant, x.available) ORDER BY x.variant), '[]'::json)
@@ -142,7 +136,7 @@ BEGIN
                     'totalStock', changed.total_stock,
                     'seq', next_seq,
                     'waiting', changed.waiting,
-                    'lineSeq', line_seq,
+                    'lineSeq', changed.line_seq,
                     'purchases', sales)::text);
             ELSE
                 PERFORM pg_notify('dropstock', json_build_object(
@@ -151,7 +145,7 @@ BEGIN
                     'totalStock', changed.total_stock,
                     'seq', next_seq,
                     'waiting', changed.waiting,
-                    'lineSeq', line_seq,
+                    'lineSeq', changed.line_seq,
                     'purchases', sales,
                     'variants', sizes)::text);
             END IF;
@@ -161,15 +155,14 @@ BEGIN
                                    WHERE p.drop_id = changed.id AND p.feed_seq IS NULL);
         END LOOP;
         INSERT INTO dropstock.feed_state AS f (drop_id, seq, available, sold, held, pending, published_at, variants,
-                                               waiting, line_last, line_seq)
+                                               waiting, line_seq)
         VALUES (changed.id, next_seq, changed.available, changed.sold,
                 changed.total_stock - changed.available - changed.sold, false, now(), changed.variants,
-                changed.waiting, changed.line_last, line_seq)
+                changed.waiting, changed.line_seq)
         ON CONFLICT (drop_id) DO UPDATE
            SET seq = excluded.seq, available = excluded.available, sold = excluded.sold,
                held = excluded.held, pending = false, published_at = excluded.published_at,
-               variants = excluded.variants, waiting = excluded.waiting, line_last = excluded.line_last,
-               line_seq = excluded.line_seq;
+               variants = excluded.variants;
     END LOOP;
 
     -- The offers, each to its buyer's inbox.

@@ -155,11 +155,10 @@ CREATE TABLE feed_state (
     held         integer NOT NULL DEFAULT 0,
     pending      boolean NOT NULL DEFAULT true,
     published_at timestamptz,
-    -- Buyers waiting on the drop at the last publication, the line's last place then, and how many
-    -- times the line was seen to change (a buyer ahead leaving while another joins behind leaves the
-    -- count as it was, but not the last place).
+    -- The length of the drop's line as of the last publication (line_moves since then add to it), and
+    -- how many publications found it moved (a buyer ahead leaving while another joins behind leaves
+    -- the length as it was, not the places).
     waiting      integer NOT NULL DEFAULT 0,
-    line_last    bigint,
     line_seq     bigint NOT NULL DEFAULT 0,
     -- A sized drop's available units per variant at the last publication, element i for variant i;
     -- NULL for a drop without sizes. The notice carries only the variants that differ from it.
@@ -167,7 +166,7 @@ CREATE TABLE feed_state (
 );
 -- The drops a tick must look at besides those with live holds: units held at the last publication
 -- (they may have ended since), or never published.
-CREATE INDEX feed_state_to_check ON feed_state (drop_id) WHERE held > 0 OR pending OR waiting > 0;
+CREATE INDEX feed_state_to_check ON feed_state (drop_id) WHERE held > 0 OR pending;
 
 -- What `active_drops` and `drop_status` answer: a drop, its exact stock and its three latest buyers.
 CREATE TYPE recent_purchase AS (
@@ -223,6 +222,16 @@ CREATE TABLE waitlist (
     PRIMARY KEY (drop_id, user_id)
 );
 CREATE UNIQUE INDEX waitlist_line ON waitlist (drop_id, place);
+
+-- Moves in the lines since the last publication: +1 for a buyer who joined, -1 for one who left or was
+-- served (one row per call). Rows are only ever inserted, and removed by the publication that adds them
+-- into feed_state.waiting (feed.sql), so a line's length is known without counting the line, and
+-- nobody waits for anybody to record a move.
+CREATE TABLE line_moves (
+    drop_id uuid NOT NULL,
+    delta   integer NOT NULL
+);
+CREATE INDEX line_moves_by_drop ON line_moves (drop_id);
 
 -- Buyers whose hold ended (ran out, or was cancelled) while others were waiting for its units, and
 -- until when they may not reserve that drop again. Rows past `until` mean nothing; archive_holds

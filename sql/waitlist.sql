@@ -80,6 +80,7 @@ DECLARE
     need integer;
     made uuid;
     looked integer;
+    left_line integer := 0;
 BEGIN
     SELECT * INTO d FROM dropstock.drops x WHERE x.id = line_drop;
     WHILE units > 0 LOOP
@@ -100,9 +101,11 @@ BEGIN
             IF need > units THEN
                 UPDATE dropstock.waitlist w SET kept = w.kept + units, kept_variant = line_variant
                  WHERE w.drop_id = line_drop AND w.user_id = entry.user_id;
-                RETURN 0;
+                units := 0;
+                EXIT;
             END IF;
             DELETE FROM dropstock.waitlist w WHERE w.drop_id = line_drop AND w.user_id = entry.user_id;
+            left_line := left_line + 1;
             made := NULL;
             -- The per-buyer limit was checked when they joined, and what they bought cannot change while
             -- they wait (they hold nothing to buy); checked again all the same, it costs one probe.
@@ -123,8 +126,11 @@ BEGIN
             units := units - need;
             EXIT WHEN units = 0;
         END LOOP;
-        EXIT WHEN looked = 0;
+        EXIT WHEN looked = 0 OR units = 0;
     END LOOP;
+    IF left_line > 0 THEN
+        INSERT INTO dropstock.line_moves (drop_id, delta) VALUES (line_drop, -left_line);
+    END IF;
     RETURN units;
 END
 $$;
@@ -165,6 +171,17 @@ BEGIN
     PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN waiting;
 END
+$$;
+
+-- _line_length: how many buyers wait on the drop: the length at the last publication plus the moves
+-- recorded since (see line_moves in schema.sql), never a count of the line.
+CREATE FUNCTION _line_length(drop_id uuid)
+RETURNS integer
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT coalesce((SELECT f.waiting FROM dropstock.feed_state f WHERE f.drop_id = _line_length.drop_id), 0)
+           + coalesce((SELECT sum(m.delta)::integer FROM dropstock.line_moves m WHERE m.drop_id = _line_length.drop_id), 0)
 $$;
 
 -- _waitlist_answer: a buyer's place as join_waitlist answers it.
@@ -267,8 +284,12 @@ BEGIN
     END IF;
     INSERT INTO dropstock.waitlist (drop_id, user_id, variants, quantity)
     VALUES (d.id, join_waitlist.user_id, numbers, join_waitlist.quantity);
+    INSERT INTO dropstock.line_moves (drop_id, delta) VALUES (d.id, 1);
     PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
-    RETURN dropstock._waitlist_answer(d.id, join_waitlist.user_id, true);
+    -- A new place is the last: its position is the line's length, known without counting the line
+    -- (which would make each join cost as much as the line is long).
+    RETURN ROW(d.id, join_waitlist.user_id, dropstock._line_length(d.id),
+               dropstock._variants_to_labels(d.id, numbers), join_waitlist.quantity, now(), true)::dropstock.waitlist_entry;
 END
 $$;
 
@@ -299,6 +320,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    INSERT INTO dropstock.line_moves (drop_id, delta) VALUES (leave_waitlist.drop_id, -1);
     IF gone.kept > 0 THEN
         PERFORM dropstock._give_back(leave_waitlist.drop_id, gone.kept_variant, gone.kept);
     END IF;
@@ -324,7 +346,7 @@ RETURNS integer
 LANGUAGE sql
 STABLE
 AS $$
-    SELECT count(*)::integer FROM dropstock.waitlist w WHERE w.drop_id = waitlist_length.drop_id
+    SELECT dropstock._line_length(waitlist_length.drop_id)
 $$;
 
 -- buyer_holds: the buyer's live holds (reserved, not past due), newest first, offers among them. Looked

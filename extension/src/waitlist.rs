@@ -306,6 +306,33 @@ mod tests {
     }
 
     #[pg_test]
+    fn the_feed_sees_the_line_move_even_when_its_length_stays() {
+        let (drop, _) = sold_out(1);
+        // Every buyer before the first publication (see feed.rs on the publication lock).
+        let (first, second, third) = (
+            buyer("line first"),
+            buyer("line second"),
+            buyer("line third"),
+        );
+        join(&drop, &first);
+        join(&drop, &second);
+        run("SELECT dropstock.publish_changes()");
+        let line_seq = |drop: &str| {
+            int(&format!(
+                "SELECT line_seq FROM dropstock.feed_state WHERE drop_id = '{drop}'"
+            ))
+        };
+        let before = line_seq(&drop);
+        run(&format!(
+            "SELECT dropstock.leave_waitlist('{drop}', '{first}')"
+        ));
+        join(&drop, &third);
+        assert!(int("SELECT dropstock.publish_changes()") >= 1);
+        assert_eq!(line_seq(&drop), before + 1);
+        assert_eq!(position(&drop, &second), Some(1));
+    }
+
+    #[pg_test]
     fn an_offer_is_published_to_the_buyers_inbox_only_once() {
         let (drop, holds) = sold_out(1);
         let ann = buyer("ann");
