@@ -11,6 +11,9 @@
 --   has grown, until statistics catch up; a bitmap scan reads every version of a drop's slot rows where
 --   an ordered index scan stops at the first (1.8 ms against 0.02 ms on a new install). Every
 --   statement they run has an index made for it, so this only takes bad choices away.
+-- - jit = off: under enable_seqscan = off a statement with no index to use (emptying the small queue
+--   tables the feed drains) is costed as "disabled", far past JIT's threshold, and compiling it took
+--   250 ms of every worker tick. These are short statements that JIT never speeds up.
 -- - plan_cache_mode = force_generic_plan: statements over arrays of buyers (unnest) look cheaper to the
 --   planner once it knows the array, so PostgreSQL's plan cache would keep planning them afresh on every
 --   call; that planning cost reserve_item more than half its time (0.45x the calls per second,
@@ -26,37 +29,37 @@ ALTER FUNCTION create_drop(text, numeric, integer, timestamptz, integer, integer
                            text, integer)
       SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION reserve_item(uuid, uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION reserve_items(uuid, uuid[], text[], integer[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION purchase(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION cancel_reservation(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION expire_reservations(integer, timestamptz) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION extend_hold(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION variant_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION active_drops() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION drop_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION drop_buyers(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off;
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;
 ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION archive_holds(timestamptz, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION join_waitlist(uuid, uuid, text[], integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off;
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;
 ALTER FUNCTION join_waitlist(uuid, uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION leave_waitlist(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off;
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;
 ALTER FUNCTION waitlist_position(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION waitlist_length(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION buyer_holds(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
@@ -64,7 +67,7 @@ ALTER FUNCTION inbox_of(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_
 ALTER FUNCTION enter_draw(uuid, uuid, text[], integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION enter_draw(uuid, uuid, text, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION run_draw(uuid, text) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-      SET enable_seqscan = off SET enable_bitmapscan = off;
+      SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;
 ALTER FUNCTION run_due_draws() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION draw_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION draw_result(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
