@@ -47,9 +47,12 @@ const FAILURE_PAUSE_FIRST: Duration = Duration::from_millis(250);
 const FAILURE_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// The same failure is logged again at most this often, with how many times it happened meanwhile.
 const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
-/// Ticks start at least this far apart, however often commits wake the worker (`wake`): a busy drop
-/// then gets one notification per gap, whatever its commits per second.
-const MIN_TICK_GAP: Duration = Duration::from_millis(20);
+/// Ticks start at least this far apart (or `dropstock.tick_ms`, if shorter), however often commits wake
+/// the worker (`wake`): a busy drop gets one notification per gap whatever its commits per second, and a
+/// change after a quiet spell is published at once. Measured: with a 20 ms gap, 10,000 watchers at 200
+/// holds/s got five times the messages, more than the adapter fans out on 2 cores (commit-to-screen p99
+/// 0.9 s against 0.2 s).
+const MIN_TICK_GAP: Duration = Duration::from_millis(100);
 
 /// Set in the postmaster while it preloads the library; every backend inherits it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
@@ -318,9 +321,10 @@ fn serve(database: &str) {
                 continue;
             }
         }
+        let gap = MIN_TICK_GAP.min(tick_interval());
         if let Some(since) = last_tick.map(|at| at.elapsed()) {
-            if since < MIN_TICK_GAP {
-                std::thread::sleep(MIN_TICK_GAP - since);
+            if since < gap {
+                std::thread::sleep(gap - since);
             }
         }
         // SAFETY: a plain read of shared recovery state, valid in any backend.
