@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use uuid::Uuid;
 
 use crate::app::App;
 use crate::db::models::LeftView;
@@ -394,18 +395,29 @@ fn sizes_and_units(fields: &Fields) -> Result<(Sizes, i32), ApiError> {
     Ok((sizes, fields.optional_integer("quantity")?.unwrap_or(1)))
 }
 
+/// What a buyer's action on a drop reads first: the drop from the path, the body, and the buyer it acts
+/// for (the body's `userId`, as the access mode allows), whose rate limit it then counts against.
+async fn buyer_action(
+    id: &str,
+    request: Request<Incoming>,
+    app: &App,
+) -> Result<(Uuid, Uuid, Fields), ApiError> {
+    let drop_id = parse_uuid("drop id", id)?;
+    let identity = app.access.authenticate(request.headers())?;
+    let fields = Fields::read(request, app.timeouts.body).await?;
+    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    app.limits.check_buyer(buyer)?;
+    Ok((drop_id, buyer, fields))
+}
+
 /// `POST /api/drops/{id}/waitlist`: a place in the drop's line, or the one the buyer has.
 async fn join_waitlist(
     id: &str,
     request: Request<Incoming>,
     app: &App,
 ) -> Result<Response<Body>, ApiError> {
-    let drop_id = parse_uuid("drop id", id)?;
-    let identity = app.access.authenticate(request.headers())?;
-    let fields = Fields::read(request, app.timeouts.body).await?;
-    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    let (drop_id, buyer, fields) = buyer_action(id, request, app).await?;
     let (sizes, quantity) = sizes_and_units(&fields)?;
-    app.limits.check_buyer(buyer)?;
     let client = app.pool.connection().await?;
     let entry = queries::join_waitlist(&client, drop_id, buyer, &sizes, quantity).await?;
     Ok(respond::success(made_or_found(entry.fresh), entry))
@@ -416,11 +428,7 @@ async fn leave_waitlist(
     request: Request<Incoming>,
     app: &App,
 ) -> Result<Response<Body>, ApiError> {
-    let drop_id = parse_uuid("drop id", id)?;
-    let identity = app.access.authenticate(request.headers())?;
-    let fields = Fields::read(request, app.timeouts.body).await?;
-    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
-    app.limits.check_buyer(buyer)?;
+    let (drop_id, buyer, _) = buyer_action(id, request, app).await?;
     let client = app.pool.connection().await?;
     let left = queries::leave_waitlist(&client, drop_id, buyer).await?;
     Ok(respond::success(
@@ -461,12 +469,8 @@ async fn enter_draw(
     request: Request<Incoming>,
     app: &App,
 ) -> Result<Response<Body>, ApiError> {
-    let drop_id = parse_uuid("drop id", id)?;
-    let identity = app.access.authenticate(request.headers())?;
-    let fields = Fields::read(request, app.timeouts.body).await?;
-    let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
+    let (drop_id, buyer, fields) = buyer_action(id, request, app).await?;
     let (sizes, quantity) = sizes_and_units(&fields)?;
-    app.limits.check_buyer(buyer)?;
     let client = app.pool.connection().await?;
     let entry = queries::enter_draw(&client, drop_id, buyer, &sizes, quantity).await?;
     Ok(respond::success(made_or_found(entry.fresh), entry))
