@@ -38,21 +38,7 @@ DECLARE
     d dropstock.drops;
     numbers smallint[];
 BEGIN
-    IF enter_draw.drop_id IS NULL OR enter_draw.user_id IS NULL THEN
-        RAISE EXCEPTION 'drop id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF enter_draw.quantity IS NULL OR enter_draw.quantity < 1 OR enter_draw.quantity > 10000 THEN
-        RAISE EXCEPTION 'quantity must be from 1 to 10000, got %', coalesce(enter_draw.quantity::text, 'NULL')
-              USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF cardinality(enter_draw.variants) > 100 THEN
-        RAISE EXCEPTION 'at most 100 sizes, got %', cardinality(enter_draw.variants)
-              USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT * INTO d FROM dropstock.drops x WHERE x.id = enter_draw.drop_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'drop % does not exist', enter_draw.drop_id USING ERRCODE = 'DS001';
-    END IF;
+    d := dropstock._entry_drop(enter_draw.drop_id, enter_draw.user_id, enter_draw.variants, enter_draw.quantity);
     IF d.mode <> 'draw' THEN
         RAISE EXCEPTION 'drop "%" is not a draw', d.name USING ERRCODE = 'DS015', HINT = 'Reserve it.';
     END IF;

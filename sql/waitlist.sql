@@ -198,6 +198,35 @@ AS $$
      WHERE w.drop_id = _waitlist_answer.drop_id AND w.user_id = _waitlist_answer.user_id
 $$;
 
+-- _entry_drop: the drop a buyer asks to wait for or to enter the draw of, once the arguments those two
+-- share are checked: 22023 for a missing id, a quantity outside 1..10000 or over 100 sizes; DS001 for an
+-- unknown drop.
+CREATE FUNCTION _entry_drop(drop_id uuid, user_id uuid, variants text[], quantity integer)
+RETURNS drops
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    d dropstock.drops;
+BEGIN
+    IF _entry_drop.drop_id IS NULL OR _entry_drop.user_id IS NULL THEN
+        RAISE EXCEPTION 'drop id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF _entry_drop.quantity IS NULL OR _entry_drop.quantity < 1 OR _entry_drop.quantity > 10000 THEN
+        RAISE EXCEPTION 'quantity must be from 1 to 10000, got %', coalesce(_entry_drop.quantity::text, 'NULL')
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(_entry_drop.variants) > 100 THEN
+        RAISE EXCEPTION 'at most 100 sizes, got %', cardinality(_entry_drop.variants)
+              USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO d FROM dropstock.drops x WHERE x.id = _entry_drop.drop_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'drop % does not exist', _entry_drop.drop_id USING ERRCODE = 'DS001';
+    END IF;
+    RETURN d;
+END
+$$;
+
 -- join_waitlist: take a place in the drop's line, waiting for `quantity` units of any of the sizes
 -- named (one size as `variant`, several as `variants`; none on a drop without sizes). Joining again
 -- returns the same place, unchanged (fresh = false). The first units of one of those sizes to come back
@@ -218,21 +247,8 @@ DECLARE
     bought integer;
     v smallint;
 BEGIN
-    IF join_waitlist.drop_id IS NULL OR join_waitlist.user_id IS NULL THEN
-        RAISE EXCEPTION 'drop id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF join_waitlist.quantity IS NULL OR join_waitlist.quantity < 1 OR join_waitlist.quantity > 10000 THEN
-        RAISE EXCEPTION 'quantity must be from 1 to 10000, got %', coalesce(join_waitlist.quantity::text, 'NULL')
-              USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF cardinality(join_waitlist.variants) > 100 THEN
-        RAISE EXCEPTION 'at most 100 sizes, got %', cardinality(join_waitlist.variants)
-              USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    SELECT * INTO d FROM dropstock.drops x WHERE x.id = join_waitlist.drop_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'drop % does not exist', join_waitlist.drop_id USING ERRCODE = 'DS001';
-    END IF;
+    d := dropstock._entry_drop(join_waitlist.drop_id, join_waitlist.user_id, join_waitlist.variants,
+                               join_waitlist.quantity);
     IF clock_timestamp() < d.starts_at THEN
         RAISE EXCEPTION 'drop "%" has not started yet', d.name USING ERRCODE = 'DS010',
               DETAIL = format('It opens at %s.', d.starts_at);
