@@ -156,6 +156,17 @@ BEGIN
 END
 $$;
 
+-- _line_length: how many buyers wait on the drop: the length at the last publication plus the moves
+-- recorded since (see line_moves in schema.sql), never a count of the line.
+CREATE FUNCTION _line_length(drop_id uuid)
+RETURNS integer
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT coalesce((SELECT f.waiting FROM dropstock.feed_state f WHERE f.drop_id = _line_length.drop_id), 0)
+           + coalesce((SELECT sum(m.delta)::integer FROM dropstock.line_moves m WHERE m.drop_id = _line_length.drop_id), 0)
+$$;
+
 -- Every drop with its exact stock split three ways (in total, and per size for a sized drop) and its
 -- three most recent buyers. The lateral subqueries read the drop's slot rows (at most 64 per variant)
 -- and 3 feed entries, and a filter on id reaches inside them.
@@ -189,10 +200,7 @@ SELECT d.id,
               WHERE d.sized AND v.drop_id = d.id
               ORDER BY v.variant)                AS variants,
        d.mode,
-       -- Buyers waiting in the drop's line (waitlist.sql): its length at the last publication and the
-       -- moves since, never a count of the line.
-       coalesce((SELECT f.waiting FROM dropstock.feed_state f WHERE f.drop_id = d.id), 0)
-       + coalesce((SELECT sum(m.delta)::integer FROM dropstock.line_moves m WHERE m.drop_id = d.id), 0) AS waiting
+       dropstock._line_length(d.id)             AS waiting
   FROM dropstock.drops d
  CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
                        FROM dropstock.stock_slots s

@@ -186,9 +186,7 @@ BEGIN
             END IF;
         END IF;
         IF busy_lines[v + 1] IS NULL THEN
-            busy_lines[v + 1] := EXISTS (SELECT FROM dropstock.waitlist w
-                                          WHERE w.drop_id = d.id AND v = ANY (w.variants)
-                                            AND (w.kept_variant IS NULL OR w.kept_variant = v));
+            busy_lines[v + 1] := dropstock._line_waits(d.id, v);
         END IF;
         -- A buyer whose hold ended while others waited cools down for the drop's cooldown, whether or
         -- not anybody still waits: their hold running out now, while others wait, starts one.

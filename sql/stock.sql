@@ -47,6 +47,19 @@ LANGUAGE sql
 IMMUTABLE PARALLEL SAFE
 AS $$ SELECT pg_catalog.uuid_hash_extended(drop_id, 4294967296 + variant) $$;
 
+-- _line_waits: whether anybody in the drop's line waits for units of the variant: they accept it, and
+-- no other size is being kept for them. The one definition of "somebody waits for these units", which
+-- the reclaim, the reservation and the give-back all ask (_serve_line picks its rows by it).
+CREATE FUNCTION _line_waits(drop_id uuid, variant smallint)
+RETURNS boolean
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT EXISTS (SELECT FROM dropstock.waitlist w
+                    WHERE w.drop_id = _line_waits.drop_id AND _line_waits.variant = ANY (w.variants)
+                      AND (w.kept_variant IS NULL OR w.kept_variant = _line_waits.variant))
+$$;
+
 CREATE FUNCTION _lock_buyers(drop_id uuid, user_ids uuid[])
 RETURNS void
 LANGUAGE plpgsql
@@ -314,9 +327,7 @@ BEGIN
         RETURN 0;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(dropstock._line_key(_reclaim_due.drop_id, _reclaim_due.variant));
-    IF EXISTS (SELECT FROM dropstock.waitlist w
-                WHERE w.drop_id = _reclaim_due.drop_id AND _reclaim_due.variant = ANY (w.variants)
-                  AND (w.kept_variant IS NULL OR w.kept_variant = _reclaim_due.variant)) THEN
+    IF dropstock._line_waits(_reclaim_due.drop_id, _reclaim_due.variant) THEN
         RETURN 0;
     END IF;
     -- Enough of the oldest past-due holds to make up `wanted` units: each hold while the units of the

@@ -90,7 +90,7 @@ BEGIN
         FOR entry IN
             SELECT w.user_id, w.quantity, w.kept
               FROM dropstock.waitlist w
-             WHERE w.drop_id = line_drop AND line_variant = ANY (w.variants)
+             WHERE w.drop_id = line_drop AND line_variant = ANY (w.variants)  -- as _line_waits
                AND (w.kept_variant IS NULL OR w.kept_variant = line_variant)
              ORDER BY w.place
              LIMIT units
@@ -151,9 +151,7 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(dropstock._line_key(_give_back.drop_id, _give_back.variant));
-    waiting := EXISTS (SELECT FROM dropstock.waitlist w
-                        WHERE w.drop_id = _give_back.drop_id AND _give_back.variant = ANY (w.variants)
-                          AND (w.kept_variant IS NULL OR w.kept_variant = _give_back.variant));
+    waiting := dropstock._line_waits(_give_back.drop_id, _give_back.variant);
     IF waiting THEN
         left_over := dropstock._serve_line(_give_back.drop_id, _give_back.variant, units);
         IF cardinality(from_buyers) > 0 THEN
@@ -171,17 +169,6 @@ BEGIN
     PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN waiting;
 END
-$$;
-
--- _line_length: how many buyers wait on the drop: the length at the last publication plus the moves
--- recorded since (see line_moves in schema.sql), never a count of the line.
-CREATE FUNCTION _line_length(drop_id uuid)
-RETURNS integer
-LANGUAGE sql
-STABLE
-AS $$
-    SELECT coalesce((SELECT f.waiting FROM dropstock.feed_state f WHERE f.drop_id = _line_length.drop_id), 0)
-           + coalesce((SELECT sum(m.delta)::integer FROM dropstock.line_moves m WHERE m.drop_id = _line_length.drop_id), 0)
 $$;
 
 -- _waitlist_answer: a buyer's place as join_waitlist answers it.
