@@ -253,21 +253,23 @@ impl Sizes {
     }
 }
 
-/// Calls `join_waitlist`: the buyer's place in the drop's line, new or the one they had.
-pub async fn join_waitlist(
+/// Calls one of the functions a buyer waits or enters with, which take (drop, buyer, sizes, quantity) and
+/// answer one row: `SELECT {columns} FROM dropstock.{function}(…) x`.
+async fn enter(
     client: &Connection,
+    function: &str,
+    columns: &str,
     drop_id: Uuid,
     buyer: Uuid,
     sizes: &Sizes,
     quantity: i32,
-) -> Result<WaitlistEntryView, DbError> {
+) -> Result<Row, DbError> {
     let sql = format!(
-        "SELECT w.drop_id, w.user_id, w.\"position\", w.variants, w.quantity, w.joined_at, w.fresh \
-           FROM dropstock.join_waitlist($1, $2, $3::{}, $4) w",
+        "SELECT {columns} FROM dropstock.{function}($1, $2, $3::{}, $4) x",
         sizes.cast()
     );
     let (labels, labels_type) = sizes.value();
-    let row = only(call!(
+    only(call!(
         client,
         &sql,
         &[
@@ -276,7 +278,27 @@ pub async fn join_waitlist(
             (labels, labels_type),
             (&quantity, Type::INT4),
         ]
-    )?)?;
+    )?)
+}
+
+/// Calls `join_waitlist`: the buyer's place in the drop's line, new or the one they had.
+pub async fn join_waitlist(
+    client: &Connection,
+    drop_id: Uuid,
+    buyer: Uuid,
+    sizes: &Sizes,
+    quantity: i32,
+) -> Result<WaitlistEntryView, DbError> {
+    let row = enter(
+        client,
+        "join_waitlist",
+        "x.drop_id, x.user_id, x.\"position\", x.variants, x.quantity, x.joined_at, x.fresh",
+        drop_id,
+        buyer,
+        sizes,
+        quantity,
+    )
+    .await?;
     Ok(WaitlistEntryView {
         drop_id: row.try_get(0)?,
         buyer_id: row.try_get(1)?,
@@ -328,22 +350,16 @@ pub async fn enter_draw(
     sizes: &Sizes,
     quantity: i32,
 ) -> Result<DrawEntryView, DbError> {
-    let sql = format!(
-        "SELECT e.entry_id, e.drop_id, e.user_id, e.variants, e.quantity, e.entered_at, e.fresh \
-           FROM dropstock.enter_draw($1, $2, $3::{}, $4) e",
-        sizes.cast()
-    );
-    let (labels, labels_type) = sizes.value();
-    let row = only(call!(
+    let row = enter(
         client,
-        &sql,
-        &[
-            (&drop_id, Type::UUID),
-            (&buyer, Type::UUID),
-            (labels, labels_type),
-            (&quantity, Type::INT4),
-        ]
-    )?)?;
+        "enter_draw",
+        "x.entry_id, x.drop_id, x.user_id, x.variants, x.quantity, x.entered_at, x.fresh",
+        drop_id,
+        buyer,
+        sizes,
+        quantity,
+    )
+    .await?;
     Ok(DrawEntryView {
         id: row.try_get(0)?,
         drop_id: row.try_get(1)?,
