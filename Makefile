@@ -66,7 +66,7 @@ pg-access:
 # running backends keep the old file, new ones load the new one, no cluster has to stop for an install,
 # and the library is never missing while a build runs. The stamp makes `make db` skip the build and the
 # install when nothing changed.
-EXTENSION_SOURCES := extension/Cargo.toml extension/dropstock.control $(wildcard extension/src/*.rs sql/*.sql)
+EXTENSION_SOURCES := extension/Cargo.toml extension/dropstock.control $(wildcard extension/src/*.rs extension/src/*/*.rs sql/*.sql)
 PG_PKGLIBDIR := $(shell $(PG_CONFIG) --pkglibdir 2>/dev/null)
 PG_EXTDIR    := $(shell $(PG_CONFIG) --sharedir 2>/dev/null)/extension
 SUDO_SHIM    := $(ROOT)/target/sudo-shim

@@ -367,19 +367,40 @@ CREATE FUNCTION reserve_item(drop_id uuid, user_id uuid, variant text DEFAULT NU
 RETURNS reservations
 LANGUAGE plpgsql
 AS $$
+BEGIN
+    -- The common case (a new hold from free units) in two statements (_reserve_fast); anything else,
+    -- refusals included, by the full rules (_reserve_item), which raise with their own SQLSTATE.
+    RETURN coalesce(dropstock._reserve_fast(drop_id, user_id, variant, quantity),
+                    dropstock._reserve_item(drop_id, user_id, variant, quantity));
+END
+$$;
+
+-- _reserve_fast: reserve_item when nothing stands in the way of a new hold and one slot has the units
+-- free: the new hold, or NULL having changed nothing (extension/src/reserve/fast_path.rs says how).
+CREATE FUNCTION _reserve_fast(drop_id uuid, user_id uuid, variant text, quantity integer)
+RETURNS reservations
+LANGUAGE c
+VOLATILE
+AS 'MODULE_PATHNAME', 'reserve_fast';
+
+-- _reserve_item: reserve_item by the full rules, through _reserve.
+CREATE FUNCTION _reserve_item(drop_id uuid, user_id uuid, variant text, quantity integer)
+RETURNS reservations
+LANGUAGE plpgsql
+AS $$
 DECLARE
     answer record;
 BEGIN
-    IF reserve_item.drop_id IS NULL OR reserve_item.user_id IS NULL THEN
+    IF _reserve_item.drop_id IS NULL OR _reserve_item.user_id IS NULL THEN
         RAISE EXCEPTION 'drop id and user id are both required' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF reserve_item.quantity IS NULL OR reserve_item.quantity < 1 OR reserve_item.quantity > 10000 THEN
-        RAISE EXCEPTION 'quantity must be from 1 to 10000, got %', coalesce(reserve_item.quantity::text, 'NULL')
+    IF _reserve_item.quantity IS NULL OR _reserve_item.quantity < 1 OR _reserve_item.quantity > 10000 THEN
+        RAISE EXCEPTION 'quantity must be from 1 to 10000, got %', coalesce(_reserve_item.quantity::text, 'NULL')
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT * INTO answer
-      FROM dropstock._reserve(reserve_item.drop_id, ARRAY[reserve_item.user_id], ARRAY[reserve_item.variant],
-                              ARRAY[reserve_item.quantity]);
+      FROM dropstock._reserve(_reserve_item.drop_id, ARRAY[_reserve_item.user_id], ARRAY[_reserve_item.variant],
+                              ARRAY[_reserve_item.quantity]);
     IF answer.detail IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = answer.sqlstate, MESSAGE = answer.message, DETAIL = answer.detail;
     ELSIF answer.sqlstate IS NOT NULL THEN
@@ -389,7 +410,7 @@ BEGIN
         -- A retry: the hold as it stands (it may have been extended), read again.
         RETURN (SELECT r FROM dropstock.reservations r WHERE r.id = answer.reservation_id);
     END IF;
-    RETURN ROW(answer.reservation_id, reserve_item.drop_id, reserve_item.user_id, 'reserved',
+    RETURN ROW(answer.reservation_id, _reserve_item.drop_id, _reserve_item.user_id, 'reserved',
                answer.expires_at, answer.created_at, answer.variant_number, answer.quantity, 0, false)::dropstock.reservations;
 END
 $$;

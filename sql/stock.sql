@@ -50,14 +50,19 @@ AS $$ SELECT pg_catalog.uuid_hash_extended(drop_id, 4294967296 + variant) $$;
 -- _line_waits: whether anybody in the drop's line waits for units of the variant: they accept it, and
 -- no other size is being kept for them. The one definition of "somebody waits for these units", which
 -- the reclaim, the reservation and the give-back all ask (_serve_line picks its rows by it).
+-- plpgsql rather than SQL: a SQL function with a subquery is never inlined, and PostgreSQL plans its
+-- body again on every statement that calls it, where plpgsql keeps the plan (an eighth of a hold's
+-- time on the fast path, measured).
 CREATE FUNCTION _line_waits(drop_id uuid, variant smallint)
 RETURNS boolean
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
 AS $$
-    SELECT EXISTS (SELECT FROM dropstock.waitlist w
+BEGIN
+    RETURN EXISTS (SELECT FROM dropstock.waitlist w
                     WHERE w.drop_id = _line_waits.drop_id AND _line_waits.variant = ANY (w.variants)
-                      AND (w.kept_variant IS NULL OR w.kept_variant = _line_waits.variant))
+                      AND (w.kept_variant IS NULL OR w.kept_variant = _line_waits.variant));
+END
 $$;
 
 CREATE FUNCTION _lock_buyers(drop_id uuid, user_ids uuid[])

@@ -5,7 +5,9 @@
 //! on purpose: each refusal carries its own SQLSTATE (class `DS`), which a client can only see when no
 //! Rust frame sits between the `RAISE` and the client (pgrx maps unknown codes to XX000), and plpgsql
 //! caches the plans of the hot path the same way a Rust SPI caller would. Rust runs what SQL cannot:
-//! the settings and the background worker (`worker`).
+//! the settings, the background worker (`worker`), and the one place where plpgsql's own cost showed:
+//! `reserve_item`'s fast path (`reserve::fast_path`), which refuses nothing and hands every case it
+//! does not make a hold for to the plpgsql rules.
 //!
 //! # Glossary
 //! One word per thing, in code, comments and docs. The SQL API keeps the names of the system dropstock

@@ -1,5 +1,8 @@
 //! Holds (sql/reserve.sql): `reserve_item`, `reserve_items` for many buyers in one transaction, and
-//! `extend_hold`.
+//! `extend_hold`. `reserve_item` makes the common hold on a fast path (`fast_path`), the rest by the
+//! full rules in SQL.
+
+mod fast_path;
 
 pgrx::extension_sql_file!(
     "../../sql/reserve.sql",
@@ -30,6 +33,89 @@ mod tests {
         );
         assert_eq!(available(&drop), 1);
         assert_stock_invariant(&drop);
+    }
+
+    /// Whether `_reserve_fast` made a hold, checking that when it did not, it changed nothing.
+    fn fast(drop: &str, user: &str, size: &str, units: i32) -> bool {
+        let before = text(&format!(
+            "SELECT (SELECT string_agg(s.available::text, ',' ORDER BY s.variant, s.slot) FROM dropstock.stock_slots s
+                      WHERE s.drop_id = '{drop}')
+                 || '/' || (SELECT count(*) FROM dropstock.reservations r WHERE r.drop_id = '{drop}')"
+        ));
+        let made = boolean(&format!(
+            "SELECT h IS NOT NULL FROM dropstock._reserve_fast('{drop}', '{user}', {size}, {units}) h"
+        ));
+        if !made {
+            let after = text(&format!(
+                "SELECT (SELECT string_agg(s.available::text, ',' ORDER BY s.variant, s.slot) FROM dropstock.stock_slots s
+                          WHERE s.drop_id = '{drop}')
+                     || '/' || (SELECT count(*) FROM dropstock.reservations r WHERE r.drop_id = '{drop}')"
+            ));
+            assert_eq!(
+                before, after,
+                "the fast path changed something and then handed over"
+            );
+        }
+        made
+    }
+
+    #[pg_test]
+    fn the_fast_path_makes_only_plain_new_holds_and_hands_the_rest_over_untouched() {
+        let drop = drop_with_stock(3);
+        let ann = buyer("fast ann");
+        // A new buyer, free units in one slot: made here, the same row reserve_item returns.
+        assert!(fast(&drop, &ann, "NULL", 1));
+        assert_eq!(available(&drop), 2);
+        assert_stock_invariant(&drop);
+        // Everything else is decided by the full rules: a retry (the live hold), an unknown buyer,
+        // missing arguments, a quantity out of range, more units than any one slot has (stock 3 is
+        // striped one unit a slot), a size on a drop without sizes.
+        assert!(!fast(&drop, &ann, "NULL", 1));
+        assert!(!fast(
+            &drop,
+            "00000000-0000-0000-0000-000000000000",
+            "NULL",
+            1
+        ));
+        let bob = buyer("fast bob");
+        assert!(!fast(&drop, &bob, "NULL", 0));
+        assert!(!fast(&drop, &bob, "NULL", 2));
+        assert!(!fast(&drop, &bob, "'US 9'", 1));
+        assert!(!boolean(&format!(
+            "SELECT dropstock._reserve_fast(NULL, '{bob}', NULL, 1) IS NOT NULL"
+        )));
+        // The last units, then sold out: nothing to take, so the full rules answer.
+        assert!(fast(&drop, &bob, "NULL", 1));
+        assert!(fast(&drop, &buyer("fast cy"), "NULL", 1));
+        assert!(!fast(&drop, &buyer("fast di"), "NULL", 1));
+        assert_stock_invariant(&drop);
+
+        // A drop with a line: the line's rules decide, even for a size nobody waits for.
+        let sized = sized_drop(r#"{"US 8": 1, "US 9": 5}"#, 1);
+        let (eve, fay) = (buyer("fast eve"), buyer("fast fay"));
+        assert!(fast(&sized, &eve, "'US 8'", 1));
+        run(&format!(
+            "SELECT dropstock.join_waitlist('{sized}', '{fay}', ARRAY['US 8'])"
+        ));
+        assert!(!fast(&sized, &buyer("fast gus"), "'US 9'", 1));
+        // A size the drop does not have, and none named on a sized drop.
+        let other = sized_drop(r#"{"US 8": 1, "US 9": 5}"#, 1);
+        assert!(!fast(&other, &buyer("fast hal"), "'US 12'", 1));
+        assert!(!fast(&other, &buyer("fast ida"), "NULL", 1));
+        assert!(fast(&other, &buyer("fast jo"), "' US 9 '", 1));
+        assert_stock_invariant(&sized);
+        assert_stock_invariant(&other);
+
+        // A buyer at their limit, and a drop that has not started.
+        let more = drop_with_stock(5);
+        let kim = buyer("fast kim");
+        let hold = reserve(&more, &kim);
+        run(&format!("SELECT dropstock.purchase('{hold}', '{kim}')"));
+        assert!(!fast(&more, &kim, "NULL", 1));
+        let later = text(
+            "SELECT id::text FROM dropstock.create_drop('Later drop', 100, 5, now() + interval '1 hour')",
+        );
+        assert!(!fast(&later, &buyer("fast lu"), "NULL", 1));
     }
 
     #[pg_test]

@@ -36,7 +36,9 @@ async fn every_table_is_keyed_by_drop_or_is_the_buyers_table() {
     }
 }
 
-/// The drops whose rows the current transaction wrote, over every table keyed by drop.
+/// The drops whose rows the current transaction wrote, over every table keyed by drop: the rows it can
+/// see whose writer is still in progress, which can only be itself or one of its subtransactions (a
+/// row of another transaction in progress is not visible to it).
 async fn drops_written(db: &Client) -> Vec<String> {
     let mut written = Vec::new();
     for (table, has_drop_id) in tables(db).await {
@@ -49,7 +51,8 @@ async fn drops_written(db: &Client) -> Vec<String> {
             .query(
                 &format!(
                     "SELECT DISTINCT {key}::text FROM dropstock.{table}
-                      WHERE xmin = pg_current_xact_id()::xid"
+                      WHERE pg_xact_status(((pg_current_xact_id()::text::bigint >> 32 << 32)
+                                            + xmin::text::bigint)::text::xid8) = 'in progress'"
                 ),
                 &[],
             )
