@@ -22,7 +22,7 @@ APT_PACKAGES := postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo p
 export DATABASE_URL
 
 .PHONY: help setup pg-access db db-stop install adapter run test check pg-test integration-test isolation-test \
-        browser-test test-repeat test-db test-db-remove bench bench-sql clean-db
+        browser-test test-repeat test-db test-db-remove bench bench-sql bench-outside clean-db
 
 # Targets share clusters and the installed extension, so they run one after another even under -j.
 .NOTPARALLEL:
@@ -33,9 +33,11 @@ help:
 	@echo "                in a throwaway cluster ($(TEST_PG_DIR), port $(TEST_DB_PORT)), removed afterwards"
 	@echo "make test-repeat N=30   the concurrency tests and isolation specs N times, stopping at the first failure"
 	@echo "make test-db    a test cluster left running, for cargo test by hand; make test-db-remove throws it away"
-	@echo "make bench      the whole performance table: SQL, adapter at 1,000 clients, 10,000 watchers, fsync"
+	@echo "make bench      the whole performance table: SQL, adapter at 1,000 and 5,000 clients, 10,000 and"
+	@echo "                20,000 watchers, 1 to 4 adapters, fsync"
 	@echo "make bench-sql  pgbench: dropstock vs the replaced system's pattern vs the commit ceiling"
-	@echo "                (both in a cluster of their own: $(BENCH_PG_DIR), port $(BENCH_DB_PORT))"
+	@echo "make bench-outside  the adapter row again with wrk (apt-get install wrk) beside the ceiling"
+	@echo "                (all in a cluster of their own: $(BENCH_PG_DIR), port $(BENCH_DB_PORT))"
 	@echo "make db / db-stop   start / stop the local cluster ($(DATABASE_URL))"
 
 # ---- setup: Debian packages, cargo-pgrx at the pinned version, pgrx pointed at PostgreSQL 15 -------------
@@ -300,3 +302,10 @@ bench:
 	@$(IN_BENCH_CLUSTER) db
 	@cargo build --release -p dropstock-http -p dropstock-tests --bins --quiet
 	@mkdir -p target/bench && $(BENCH_ENV) tests/bench/bench.sh | tee target/bench/table.md
+
+# The adapter row checked with a load generator that is not ours: wrk (Debian: apt-get install wrk),
+# side by side with the one-insert ceiling; README, "Performance".
+bench-outside:
+	@$(IN_BENCH_CLUSTER) db
+	@cargo build --release -p dropstock-http --bins --quiet
+	@$(BENCH_ENV) tests/bench/outside/run.sh | tee target/bench/outside.md

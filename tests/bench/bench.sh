@@ -6,12 +6,14 @@
 #
 #   fsync      pg_test_fsync: one 8 kB write + fdatasync, what a commit costs on this disk
 #   ceiling    pgbench, 64 clients: a transaction that inserts one row (tests/bench/sql/ceiling.sql)
-#   load       dropstock-load, 1,000 keep-alive clients reserving on a drop with more stock than demand
+#   load       dropstock-load, 1,000 keep-alive clients reserving on a drop with more stock than demand,
+#              then 5,000 clients
 #   sell-out   dropstock-load on a drop that sells out within seconds, then the sold-out answers, then
 #              as long of 404s (an unknown path) on the same connections, the adapter's cheapest answer
 #   watchers   dropstock-watch throughput: reservations with 1,000 watchers on the hot drop vs. none
 #   scale      dropstock-load over 1, 2 and 4 adapters on one database; through one while 4 and 16 listen
-#   feed       dropstock-watch delay: 10,000 watchers, commit-to-receipt delay and the adapter's RSS
+#   feed       dropstock-watch delay: 10,000 watchers, commit-to-receipt delay and the adapter's RSS;
+#              then 20,000 (10,000 on /ws, 10,000 on Socket.IO)
 #   socketio   dropstock-watch delay: 1,000 Socket.IO clients beside 1,000 /ws watchers, the delay for
 #              each and the adapter's RSS
 #
@@ -32,6 +34,9 @@ POOL_SIZE=${BENCH_POOL_SIZE:-16}
 CLIENTS=${BENCH_HTTP_CLIENTS:-1000}
 SECONDS_EACH=${BENCH_SECONDS:-10}
 WATCHERS=${BENCH_WATCHERS:-10000}
+# The crowd rows: 5,000 reserving clients; 20,000 watchers, half of them on Socket.IO.
+CROWD_CLIENTS=${BENCH_CROWD_CLIENTS:-5000}
+CROWD_WATCHERS=${BENCH_CROWD_WATCHERS:-20000}
 SOCKETIO_CLIENTS=${BENCH_SOCKETIO_CLIENTS:-1000}
 FEED_RATE=${BENCH_FEED_RATE:-200}
 BENCH_SQL=${BENCH_SQL:-1}
@@ -44,10 +49,15 @@ for binary in "$ADAPTER" "$LOAD" "$WATCH"; do
     [ -x "$binary" ] || { say "$binary is missing: cargo build --release -p dropstock-http -p dropstock-tests --bins"; exit 1; }
 done
 
-# 10,000 watchers are 10,000 sockets in the adapter and as many in dropstock-watch.
+# 20,000 watchers are 20,000 sockets in the adapter and as many in dropstock-watch. As root the hard
+# limit can be raised here; otherwise it must already allow them.
+needed=$((CROWD_WATCHERS + 1024))
+if [ "$(ulimit -Hn)" != unlimited ] && [ "$(ulimit -Hn)" -lt "$needed" ]; then
+    ulimit -Hn "$needed" 2>/dev/null || true
+fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((WATCHERS + 1024)) ]; then
-    say "the open-file limit is $(ulimit -n); $WATCHERS watchers need $((WATCHERS + 1024)) (raise the hard limit: ulimit -Hn)"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$needed" ]; then
+    say "the open-file limit is $(ulimit -n); $CROWD_WATCHERS watchers need $needed (raise the hard limit: ulimit -Hn)"
     exit 1
 fi
 
@@ -57,8 +67,10 @@ field() { grep '^result:' "$2" | tail -n 1 | grep -oP "(?<= $1=)\S+"; }
 # ---- the make bench-sql table (its own drops and fixtures) ---------------------------------------------------
 if [ "$BENCH_SQL" = 1 ]; then
     say "running tests/bench/sql/bench-sql.sh"
-    # At drop scale the SQL targets are stricter than the extension's own (issue 7: >= 6x, >= 0.6x).
-    BENCH_SQL_TARGET_BA=6 BENCH_SQL_TARGET_BC=0.6 tests/bench/sql/bench-sql.sh > "$OUT/bench-sql.md"
+    # At drop scale the SQL targets are stricter than the extension's own: >= 6x the replaced pattern,
+    # >= 0.4x the one-insert ceiling, and the worker publishing at >= 0.95x of it idle.
+    BENCH_SQL_TARGET_BA=6 BENCH_SQL_TARGET_BC=0.4 BENCH_SQL_TARGET_PUBLISHING=0.95 \
+        tests/bench/sql/bench-sql.sh > "$OUT/bench-sql.md"
 fi
 
 # ---- the disk ----------------------------------------------------------------------------------------------
@@ -135,6 +147,7 @@ rate=$(field holds_per_s "$OUT/load.txt")
 # A drop that lasts about two seconds at the rate just measured, then 5 s of sold-out answers and 5 s of 404s.
 sell_out_stock=$(awk -v r="$rate" 'BEGIN { s = int(r * 2); print (s < 2000 ? 2000 : s) }')
 run sell-out "$LOAD" --clients "$CLIENTS" --sell-out "$sell_out_stock" --sold-out-seconds 5
+run crowd "$LOAD" --clients "$CROWD_CLIENTS" --seconds 5
 run watchers "$WATCH" throughput --watchers 1000 --clients "$CLIENTS" --round-seconds 4 --pairs 3
 stop_adapter
 
@@ -161,11 +174,15 @@ start_adapter
 run socketio "$WATCH" delay --clients 1000 --socketio-clients "$SOCKETIO_CLIENTS" --seconds "$SECONDS_EACH" \
     --rate "$FEED_RATE" --adapter-pid "$adapter_pid"
 stop_adapter
+start_adapter
+run feed-crowd "$WATCH" delay --clients $((CROWD_WATCHERS / 2)) --socketio-clients $((CROWD_WATCHERS / 2)) \
+    --seconds "$SECONDS_EACH" --rate "$FEED_RATE" --adapter-pid "$adapter_pid"
+stop_adapter
 
 # ---- the table ---------------------------------------------------------------------------------------------
 verdict() { awk -v ok="$1" 'BEGIN { print (ok ? "met" : "**not met**") }'; }
 load_p99=$(field p99_ms "$OUT/load.txt")
-oversold=$(( $(field oversold "$OUT/load.txt") + $(field oversold "$OUT/sell-out.txt") ))
+oversold=$(( $(field oversold "$OUT/load.txt") + $(field oversold "$OUT/sell-out.txt") + $(field oversold "$OUT/crowd.txt") ))
 sold_out=$(field sold_out_per_s "$OUT/sell-out.txt")
 not_found=$(field not_found_per_s "$OUT/sell-out.txt")
 sell_rate=$(field holds_per_s "$OUT/sell-out.txt")
@@ -204,9 +221,11 @@ if [ "$BENCH_SQL" = 1 ]; then
 fi
 row "disk: one 8 kB write + fdatasync (pg_test_fsync)" "$(awk -v u="$fsync_us" 'BEGIN { printf "%.2f ms", u / 1000 }') ($(int "$fsync_ops")/s)" "" ""
 row "ceiling: one-insert transactions/s (pgbench, 64 clients)" "$(int "$ceiling")" "" ""
-row "adapter, $CLIENTS clients, one hot drop: reservations/s" "$(int "$rate") ($(x "$rate" "$ceiling")x ceiling)" ">= 1.0x ceiling" "$(verdict "$(ge "$(x "$rate" "$ceiling")" 1.0)")"
+row "adapter, $CLIENTS clients, one hot drop: reservations/s" "$(int "$rate") ($(x "$rate" "$ceiling")x ceiling)" ">= 1.5x ceiling" "$(verdict "$(ge "$(x "$rate" "$ceiling")" 1.5)")"
 row "adapter, $CLIENTS clients: reservation latency p50 / p95 / p99" "$(field p50_ms "$OUT/load.txt") / $(field p95_ms "$OUT/load.txt") / $load_p99 ms" "p99 <= 100 ms" "$(verdict "$(le "$load_p99" 100)")"
-row "adapter: units oversold (both runs, checked in the database)" "$oversold" "0" "$(verdict "$([ "$oversold" = 0 ] && echo 1 || echo 0)")"
+crowd_p99=$(field p99_ms "$OUT/crowd.txt"); crowd_errors=$(field errors "$OUT/crowd.txt")
+row "adapter, $(int "$CROWD_CLIENTS") clients: reservations/s; latency p50 / p99; requests that failed" "$(field holds_per_s "$OUT/crowd.txt"); $(field p50_ms "$OUT/crowd.txt") / $crowd_p99 ms; $crowd_errors" "p99 <= 250 ms, none failed" "$(verdict "$(awk -v p="$crowd_p99" -v e="$crowd_errors" 'BEGIN { print (p <= 250 && e == 0) }')")"
+row "adapter: units oversold (all three runs, checked in the database)" "$oversold" "0" "$(verdict "$([ "$oversold" = 0 ] && echo 1 || echo 0)")"
 row "adapter: sold-out answers/s after a sell-out / 404s/s on the same connections right after" "$(int "$sold_out") / $(int "$not_found") ($(x "$sold_out" "$not_found")x)" ">= 0.8x the 404s" "$(verdict "$(ge "$(x "$sold_out" "$not_found")" 0.8)")"
 row "adapter: reservations/s while selling out $(int "$sell_out_stock") units; sold-out answers that arrived before the last unit's 201" "$(int "$sell_rate"); $early" "" ""
 scale_1=$(field holds_per_s "$OUT/scale-1.txt"); scale_2=$(field holds_per_s "$OUT/scale-2.txt"); scale_4=$(field holds_per_s "$OUT/scale-4.txt")
@@ -215,8 +234,13 @@ row "1 / 2 / 4 adapters on one database, $CLIENTS clients spread over them: rese
 listen_4=$(field holds_per_s "$OUT/listen-4.txt"); listen_16=$(field holds_per_s "$OUT/listen-16.txt")
 row "reservations/s through one adapter with 1 / 4 / 16 adapters listening (what a LISTEN connection costs)" "$(int "$scale_1") / $(int "$listen_4") / $(int "$listen_16") ($(x "$listen_4" "$scale_1")x, $(x "$listen_16" "$scale_1")x)" "" ""
 row "adapter: reservations/s with 1,000 watchers / with none (3 rounds each, alternating)" "$(field watched_per_s "$OUT/watchers.txt") / $(field none_per_s "$OUT/watchers.txt") (${watch_ratio}x)" ">= 0.9x" "$(verdict "$(ge "$watch_ratio" 0.9)")"
-row "$(int "$WATCHERS") watchers: commit to receipt, p50 / p99 ($FEED_RATE holds/s; $feed_missed missed)" "$feed_p50 / $feed_p99 ms" "p99 <= 250 ms, none missed" "$(verdict "$(awk -v p="$feed_p99" -v m="$feed_missed" 'BEGIN { print (p <= 250 && m == 0) }')")"
+row "$(int "$WATCHERS") watchers: commit to receipt, p50 / p99 ($FEED_RATE holds/s; $feed_missed missed)" "$feed_p50 / $feed_p99 ms" "p50 <= 20 ms, p99 <= 100 ms, none missed" "$(verdict "$(awk -v a="$feed_p50" -v p="$feed_p99" -v m="$feed_missed" 'BEGIN { print (a <= 20 && p <= 100 && m == 0) }')")"
 row "$(int "$WATCHERS") watchers, of which: commit to the first watcher p99 (100 ms tick, NOTIFY, relay) / first to last watcher p99 (fan-out)" "$(field first_p99_ms "$OUT/feed.txt") / $(field fan_out_p99_ms "$OUT/feed.txt") ms" "" ""
 row "$(int "$WATCHERS") watchers: adapter peak RSS (idle before: $rss_idle MiB)" "$rss MiB" "<= 200 MB" "$(verdict "$(le "$(awk -v m="$rss" 'BEGIN { print m * 1048576 / 1e6 }')" 200)")"
 row "$(int "$SOCKETIO_CLIENTS") Socket.IO clients beside 1,000 /ws watchers: commit to receipt p50 / p99, Socket.IO; /ws ($FEED_RATE holds/s; $sio_missed missed)" "$(field sio_p50_ms "$OUT/socketio.txt") / $sio_p99 ms; $(field p50_ms "$OUT/socketio.txt") / $sio_ws_p99 ms" "p99 <= 250 ms for both, none missed" "$(verdict "$(awk -v a="$sio_p99" -v b="$sio_ws_p99" -v m="$sio_missed" 'BEGIN { print (a <= 250 && b <= 250 && m == 0) }')")"
+crowd_ws_p99=$(field p99_ms "$OUT/feed-crowd.txt"); crowd_sio_p99=$(field sio_p99_ms "$OUT/feed-crowd.txt")
+crowd_missed=$(( $(field sio_missed "$OUT/feed-crowd.txt") + $(field missed "$OUT/feed-crowd.txt") ))
+crowd_rss=$(field rss_peak_mib "$OUT/feed-crowd.txt")
+row "$(int "$CROWD_WATCHERS") watchers on one adapter, half /ws, half Socket.IO: commit to receipt p99, /ws; Socket.IO ($FEED_RATE holds/s; $crowd_missed missed)" "$crowd_ws_p99; $crowd_sio_p99 ms" "p99 <= 250 ms, none missed" "$(verdict "$(awk -v a="$crowd_ws_p99" -v b="$crowd_sio_p99" -v m="$crowd_missed" 'BEGIN { print (a <= 250 && b <= 250 && m == 0) }')")"
+row "$(int "$CROWD_WATCHERS") watchers: adapter peak RSS (idle before: $(field rss_idle_mib "$OUT/feed-crowd.txt") MiB)" "$crowd_rss MiB" "<= 200 MB" "$(verdict "$(le "$(awk -v m="$crowd_rss" 'BEGIN { print m * 1048576 / 1e6 }')" 200)")"
 row "$(int "$SOCKETIO_CLIENTS") Socket.IO clients + 1,000 /ws watchers: adapter peak RSS (idle before: $(field rss_idle_mib "$OUT/socketio.txt") MiB)" "$(field rss_peak_mib "$OUT/socketio.txt") MiB" "" ""

@@ -103,6 +103,18 @@ impl Connection {
 }
 
 /// The `code` of an error envelope (`{"success":false,"message":…,"code":"DS020"}`), if any.
+/// Whether an error envelope carries `code` (the adapter writes compact JSON: `"code":"DS020"`): the
+/// answer most requests of a sold-out run get, told without parsing, so that the load tool's own work
+/// per sold-out answer is about what it is per 404 and the ratio measures the adapter.
+pub fn has_error_code(body: &[u8], code: &str) -> bool {
+    const KEY: &[u8] = br#""code":""#;
+    let Some(at) = body.windows(KEY.len()).position(|window| window == KEY) else {
+        return false;
+    };
+    let value = &body[at + KEY.len()..];
+    value.starts_with(code.as_bytes()) && value.get(code.len()) == Some(&b'"')
+}
+
 pub fn error_code(body: &[u8]) -> Option<String> {
     let envelope: serde_json::Value = serde_json::from_slice(body).ok()?;
     envelope.get("code")?.as_str().map(str::to_owned)

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Barrier, Semaphore};
 use uuid::Uuid;
 
-use super::http::{data_id, error_code, Connection};
+use super::http::{data_id, error_code, has_error_code, Connection};
 use super::latency::{Samples, Summary};
 
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +118,14 @@ struct ClientLog {
 impl ClientLog {
     fn count(&mut self, key: String) {
         *self.answers.entry(key).or_default() += 1;
+    }
+
+    /// `count` for the answers most requests get, without making a key each time.
+    fn count_known(&mut self, key: &str) {
+        match self.answers.get_mut(key) {
+            Some(count) => *count += 1,
+            None => self.count(key.to_owned()),
+        }
     }
 }
 
@@ -312,7 +320,7 @@ async fn client(mut connection: Connection, shared: &Shared, purchase: bool) -> 
         let status = answer.status.as_u16();
         match status {
             201 => {
-                log.count("201".to_owned());
+                log.count_known("201");
                 let held = shared.fresh_holds.fetch_add(1, Ordering::Relaxed) + 1;
                 if shared.sell_out_stock == Some(held) {
                     let _ = shared.sold_out_at.set(Instant::now());
@@ -322,8 +330,19 @@ async fn client(mut connection: Connection, shared: &Shared, purchase: bool) -> 
                 }
             }
             200 => {
-                log.count("200".to_owned());
+                log.count_known("200");
                 log.same_holds += 1;
+            }
+            409 if has_error_code(&answer.body, "DS020") => {
+                shared.sold_out.fetch_add(1, Ordering::Relaxed);
+                // Counted by when the answer came: the window of sold-out answers opens at the answer
+                // that took the last unit.
+                if shared.sold_out_at.get().is_some() {
+                    log.sold_out_answers += 1;
+                } else {
+                    log.early_sold_out += 1;
+                }
+                log.count_known("409 DS020");
             }
             _ => {
                 let code = error_code(&answer.body).unwrap_or_default();

@@ -1,0 +1,59 @@
+-- wrk script: POST /api/reservations, a buyer new to the drop on every request (the ids in the file
+-- BUYERS, one per line, shared out between the threads), one hot drop.
+--   wrk -t THREADS -c CONNECTIONS -d SECONDS --latency -s reserve.lua URL -- DROP_ID BUYERS THREADS
+-- Prints, after wrk's own report, how the answers split: 201 (a new hold) and anything else.
+local threads = {}
+
+function setup(thread)
+    table.insert(threads, thread)
+    thread:set("index", #threads)
+end
+
+function init(args)
+    drop = args[1]
+    local file, count = args[2], tonumber(args[3])
+    buyers, next_buyer = {}, 1
+    local line_number = 0
+    for line in io.lines(file) do
+        -- Thread k of n takes lines k, k + n, k + 2n, ...: no two threads send the same buyer.
+        if line_number % count == index - 1 then
+            buyers[#buyers + 1] = line
+        end
+        line_number = line_number + 1
+    end
+    created, other, ran_out = 0, 0, 0
+end
+
+function request()
+    local buyer = buyers[next_buyer]
+    if buyer == nil then
+        -- More requests than buyers: the last one again (a retry, answered with its own hold).
+        ran_out = ran_out + 1
+        buyer = buyers[#buyers]
+    else
+        next_buyer = next_buyer + 1
+    end
+    return wrk.format("POST", "/api/reservations", { ["Content-Type"] = "application/json" },
+        '{"userId":"' .. buyer .. '","dropId":"' .. drop .. '"}')
+end
+
+function response(status, headers, body)
+    if status == 201 then
+        created = created + 1
+    else
+        other = other + 1
+    end
+end
+
+function done(summary, latency, requests)
+    local made, others, short = 0, 0, 0
+    for _, thread in ipairs(threads) do
+        made = made + thread:get("created")
+        others = others + thread:get("other")
+        short = short + thread:get("ran_out")
+    end
+    local seconds = summary.duration / 1e6
+    io.write(string.format("result: holds=%d holds_per_s=%.0f other_answers=%d p50_ms=%.1f p99_ms=%.1f buyers_ran_out=%d errors=%d\n",
+        made, made / seconds, others, latency:percentile(50) / 1000, latency:percentile(99) / 1000, short,
+        summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
