@@ -4,7 +4,7 @@
 -- search_path is pinned on every such function: otherwise a caller could put an operator of their own
 -- in front of pg_catalog's and have it run with the owner's rights.
 --
--- The functions a drop's traffic runs also pin two planner settings, for themselves and everything they
+-- The functions a drop's traffic runs also pin planner settings, for themselves and everything they
 -- call:
 -- - enable_seqscan = off, enable_bitmapscan = off: their plans are cached per connection, and a plan
 --   made while a table was small (a new install, the first drop) would keep scanning it whole after it
@@ -14,6 +14,10 @@
 -- - jit = off: under enable_seqscan = off a statement with no index to use (emptying the small queue
 --   tables the feed drains) is costed as "disabled", far past JIT's threshold, and compiling it took
 --   250 ms of every worker tick. These are short statements that JIT never speeds up.
+-- - enable_hashjoin = off, enable_mergejoin = off, for the worker's two calls: their joins are of a
+--   handful of queued rows with big tables (the offers to announce with `users`), and a plan the worker
+--   cached while those tables were small hashed all of the big table on every tick (a fifth of the CPU
+--   under load, until autovacuum's statistics replaced it). An index probe per queued row is the plan.
 -- - plan_cache_mode = force_generic_plan: statements over arrays of buyers (unnest) look cheaper to the
 --   planner once it knows the array, so PostgreSQL's plan cache would keep planning them afresh on every
 --   call; that planning cost reserve_item more than half its time (0.45x the calls per second,
@@ -42,7 +46,7 @@ ALTER FUNCTION cancel_reservation(uuid, uuid) SECURITY DEFINER SET search_path =
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION expire_reservations(integer, timestamptz) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
-      SET plan_cache_mode = force_generic_plan;
+      SET enable_hashjoin = off SET enable_mergejoin = off SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION extend_hold(uuid, uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
@@ -53,7 +57,7 @@ ALTER FUNCTION drop_buyers(uuid) SECURITY DEFINER SET search_path = pg_catalog, 
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;
 ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
-      SET plan_cache_mode = force_generic_plan;
+      SET enable_hashjoin = off SET enable_mergejoin = off SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION archive_holds(timestamptz, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION join_waitlist(uuid, uuid, text[], integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;

@@ -118,6 +118,95 @@ mod tests {
         assert!(!fast(&later, &buyer("fast lu"), "NULL", 1));
     }
 
+    /// How many answers `_reserve_many_fast` gave, checking that when it gave none, it changed nothing.
+    fn fast_many(drop: &str, users: &[&str], sizes: &str, units: &str) -> i64 {
+        let state = || {
+            text(&format!(
+                "SELECT (SELECT string_agg(s.available::text, ',' ORDER BY s.variant, s.slot) FROM dropstock.stock_slots s
+                          WHERE s.drop_id = '{drop}')
+                     || '/' || (SELECT count(*) FROM dropstock.reservations r WHERE r.drop_id = '{drop}')"
+            ))
+        };
+        let before = state();
+        let ids = users
+            .iter()
+            .map(|u| format!("'{u}'::uuid"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let answers = int(&format!(
+            "SELECT count(*) FROM dropstock._reserve_many_fast('{drop}', ARRAY[{ids}], {sizes}, {units})"
+        ));
+        if answers == 0 {
+            assert_eq!(
+                before,
+                state(),
+                "the batch fast path changed something and then handed over"
+            );
+        }
+        answers
+    }
+
+    #[pg_test]
+    fn the_batch_fast_path_makes_only_batches_of_plain_new_holds() {
+        let drop = drop_with_stock(5);
+        let (ann, bob, cy) = (buyer("many ann"), buyer("many bob"), buyer("many cy"));
+        assert_eq!(fast_many(&drop, &[&ann, &bob], "NULL", "NULL"), 2);
+        assert_eq!(available(&drop), 3);
+        // A buyer with a live hold, a buyer named twice, an unknown buyer, more units than are left:
+        // the whole batch goes to the full rules.
+        assert_eq!(fast_many(&drop, &[&cy, &ann], "NULL", "NULL"), 0);
+        assert_eq!(fast_many(&drop, &[&cy, &cy], "NULL", "NULL"), 0);
+        assert_eq!(
+            fast_many(
+                &drop,
+                &[&cy, "00000000-0000-0000-0000-000000000000"],
+                "NULL",
+                "NULL"
+            ),
+            0
+        );
+        let (di, eve, fay, gus) = (
+            buyer("many di"),
+            buyer("many eve"),
+            buyer("many fay"),
+            buyer("many gus"),
+        );
+        assert_eq!(fast_many(&drop, &[&cy, &di, &eve, &fay], "NULL", "NULL"), 0);
+        // Sizes: each buyer's own, all free; a size the drop lacks sends the batch on.
+        let sized = sized_drop(r#"{"US 8": 2, "US 9": 2}"#, 2);
+        assert_eq!(
+            fast_many(
+                &sized,
+                &[&gus, &fay],
+                "ARRAY['US 9', 'US 8']",
+                "ARRAY[2, 1]"
+            ),
+            2
+        );
+        assert_eq!(available_of(&sized, "US 9"), 0);
+        assert_eq!(available_of(&sized, "US 8"), 1);
+        assert_eq!(fast_many(&sized, &[&di], "ARRAY['US 12']", "NULL"), 0);
+        assert_eq!(fast_many(&sized, &[&di], "ARRAY[NULL]::text[]", "NULL"), 0);
+        assert_stock_invariant(&drop);
+        assert_stock_invariant(&sized);
+        // Its answers are reserve_items' answers: the new holds, in array order, with their sizes.
+        run(&format!(
+            "CREATE TEMP TABLE many_answers AS
+             SELECT a.*, row_number() OVER () AS n
+               FROM dropstock.reserve_items('{drop}', ARRAY['{di}', '{eve}']::uuid[]) a"
+        ));
+        assert_eq!(
+            text(&format!(
+                "SELECT string_agg(a.user_id::text || ' ' || a.fresh || ' ' || coalesce(a.variant, '-') || ' '
+                                   || a.quantity || ' ' || (a.reservation_id = r.id), '; ' ORDER BY a.n)
+                   FROM many_answers a
+                   JOIN dropstock.reservations r
+                     ON r.user_id = a.user_id AND r.drop_id = '{drop}' AND r.status = 'reserved'"
+            )),
+            format!("{di} true - 1 true; {eve} true - 1 true")
+        );
+    }
+
     #[pg_test]
     fn reserve_item_again_returns_the_same_hold() {
         let drop = drop_with_stock(5);

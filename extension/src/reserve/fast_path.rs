@@ -171,11 +171,18 @@ pub unsafe extern "C-unwind" fn reserve_fast(fcinfo: pg_sys::FunctionCallInfo) -
 
         let made = claim_in_subtransaction(claim, &mut values, home);
         let answer = match made {
-            Some(hold) => {
+            Some((hold, hold_desc)) => {
                 let mut result_desc: pg_sys::TupleDesc = std::ptr::null_mut();
                 pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut result_desc);
                 let previous = pg_sys::MemoryContextSwitchTo(upper);
-                let datum = pg_sys::heap_copy_tuple_as_datum(hold, result_desc);
+                // The row as `reservations`; should the table ever carry dropped columns, its row type
+                // and RETURNING's columns differ, and the row goes back as a record for PostgreSQL to
+                // convert.
+                let datum = if (*result_desc).natts == (*hold_desc).natts {
+                    pg_sys::heap_copy_tuple_as_datum(hold, result_desc)
+                } else {
+                    pg_sys::Datum::from(pg_sys::SPI_returntuple(hold, hold_desc))
+                };
                 pg_sys::MemoryContextSwitchTo(previous);
                 crate::wake::_wake_worker_at_commit();
                 Some(datum)
@@ -191,12 +198,13 @@ pub unsafe extern "C-unwind" fn reserve_fast(fcinfo: pg_sys::FunctionCallInfo) -
 }
 
 /// Runs CLAIM in a subtransaction under a 20 ms lock_timeout, from the home slot up, then below it:
-/// the new hold's row (in SPI's memory), or None with everything the statement did undone.
+/// the new hold's row and its columns (in SPI's memory), or None with everything the statement did
+/// undone.
 unsafe fn claim_in_subtransaction(
     claim: pg_sys::SPIPlanPtr,
     values: &mut [pg_sys::Datum; 7],
     home: i16,
-) -> Option<pg_sys::HeapTuple> {
+) -> Option<(pg_sys::HeapTuple, pg_sys::TupleDesc)> {
     // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin, run in the caller's
     // memory context, then release or roll back, and put the caller's context and resource owner back.
     unsafe {
@@ -232,7 +240,10 @@ unsafe fn claim_in_subtransaction(
             pg_sys::AtEOXact_GUC(true, level);
             if done == pg_sys::SPI_OK_INSERT_RETURNING as i32 && pg_sys::SPI_processed == 1 {
                 pg_sys::ReleaseCurrentSubTransaction();
-                Some(*(*pg_sys::SPI_tuptable).vals)
+                Some((
+                    *(*pg_sys::SPI_tuptable).vals,
+                    (*pg_sys::SPI_tuptable).tupdesc,
+                ))
             } else {
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
                 None

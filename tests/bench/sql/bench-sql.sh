@@ -20,7 +20,7 @@ cd "$(dirname "$0")"
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 DATABASE_URL=${DATABASE_URL:?DATABASE_URL is not set (make bench-sql sets it)}
 CLIENTS=${BENCH_CLIENTS:-64}
-SECONDS_EACH=${BENCH_SECONDS:-10}
+SECONDS_EACH=${BENCH_SQL_SECONDS:-${BENCH_SECONDS:-10}}
 PER_CLIENT=${BENCH_BUYERS_PER_CLIENT:-4000}
 # The targets printed beside the ratios: issue-level defaults; `make bench` asks for the drop-scale ones.
 TARGET_BA=${BENCH_SQL_TARGET_BA:-4}
