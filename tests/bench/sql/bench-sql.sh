@@ -280,13 +280,17 @@ psql -c "SELECT count(dropstock.create_drop('bench quiet drop', 1, 100, now() - 
 set_tick 60000
 psql -c "SELECT dropstock.publish_changes()" >/dev/null
 quiet_tick=$(tick_ms)
+echo "bench-sql: checking the stock of the $(( $(wc -l < "$drops_file") + 1 )) drops the run used" >&2
 
-psql -tAc "SELECT CASE WHEN bool_and(available_stock + held_stock + sold_stock = total_stock
-                         AND held_stock = (SELECT coalesce(sum(r.quantity), 0) FROM dropstock.reservations r
-                                            WHERE r.drop_id = s.id AND r.status = 'reserved'))
+# The live holds' units per drop in one pass over the table: one look-up per drop read the millions of
+# live holds the run leaves (holds of an hour) in index order, two minutes of the run.
+psql -tAc "SELECT CASE WHEN bool_and(s.available_stock + s.held_stock + s.sold_stock = s.total_stock
+                         AND s.held_stock = coalesce(h.units, 0))
                        THEN 'ok' ELSE 'BROKEN' END
-             FROM unnest(array_remove(string_to_array('$sweep_drop $(tr '\n' ' ' < "$drops_file")', ' '), '')::uuid[]) AS d(id),
-                  LATERAL dropstock.drop_status(d.id) s" | {
+             FROM unnest(array_remove(string_to_array('$sweep_drop $(tr '\n' ' ' < "$drops_file")', ' '), '')::uuid[]) AS d(id)
+             CROSS JOIN LATERAL dropstock.drop_status(d.id) s
+             LEFT JOIN (SELECT r.drop_id, sum(r.quantity) AS units FROM dropstock.reservations r
+                         WHERE r.status = 'reserved' GROUP BY r.drop_id) h ON h.drop_id = d.id" | {
     read -r verdict
     echo "bench-sql: stock invariant after the run: $verdict" >&2
     [ "$verdict" = ok ]
