@@ -13,8 +13,9 @@
 //!   request alone: a size the drop does not have, none on a drop sold by size, a quantity out of range,
 //!   a drop that has ended.
 //!
-//! Any notice for the drop turns it off at once (the units it announces may have come back), and so does
-//! losing the feed (`forget_all`), so the shortcut is never older than one notice. What it gives up:
+//! Any notice for the drop turns it off at once (the units it announces may have come back), and so do a
+//! cancel through this adapter (`units_came_back`, before the notice that follows it) and losing the
+//! feed (`forget_all`), so the shortcut is never older than one notice. What it gives up:
 //! a unit of a past-due hold, which `reserve_item` would hand to the next reserver before the sweep, is
 //! offered only after the sweep (within a tick of the worker, when the notice announcing it arrives);
 //! and a buyer id unknown to the database is told "sold out" rather than "unknown buyer".
@@ -36,6 +37,10 @@ const REFRESH: Duration = Duration::from_millis(250);
 const MAX_DROPS: usize = 1024;
 /// The largest quantity `reserve_item` accepts.
 const MAX_QUANTITY: i32 = 10_000;
+/// After a cancel through this adapter, how long a "sold out" notice of the drop is not believed: one
+/// published before the cancel committed may still be on its way, and the cancel's own notice comes
+/// within a worker tick.
+const AFTER_CANCEL: Duration = Duration::from_secs(1);
 
 /// A sold-out drop as the shortcut answers for it.
 struct SoldOut {
@@ -53,6 +58,8 @@ struct Entry {
     generation: u64,
     sold_out: Option<SoldOut>,
     reading: bool,
+    /// Until when a notice saying "sold out" is not believed (`AFTER_CANCEL`).
+    units_back_until: Option<Instant>,
 }
 
 pub struct SoldOutShortcut {
@@ -84,13 +91,41 @@ impl SoldOutShortcut {
             generation: 0,
             sold_out: None,
             reading: false,
+            units_back_until: None,
         });
         entry.generation += 1;
         entry.sold_out = None;
+        if entry
+            .units_back_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            entry.reading = false;
+            return;
+        }
         let generation = entry.generation;
         entry.reading = true;
         drop(drops);
         self.read(drop_id, generation);
+    }
+
+    /// A hold of the drop was cancelled through this adapter: its units are back (in stock or with the
+    /// line) from the cancel's commit on, before the notice that says so, and a buyer who asks next must
+    /// not be told "sold out" in between.
+    pub fn units_came_back(&self, drop_id: Uuid) {
+        let mut drops = self.drops.lock().expect("sold-out map");
+        if drops.len() >= MAX_DROPS && !drops.contains_key(&drop_id) {
+            return; // not answered for here: nothing to turn off
+        }
+        let entry = drops.entry(drop_id).or_insert(Entry {
+            generation: 0,
+            sold_out: None,
+            reading: false,
+            units_back_until: None,
+        });
+        entry.generation += 1; // a read under way is thrown away
+        entry.sold_out = None;
+        entry.reading = false;
+        entry.units_back_until = Some(Instant::now() + AFTER_CANCEL);
     }
 
     /// The feed was lost or resynchronised: nothing it said can be relied on any more.

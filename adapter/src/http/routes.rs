@@ -362,10 +362,12 @@ async fn change_hold(
     let buyer = identity.resolve(fields.optional_uuid("userId")?)?;
     app.limits.check_buyer(buyer)?;
     let client = app.pool.connection().await?;
-    Ok(respond::success(
-        StatusCode::OK,
-        queries::change_hold(&client, change, hold_id, buyer).await?,
-    ))
+    let cancelling = matches!(change, HoldChange::Cancel);
+    let hold = queries::change_hold(&client, change, hold_id, buyer).await?;
+    if cancelling {
+        app.sold_out.units_came_back(hold.drop_id);
+    }
+    Ok(respond::success(StatusCode::OK, hold))
 }
 
 /// 201 for what this request made, 200 for what the buyer had already (a retry, or a second press).
