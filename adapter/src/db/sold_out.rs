@@ -53,6 +53,7 @@ struct SoldOut {
 }
 
 /// Per drop: which notice the state follows, and the state once read.
+#[derive(Default)]
 struct Entry {
     /// Bumped by every notice of the drop: a read that started before a later notice is thrown away.
     generation: u64,
@@ -60,6 +61,19 @@ struct Entry {
     reading: bool,
     /// Until when a notice saying "sold out" is not believed (`AFTER_CANCEL`).
     units_back_until: Option<Instant>,
+}
+
+/// The drop's entry with the shortcut off and any read under way thrown away (a newer generation), made
+/// if the drop is new and there is room for it; None when there is not (the drop is not answered for).
+fn start_over(drops: &mut HashMap<Uuid, Entry>, drop_id: Uuid) -> Option<&mut Entry> {
+    if drops.len() >= MAX_DROPS && !drops.contains_key(&drop_id) {
+        return None;
+    }
+    let entry = drops.entry(drop_id).or_default();
+    entry.generation += 1;
+    entry.sold_out = None;
+    entry.reading = false;
+    Some(entry)
 }
 
 pub struct SoldOutShortcut {
@@ -84,22 +98,13 @@ impl SoldOutShortcut {
             drops.remove(&drop_id);
             return;
         }
-        if drops.len() >= MAX_DROPS && !drops.contains_key(&drop_id) {
+        let Some(entry) = start_over(&mut drops, drop_id) else {
             return;
-        }
-        let entry = drops.entry(drop_id).or_insert(Entry {
-            generation: 0,
-            sold_out: None,
-            reading: false,
-            units_back_until: None,
-        });
-        entry.generation += 1;
-        entry.sold_out = None;
+        };
         if entry
             .units_back_until
             .is_some_and(|until| Instant::now() < until)
         {
-            entry.reading = false;
             return;
         }
         let generation = entry.generation;
@@ -113,19 +118,9 @@ impl SoldOutShortcut {
     /// not be told "sold out" in between.
     pub fn units_came_back(&self, drop_id: Uuid) {
         let mut drops = self.drops.lock().expect("sold-out map");
-        if drops.len() >= MAX_DROPS && !drops.contains_key(&drop_id) {
-            return; // not answered for here: nothing to turn off
+        if let Some(entry) = start_over(&mut drops, drop_id) {
+            entry.units_back_until = Some(Instant::now() + AFTER_CANCEL);
         }
-        let entry = drops.entry(drop_id).or_insert(Entry {
-            generation: 0,
-            sold_out: None,
-            reading: false,
-            units_back_until: None,
-        });
-        entry.generation += 1; // a read under way is thrown away
-        entry.sold_out = None;
-        entry.reading = false;
-        entry.units_back_until = Some(Instant::now() + AFTER_CANCEL);
     }
 
     /// The feed was lost or resynchronised: nothing it said can be relied on any more.

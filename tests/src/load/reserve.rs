@@ -345,19 +345,8 @@ async fn client(mut connection: Connection, shared: &Shared, purchase: bool) -> 
                 log.count_known("409 DS020");
             }
             _ => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
                 let code = error_code(&answer.body).unwrap_or_default();
-                if status == 409 && code == "DS020" {
-                    shared.sold_out.fetch_add(1, Ordering::Relaxed);
-                    // Counted by when the answer came: the window of sold-out answers opens at the
-                    // answer that took the last unit.
-                    if shared.sold_out_at.get().is_some() {
-                        log.sold_out_answers += 1;
-                    } else {
-                        log.early_sold_out += 1;
-                    }
-                } else {
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
-                }
                 log.count(format!("{status} {code}").trim_end().to_owned());
             }
         }
