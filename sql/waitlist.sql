@@ -67,66 +67,119 @@ $$;
 -- line first; returns how many nobody in line wanted (the caller puts them into stock). Whoever wants
 -- this variant and no other size already being kept for them is served: all their units at once as an
 -- offer, or, when fewer came back than they still need, the units are kept for them and nobody behind
--- them gets any. A buyer who meanwhile got a hold another way is passed over (their place ends, and
--- what was kept for them goes on down the line).
+-- them gets any. A buyer who meanwhile got a hold another way, or whom the per-buyer limit now stops, is
+-- passed over (their place ends, and what was kept for them goes on down the line).
 -- The caller holds the line lock of (drop, variant) in shared mode (_give_back, run_draw).
+-- Set-based: each pass locks the first `units` buyers in line, judges them in one statement, decides in
+-- place order who is served, passed over or kept for (arithmetic over arrays, no statement per buyer),
+-- then ends their places, makes their holds and records the offers in three statements. Ten thousand
+-- offers falling due at once are the worker's busiest moment on drop day; a statement per buyer made it
+-- cost a seventh of a millisecond per offer.
 CREATE FUNCTION _serve_line(line_drop uuid, line_variant smallint, units integer)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
     d dropstock.drops;
-    entry record;
-    need integer;
-    made uuid;
+    buyers uuid[];
+    quantities integer[];
+    kepts integer[];
+    eligible boolean[];
     looked integer;
+    need integer;
+    ended uuid[];       -- places that end this pass: served or passed over
+    ends integer;
+    offered uuid[];     -- served, with the units their holds take in offered_units
+    offered_units integer[];
+    offers integer;
+    kept_for uuid;      -- the buyer the remaining units are kept for, if any
+    kept_units integer;
+    made record;
     left_line integer := 0;
 BEGIN
     SELECT * INTO d FROM dropstock.drops x WHERE x.id = line_drop;
     WHILE units > 0 LOOP
-        looked := 0;
         -- At most `units` buyers can be served by `units` units; rows others are deciding right now
-        -- (a buyer leaving, another serve) are skipped rather than waited for.
-        FOR entry IN
-            SELECT w.user_id, w.quantity, w.kept
-              FROM dropstock.waitlist w
-             WHERE w.drop_id = line_drop AND line_variant = ANY (w.variants)  -- as _line_waits
-               AND (w.kept_variant IS NULL OR w.kept_variant = line_variant)
-             ORDER BY w.place
-             LIMIT units
-               FOR UPDATE SKIP LOCKED
-        LOOP
-            looked := looked + 1;
-            need := entry.quantity - entry.kept;
+        -- (a buyer leaving, another serve) are skipped rather than waited for. Judged while locked: the
+        -- limit (checked when they joined; what they bought cannot change while they wait, as they hold
+        -- nothing to buy, but it costs one probe) and whether they hold units of the drop already.
+        SELECT coalesce(array_agg(c.user_id ORDER BY c.place), '{}'), array_agg(c.quantity ORDER BY c.place),
+               array_agg(c.kept ORDER BY c.place),
+               array_agg((SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
+                           WHERE p.user_id = c.user_id AND p.drop_id = line_drop) + c.quantity <= d.per_user_limit
+                         AND NOT EXISTS (SELECT FROM dropstock.reservations r
+                                          WHERE r.drop_id = line_drop AND r.user_id = c.user_id
+                                            AND r.status = 'reserved')
+                         ORDER BY c.place)
+          INTO buyers, quantities, kepts, eligible
+          FROM (SELECT w.user_id, w.quantity, w.kept, w.place
+                  FROM dropstock.waitlist w
+                 WHERE w.drop_id = line_drop AND line_variant = ANY (w.variants)  -- as _line_waits
+                   AND (w.kept_variant IS NULL OR w.kept_variant = line_variant)
+                 ORDER BY w.place
+                 LIMIT units
+                   FOR UPDATE SKIP LOCKED) c;
+        looked := cardinality(buyers);
+        EXIT WHEN looked = 0;
+        -- Element assignments, not `||`: each append would copy the array.
+        ended := '{}';
+        ends := 0;
+        offered := '{}';
+        offered_units := '{}';
+        offers := 0;
+        kept_for := NULL;
+        FOR i IN 1 .. looked LOOP
+            EXIT WHEN units = 0;
+            IF NOT eligible[i] THEN
+                ends := ends + 1;
+                ended[ends] := buyers[i];
+                units := units + kepts[i];  -- passed over: what was kept for them goes on
+                CONTINUE;
+            END IF;
+            need := quantities[i] - kepts[i];
             IF need > units THEN
-                UPDATE dropstock.waitlist w SET kept = w.kept + units, kept_variant = line_variant
-                 WHERE w.drop_id = line_drop AND w.user_id = entry.user_id;
+                kept_for := buyers[i];
+                kept_units := units;
                 units := 0;
                 EXIT;
             END IF;
-            DELETE FROM dropstock.waitlist w WHERE w.drop_id = line_drop AND w.user_id = entry.user_id;
-            left_line := left_line + 1;
-            made := NULL;
-            -- The per-buyer limit was checked when they joined, and what they bought cannot change while
-            -- they wait (they hold nothing to buy); checked again all the same, it costs one probe.
-            IF (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
-                 WHERE p.user_id = entry.user_id AND p.drop_id = line_drop) + entry.quantity <= d.per_user_limit THEN
-                INSERT INTO dropstock.reservations AS r (drop_id, user_id, expires_at, variant, quantity, offered)
-                VALUES (line_drop, entry.user_id, clock_timestamp() + make_interval(secs => d.hold_seconds),
-                        line_variant, entry.quantity, true)
-                ON CONFLICT (drop_id, user_id) WHERE status = 'reserved' DO NOTHING
-                RETURNING r.id INTO made;
-            END IF;
-            IF made IS NULL THEN
-                units := units + entry.kept;  -- passed over: what was kept for them goes on
-                CONTINUE;
-            END IF;
-            INSERT INTO dropstock.offers_unsent (reservation_id, drop_id, user_id)
-            VALUES (made, line_drop, entry.user_id);
+            ends := ends + 1;
+            ended[ends] := buyers[i];
+            offers := offers + 1;
+            offered[offers] := buyers[i];
+            offered_units[offers] := quantities[i];
             units := units - need;
-            EXIT WHEN units = 0;
         END LOOP;
-        EXIT WHEN looked = 0 OR units = 0;
+        IF kept_for IS NOT NULL THEN
+            UPDATE dropstock.waitlist w SET kept = w.kept + kept_units, kept_variant = line_variant
+             WHERE w.drop_id = line_drop AND w.user_id = kept_for;
+        END IF;
+        IF ends > 0 THEN
+            DELETE FROM dropstock.waitlist w WHERE w.drop_id = line_drop AND w.user_id = ANY (ended);
+            left_line := left_line + ends;
+        END IF;
+        IF offers > 0 THEN
+            -- A buyer who got a hold another way since the judgement (their reserve committed in
+            -- between) is passed over after all: all their units go on, those kept for them and those
+            -- they were to take.
+            WITH wanted AS (
+                SELECT o.user_id, o.quantity FROM unnest(offered, offered_units) AS o(user_id, quantity)
+            ), held AS (
+                INSERT INTO dropstock.reservations AS r (drop_id, user_id, expires_at, variant, quantity, offered)
+                SELECT line_drop, wanted.user_id, clock_timestamp() + make_interval(secs => d.hold_seconds),
+                       line_variant, wanted.quantity, true
+                  FROM wanted
+                ON CONFLICT (drop_id, user_id) WHERE status = 'reserved' DO NOTHING
+                RETURNING r.id, r.user_id
+            ), sent AS (
+                INSERT INTO dropstock.offers_unsent (reservation_id, drop_id, user_id)
+                SELECT held.id, line_drop, held.user_id FROM held
+            )
+            SELECT coalesce(sum(wanted.quantity) FILTER (WHERE held.user_id IS NULL), 0)::integer AS back
+              INTO made
+              FROM wanted LEFT JOIN held ON held.user_id = wanted.user_id;
+            units := units + made.back;
+        END IF;
     END LOOP;
     IF left_line > 0 THEN
         INSERT INTO dropstock.line_moves (drop_id, delta) VALUES (line_drop, -left_line);

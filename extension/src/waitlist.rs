@@ -257,6 +257,34 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_buyer_the_limit_now_stops_is_passed_over_and_the_units_kept_for_them_go_on() {
+        let (drop, holds) = sold_out_with_limit(3, 2);
+        let (ann, bob) = (buyer("ann"), buyer("bob"));
+        int(&format!(
+            "SELECT position FROM dropstock.join_waitlist('{drop}', '{ann}', NULL::text, 2)"
+        ));
+        join(&drop, &bob);
+        cancel(&holds[0]);
+        assert!(offer_of(&drop, &bob).is_none(), "the unit is kept for ann");
+        // The shop lowers the limit: ann's two units are now more than she may have.
+        run(&format!(
+            "UPDATE dropstock.drops SET per_user_limit = 1 WHERE id = '{drop}'"
+        ));
+        cancel(&holds[1]);
+        assert!(offer_of(&drop, &ann).is_none());
+        assert_eq!(position(&drop, &ann), None, "ann's place ended");
+        assert!(offer_of(&drop, &bob).is_some(), "bob is next");
+        assert_eq!(
+            int(&format!(
+                "SELECT available_stock FROM dropstock.drop_status('{drop}')"
+            )),
+            1,
+            "the unit kept for ann and the one that came back: one to bob, one to stock"
+        );
+        assert_stock_invariant(&drop);
+    }
+
+    #[pg_test]
     fn a_buyer_waiting_for_several_sizes_gets_the_first_that_comes_back() {
         let drop = sized_drop(r#"{"S": 1, "M": 1, "L": 1}"#, 1);
         let holds: Vec<String> = ["S", "M", "L"]
