@@ -28,7 +28,12 @@ pub enum FeedEvent {
     Drop {
         /// Lets a client that watches one drop skip the others without reading their frames.
         drop_id: Uuid,
+        /// The `stock` frame first, then one `purchase` frame per new sale.
         frames: Vec<Utf8Bytes>,
+        /// Whether a later `stock` frame of the drop says all that this one says: true unless it names
+        /// sizes, since a frame names only the sizes that changed, and every such change must reach the
+        /// client. A client that has fallen behind skips replaceable stock frames (never sales).
+        replaceable: bool,
     },
     /// An offer for the clients that opened `inbox`, and for no one else: every client task sees the
     /// event and drops it unless the inbox is its own.
@@ -48,6 +53,7 @@ impl FeedEvent {
         FeedEvent::Drop {
             drop_id: notice.drop_id,
             frames: messages::notice_frames(notice, labels),
+            replaceable: notice.variants.is_empty(),
         }
     }
 }

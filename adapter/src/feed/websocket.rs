@@ -15,7 +15,8 @@ use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::sync::broadcast::{self, error::RecvError};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -250,6 +251,69 @@ fn resync(app: &App) -> Vec<Message> {
     vec![Message::Text(Utf8Bytes::from_static(RESYNC_FRAME))]
 }
 
+/// Events a client reads at once: the one that woke it and those already queued behind it.
+const BATCH: usize = 64;
+
+/// The event that woke a client and the events queued behind it (up to `BATCH`); None when the client
+/// fell so far behind that some were lost.
+fn waiting_behind(
+    first: Arc<FeedEvent>,
+    events: &mut broadcast::Receiver<Arc<FeedEvent>>,
+) -> Option<Vec<Arc<FeedEvent>>> {
+    let mut batch = vec![first];
+    while batch.len() < BATCH {
+        match events.try_recv() {
+            Ok(event) => batch.push(event),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            Err(TryRecvError::Lagged(_)) => return None,
+        }
+    }
+    Some(batch)
+}
+
+/// What a batch of events sends this client, in order. A client that has fallen behind (a fan-out to
+/// thousands of sockets takes longer than the gap between two notices) gets only the latest `stock`
+/// frame of each drop, with every sale: it sends fewer frames and catches up, where sending each stale
+/// level would keep it behind. A stock frame that names sizes is always sent (`replaceable`).
+fn frames_for(
+    batch: &[Arc<FeedEvent>],
+    filter: Option<Uuid>,
+    inbox: Option<&str>,
+    resyncs: &Counter,
+) -> Vec<Message> {
+    let mut outgoing = Vec::new();
+    for (at, event) in batch.iter().enumerate() {
+        match &**event {
+            FeedEvent::Drop {
+                drop_id,
+                frames,
+                replaceable,
+            } if filter.is_none_or(|wanted| wanted == *drop_id) => {
+                let superseded = *replaceable
+                    && batch[at + 1..].iter().any(|later| {
+                        matches!(&**later, FeedEvent::Drop { drop_id: same, .. } if same == drop_id)
+                    });
+                // The stock frame comes first (`messages::notice_frames`); the sales after it.
+                let skip = usize::from(superseded);
+                outgoing.extend(frames.iter().skip(skip).cloned().map(Message::Text));
+            }
+            FeedEvent::Drop { .. } => {}
+            FeedEvent::Offer { inbox: to, frame } if inbox == Some(&**to) => {
+                outgoing.push(Message::Text(frame.clone()));
+            }
+            FeedEvent::Offer { .. } => {}
+            FeedEvent::Resync => {
+                resyncs.inc();
+                outgoing.push(Message::Text(Utf8Bytes::from_static(RESYNC_FRAME)));
+            }
+            FeedEvent::Paused => {
+                outgoing.push(Message::Text(Utf8Bytes::from_static(PAUSED_FRAME)));
+            }
+        }
+    }
+    outgoing
+}
+
 async fn serve(
     mut socket: Socket,
     snapshot: Utf8Bytes,
@@ -287,17 +351,18 @@ async fn serve(
                 Some(Err(_)) | None => return,
             },
             event = events.recv() => match event {
-                Ok(event) => match &*event {
-                    FeedEvent::Drop { drop_id, frames } if filter.is_none_or(|wanted| wanted == *drop_id) => {
-                        frames.iter().cloned().map(Message::Text).collect()
+                Ok(event) => match waiting_behind(event, &mut events) {
+                    Some(batch) => {
+                        let outgoing = frames_for(&batch, filter, inbox.as_deref(), &app.metrics.resyncs);
+                        if outgoing.is_empty() {
+                            continue;
+                        }
+                        outgoing
                     }
-                    FeedEvent::Drop { .. } => continue,
-                    FeedEvent::Offer { inbox: to, frame } if inbox.as_deref() == Some(&**to) => {
-                        vec![Message::Text(frame.clone())]
+                    None => {
+                        tracing::debug!("WebSocket client fell behind; sending resync");
+                        resync(app)
                     }
-                    FeedEvent::Offer { .. } => continue,
-                    FeedEvent::Resync => resync(app),
-                    FeedEvent::Paused => vec![Message::Text(Utf8Bytes::from_static(PAUSED_FRAME))],
                 },
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "WebSocket client fell behind; sending resync");
@@ -322,5 +387,85 @@ async fn serve(
             }
             Err(SendFailed::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(drop_id: Uuid, stock: &str, sales: &[&str], replaceable: bool) -> Arc<FeedEvent> {
+        let frames = std::iter::once(stock)
+            .chain(sales.iter().copied())
+            .map(Utf8Bytes::from)
+            .collect();
+        Arc::new(FeedEvent::Drop {
+            drop_id,
+            frames,
+            replaceable,
+        })
+    }
+
+    fn texts(messages: Vec<Message>) -> Vec<String> {
+        messages
+            .into_iter()
+            .map(|message| message.into_text().expect("a text frame").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_client_behind_gets_the_latest_stock_of_each_drop_and_every_sale() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let batch = [
+            notice(a, "a1", &["a1 sale"], true),
+            notice(b, "b1", &[], true),
+            notice(a, "a2", &[], true),
+            notice(a, "a3", &["a3 sale x", "a3 sale y"], true),
+        ];
+        let resyncs = Counter::default();
+        assert_eq!(
+            texts(frames_for(&batch, None, None, &resyncs)),
+            ["a1 sale", "b1", "a3", "a3 sale x", "a3 sale y"]
+        );
+        // A client watching one drop sees only its own.
+        assert_eq!(texts(frames_for(&batch, Some(b), None, &resyncs)), ["b1"]);
+    }
+
+    #[test]
+    fn a_stock_frame_that_names_sizes_is_never_skipped() {
+        let a = Uuid::new_v4();
+        let batch = [
+            notice(a, "M sold out", &[], false),
+            notice(a, "L sold out", &[], false),
+            notice(a, "total only", &[], true),
+        ];
+        assert_eq!(
+            texts(frames_for(&batch, None, None, &Counter::default())),
+            ["M sold out", "L sold out", "total only"]
+        );
+    }
+
+    #[test]
+    fn offers_and_resyncs_keep_their_place() {
+        let a = Uuid::new_v4();
+        let batch = [
+            notice(a, "a1", &[], true),
+            Arc::new(FeedEvent::Offer {
+                inbox: Arc::from("mine"),
+                frame: Utf8Bytes::from("offer"),
+            }),
+            Arc::new(FeedEvent::Offer {
+                inbox: Arc::from("theirs"),
+                frame: Utf8Bytes::from("not mine"),
+            }),
+            Arc::new(FeedEvent::Resync),
+            notice(a, "a2", &[], true),
+        ];
+        let resyncs = Counter::default();
+        assert_eq!(
+            texts(frames_for(&batch, None, Some("mine"), &resyncs)),
+            ["offer", RESYNC_FRAME, "a2"]
+        );
+        assert_eq!(resyncs.get(), 1);
     }
 }
