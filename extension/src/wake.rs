@@ -6,7 +6,7 @@
 //! ticks at once: expiring what is due and publishing, as on a timed tick. Setting a latch takes no lock
 //! (unlike `NOTIFY`, whose commit takes a cluster-wide one), costs a few instructions when the latch is
 //! already set, and is lost harmlessly if the worker is not there: the timed tick still runs. Under load
-//! the worker ticks at most once every `worker::MIN_TICK_GAP` (25 ms), so many commits still make one
+//! the worker ticks at most once every `worker::MIN_TICK_GAP` (50 ms), so many commits still make one
 //! notification per drop and tick.
 //!
 //! The worker's process number lives in shared memory (set when it starts serving, cleared when it

@@ -50,12 +50,13 @@ const REPEAT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// Ticks start at least this far apart (or `dropstock.tick_ms`, if shorter), however often commits wake
 /// the worker (`wake`): a busy drop gets one notification per gap whatever its commits per second, and a
 /// change after a quiet spell is published at once. The gap is what a change waits for its tick under a
-/// steady stream (half of it on average). Measured on 2 cores, 10,000 watchers at 200 holds/s: a
-/// shorter gap means more notices, which the adapter's watchers absorb by skipping stale stock levels
-/// (`feed::websocket`); commit-to-screen p50 went from 115 ms at 100 ms to 78-87 ms at 25 ms (the
-/// fan-out to 10,000 sockets is the rest), and `reserve_item` with the worker waking every 25 ms ran at
-/// 0.95x-0.98x of it idle. Without the skipping, a 20 ms gap was five times the messages and p99 0.9 s.
-const MIN_TICK_GAP: Duration = Duration::from_millis(25);
+/// steady stream (half of it on average), and every notification goes to every watcher: it trades the
+/// feed's delay against the adapter's work. Measured on 2 cores with the adapter's watchers skipping
+/// stale stock levels (`feed::websocket`): 10,000 watchers at 200 holds/s, commit-to-screen p50 115 ms
+/// at a 100 ms gap, 93 ms at 50 ms, 78-87 ms at 25 ms or 10 ms (the fan-out to 10,000 sockets is the
+/// rest); but at 25 ms, reservations through an adapter with 1,000 watchers fell to 0.63x-0.72x of
+/// those with none (0.83x-0.87x at 100 ms), while at 50 ms they stayed where they were at 100 ms.
+const MIN_TICK_GAP: Duration = Duration::from_millis(50);
 
 /// Set in the postmaster while it preloads the library; every backend inherits it.
 static PRELOADED: AtomicBool = AtomicBool::new(false);
