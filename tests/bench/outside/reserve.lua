@@ -1,7 +1,9 @@
 -- wrk script: POST /api/reservations, a buyer new to the drop on every request (the ids in the file
 -- BUYERS, one per line, shared out between the threads), one hot drop.
---   wrk -t THREADS -c CONNECTIONS -d SECONDS --latency -s reserve.lua URL -- DROP_ID BUYERS THREADS
--- Prints, after wrk's own report, how the answers split: 201 (a new hold) and anything else.
+--   wrk -t THREADS -c CONNECTIONS -d SECONDS --latency -s reserve.lua URL -- DROP_ID BUYERS THREADS [PATH]
+-- PATH (default /api/reservations) sends the same requests elsewhere: to an unknown path, they measure
+-- the adapter's cheapest answer, a 404. Prints, after wrk's own report, how the answers split: 201 (a new
+-- hold), 409 (sold out), 404, and anything else.
 local threads = {}
 
 function setup(thread)
@@ -12,6 +14,7 @@ end
 function init(args)
     drop = args[1]
     local file, count = args[2], tonumber(args[3])
+    path = args[4] or "/api/reservations"
     buyers, next_buyer = {}, 1
     local line_number = 0
     for line in io.lines(file) do
@@ -21,7 +24,7 @@ function init(args)
         end
         line_number = line_number + 1
     end
-    created, other, ran_out = 0, 0, 0
+    created, sold_out, not_found, other, ran_out = 0, 0, 0, 0, 0
 end
 
 function request()
@@ -33,27 +36,34 @@ function request()
     else
         next_buyer = next_buyer + 1
     end
-    return wrk.format("POST", "/api/reservations", { ["Content-Type"] = "application/json" },
+    return wrk.format("POST", path, { ["Content-Type"] = "application/json" },
         '{"userId":"' .. buyer .. '","dropId":"' .. drop .. '"}')
 end
 
 function response(status, headers, body)
     if status == 201 then
         created = created + 1
+    elseif status == 409 then
+        sold_out = sold_out + 1
+    elseif status == 404 then
+        not_found = not_found + 1
     else
         other = other + 1
     end
 end
 
 function done(summary, latency, requests)
-    local made, others, short = 0, 0, 0
+    local made, refused, missing, others, short = 0, 0, 0, 0, 0
     for _, thread in ipairs(threads) do
         made = made + thread:get("created")
+        refused = refused + thread:get("sold_out")
+        missing = missing + thread:get("not_found")
         others = others + thread:get("other")
         short = short + thread:get("ran_out")
     end
     local seconds = summary.duration / 1e6
-    io.write(string.format("result: holds=%d holds_per_s=%.0f other_answers=%d p50_ms=%.1f p99_ms=%.1f buyers_ran_out=%d errors=%d\n",
-        made, made / seconds, others, latency:percentile(50) / 1000, latency:percentile(99) / 1000, short,
+    io.write(string.format("result: holds=%d holds_per_s=%.0f sold_out_per_s=%.0f not_found_per_s=%.0f other_answers=%d p50_ms=%.1f p99_ms=%.1f buyers_ran_out=%d errors=%d\n",
+        made, made / seconds, refused / seconds, missing / seconds, others, latency:percentile(50) / 1000,
+        latency:percentile(99) / 1000, short,
         summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
