@@ -13,6 +13,9 @@
 //!   request alone: a size the drop does not have, none on a drop sold by size, a quantity out of range,
 //!   a drop that has ended.
 //!
+//! A drop that sold out before the feed started listening sends no notice until it changes: when LISTEN
+//! starts, the active drops are read instead (`seed`).
+//!
 //! Any notice for the drop turns it off at once (the units it announces may have come back), and so do a
 //! cancel through this adapter (`units_came_back`, before the notice that follows it) and losing the
 //! feed (`forget_all`), so the shortcut is never older than one notice. What it gives up:
@@ -27,8 +30,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::db::pool::Database;
+use crate::db::pool::{Connection, Database};
 use crate::db::queries::{self, Asked};
+use crate::db::DbError;
 use crate::http::errors::ApiError;
 
 /// How often the drop's buyers are read again while the shortcut answers for it.
@@ -172,47 +176,120 @@ impl SoldOutShortcut {
         Some(ApiError::from_sqlstate("DS020", &message))
     }
 
+    /// The feed has just started listening (again): the drops it says nothing about until they change
+    /// are read from the database instead. A drop that sold out before this adapter listened sends no
+    /// notice until something moves, which for a drop sold to the last unit may be never, and every bot's
+    /// request would reach the database meanwhile. Called before the first notice is relayed: a notice
+    /// that follows overrides what was read here, as any notice does.
+    pub async fn seed(&self) {
+        let drops = match self.pool.connection().await {
+            Ok(client) => queries::active_drops(&client).await,
+            Err(error) => Err(error),
+        };
+        let drops = match drops {
+            Ok(drops) => drops,
+            Err(error) => {
+                tracing::debug!(%error, "sold-out shortcut not seeded: cannot read the active drops");
+                return;
+            }
+        };
+        let mut to_read = Vec::new();
+        {
+            let mut map = self.drops.lock().expect("sold-out map");
+            for drop in drops
+                .iter()
+                .filter(|drop| drop.available_stock == 0 && drop.waiting == 0)
+            {
+                if let Some(entry) = start_over(&mut map, drop.id) {
+                    entry.reading = true;
+                    to_read.push((drop.id, entry.generation));
+                }
+            }
+        }
+        if to_read.is_empty() {
+            return;
+        }
+        // One connection, one drop after the other: a restart must not take the whole pool.
+        let pool = self.pool.clone();
+        let map = self.drops.clone();
+        tokio::spawn(async move {
+            let client = match pool.connection().await {
+                Ok(client) => client,
+                Err(error) => {
+                    tracing::debug!(%error, "sold-out shortcut not seeded: no connection");
+                    let mut map = map.lock().expect("sold-out map");
+                    for (drop_id, generation) in to_read {
+                        if map
+                            .get(&drop_id)
+                            .is_some_and(|entry| entry.generation == generation)
+                        {
+                            map.remove(&drop_id);
+                        }
+                    }
+                    return;
+                }
+            };
+            for (drop_id, generation) in to_read {
+                keep(&map, drop_id, generation, read_one(&client, drop_id).await);
+            }
+        });
+    }
+
     /// Reads the drop and its buyers in the background, and keeps them unless a notice came meanwhile.
     fn read(&self, drop_id: Uuid, generation: u64) {
         let pool = self.pool.clone();
         let drops = self.drops.clone();
         tokio::spawn(async move {
-            let read = async {
-                let client = pool.connection().await?;
-                let drop = queries::drop_status(&client, drop_id).await?;
-                let buyers = queries::drop_buyers(&client, drop_id).await?;
-                Ok::<_, crate::db::DbError>(SoldOut {
-                    name: drop.name,
-                    labels: drop.variants.into_iter().map(|size| size.label).collect(),
-                    ends_at: drop.ends_at,
-                    buyers: buyers.into_iter().collect(),
-                    read_at: Instant::now(),
-                })
-            }
-            .await;
-            let mut drops = drops.lock().expect("sold-out map");
-            let Some(entry) = drops.get_mut(&drop_id) else {
-                return;
+            let read = match pool.connection().await {
+                Ok(client) => read_one(&client, drop_id).await,
+                Err(error) => Err(error),
             };
-            if entry.generation != generation {
-                return; // a newer notice started its own read, or turned the shortcut off
-            }
-            entry.reading = false;
-            match read {
-                Ok(mut sold_out) => {
-                    // Buyers noted while the read ran may have committed after it looked; a buyer
-                    // kept too long only means their next call goes to the database.
-                    if let Some(old) = entry.sold_out.take() {
-                        sold_out.buyers.extend(old.buyers);
-                    }
-                    entry.sold_out = Some(sold_out);
-                }
-                Err(error) => {
-                    // Without the buyers nothing can be answered here: the database answers instead.
-                    tracing::debug!(%error, drop = %drop_id, "sold-out shortcut off: cannot read the drop's buyers");
-                    drops.remove(&drop_id);
-                }
-            }
+            keep(&drops, drop_id, generation, read);
         });
+    }
+}
+
+/// The drop and its buyers, as the shortcut answers for them.
+async fn read_one(client: &Connection, drop_id: Uuid) -> Result<SoldOut, DbError> {
+    let drop = queries::drop_status(client, drop_id).await?;
+    let buyers = queries::drop_buyers(client, drop_id).await?;
+    Ok(SoldOut {
+        name: drop.name,
+        labels: drop.variants.into_iter().map(|size| size.label).collect(),
+        ends_at: drop.ends_at,
+        buyers: buyers.into_iter().collect(),
+        read_at: Instant::now(),
+    })
+}
+
+/// Keeps what a read found, unless a notice came while it ran (a newer generation).
+fn keep(
+    drops: &Mutex<HashMap<Uuid, Entry>>,
+    drop_id: Uuid,
+    generation: u64,
+    read: Result<SoldOut, DbError>,
+) {
+    let mut drops = drops.lock().expect("sold-out map");
+    let Some(entry) = drops.get_mut(&drop_id) else {
+        return;
+    };
+    if entry.generation != generation {
+        return; // a newer notice started its own read, or turned the shortcut off
+    }
+    entry.reading = false;
+    match read {
+        Ok(mut sold_out) => {
+            // Buyers noted while the read ran may have committed after it looked; a buyer kept too
+            // long only means their next call goes to the database.
+            if let Some(old) = entry.sold_out.take() {
+                sold_out.buyers.extend(old.buyers);
+            }
+            entry.sold_out = Some(sold_out);
+        }
+        Err(error) => {
+            // Without the buyers nothing can be answered here: the database answers instead.
+            tracing::debug!(%error, drop = %drop_id, "sold-out shortcut off: cannot read the drop's buyers");
+            drops.remove(&drop_id);
+        }
     }
 }

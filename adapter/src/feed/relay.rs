@@ -22,6 +22,8 @@ use crate::feed::hub::FeedEvent;
 use crate::feed::messages;
 use crate::feed::notice::{InboxNotice, Notice};
 
+/// How long the sold-out shortcut's seeding may hold the relay back when LISTEN starts.
+const SEED_TIMEOUT: Duration = Duration::from_secs(2);
 /// The worker's channel of stock notices.
 const CHANNEL: &str = "dropstock";
 /// The worker's channel of offers, each for one inbox.
@@ -131,6 +133,9 @@ async fn listen(config: &tokio_postgres::Config, app: &App, listened_before: boo
         return Lost::before(error);
     }
     app.hub.set_listening(true);
+    // Before the first notice is relayed (they wait in the channel meanwhile): drops already sold out
+    // send none until they change. Bounded: a slow database must not hold the feed back.
+    let _ = tokio::time::timeout(SEED_TIMEOUT, app.sold_out.seed()).await;
     // Every client connected so far may have missed changes: before the first LISTEN too, since REST and
     // `/ws` serve from the start (their snapshots said `live: false`). Told to resync, they catch up.
     app.hub.publish(FeedEvent::Resync);

@@ -57,6 +57,41 @@ async fn a_sold_out_drop_is_answered_without_the_database_except_for_its_buyers(
 }
 
 #[tokio::test]
+async fn an_adapter_started_after_the_sell_out_answers_for_the_drop_too() {
+    let first = Adapter::start().await;
+    first.wait_listening().await;
+    let drop = first.open_drop(1).await;
+    let holder = first.new_buyer().await;
+    assert_eq!(first.reserve(&drop, &holder).await.0, 201);
+    // The sell-out's notice has gone out once the first adapter's shortcut answers. A new bot each
+    // time: the per-buyer rate limit must not be what answers.
+    let published = wait_until(Duration::from_secs(10), || async {
+        let bot = first.new_buyer().await;
+        first.reserve(&drop, &bot).await;
+        shortcut_answers(&first).await > 0
+    })
+    .await;
+    assert!(published, "the sell-out was never published");
+
+    // A second adapter starts now: no notice of the drop will come, since nothing about it changes.
+    let second = Adapter::start().await;
+    second.wait_listening().await;
+    let shortcut_on = wait_until(Duration::from_secs(10), || async {
+        let bot = second.new_buyer().await;
+        let answer = second.reserve(&drop, &bot).await;
+        assert_refused(&answer, 409, "DS020", "is sold out");
+        shortcut_answers(&second).await > 0
+    })
+    .await;
+    assert!(
+        shortcut_on,
+        "the second adapter sent every request to the database"
+    );
+    // Its buyers still reach the database: the holder gets their own hold back.
+    assert_eq!(second.reserve(&drop, &holder).await.0, 200);
+}
+
+#[tokio::test]
 async fn while_buyers_wait_in_line_the_database_answers() {
     let adapter = Adapter::start().await;
     adapter.wait_listening().await;
