@@ -94,7 +94,7 @@ DECLARE
     offers integer;
     kept_for uuid;      -- the buyer the remaining units are kept for, if any
     kept_units integer;
-    made record;
+    back integer;       -- units of buyers passed over after all, at the insert
     left_line integer := 0;
 BEGIN
     SELECT * INTO d FROM dropstock.drops x WHERE x.id = line_drop;
@@ -175,10 +175,10 @@ BEGIN
                 INSERT INTO dropstock.offers_unsent (reservation_id, drop_id, user_id)
                 SELECT held.id, line_drop, held.user_id FROM held
             )
-            SELECT coalesce(sum(wanted.quantity) FILTER (WHERE held.user_id IS NULL), 0)::integer AS back
-              INTO made
+            SELECT coalesce(sum(wanted.quantity) FILTER (WHERE held.user_id IS NULL), 0)::integer
+              INTO back
               FROM wanted LEFT JOIN held ON held.user_id = wanted.user_id;
-            units := units + made.back;
+            units := units + back;
         END IF;
     END LOOP;
     IF left_line > 0 THEN

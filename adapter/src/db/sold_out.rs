@@ -182,12 +182,15 @@ impl SoldOutShortcut {
     /// request would reach the database meanwhile. Called before the first notice is relayed: a notice
     /// that follows overrides what was read here, as any notice does.
     pub async fn seed(&self) {
-        let drops = match self.pool.connection().await {
-            Ok(client) => queries::active_drops(&client).await,
-            Err(error) => Err(error),
+        // One connection for the look and the reads, one drop after the other: a restart must not take
+        // the whole pool.
+        let read = async {
+            let client = self.pool.connection().await?;
+            let drops = queries::active_drops(&client).await?;
+            Ok::<_, DbError>((client, drops))
         };
-        let drops = match drops {
-            Ok(drops) => drops,
+        let (client, drops) = match read.await {
+            Ok(read) => read,
             Err(error) => {
                 tracing::debug!(%error, "sold-out shortcut not seeded: cannot read the active drops");
                 return;
@@ -209,26 +212,8 @@ impl SoldOutShortcut {
         if to_read.is_empty() {
             return;
         }
-        // One connection, one drop after the other: a restart must not take the whole pool.
-        let pool = self.pool.clone();
         let map = self.drops.clone();
         tokio::spawn(async move {
-            let client = match pool.connection().await {
-                Ok(client) => client,
-                Err(error) => {
-                    tracing::debug!(%error, "sold-out shortcut not seeded: no connection");
-                    let mut map = map.lock().expect("sold-out map");
-                    for (drop_id, generation) in to_read {
-                        if map
-                            .get(&drop_id)
-                            .is_some_and(|entry| entry.generation == generation)
-                        {
-                            map.remove(&drop_id);
-                        }
-                    }
-                    return;
-                }
-            };
             for (drop_id, generation) in to_read {
                 keep(&map, drop_id, generation, read_one(&client, drop_id).await);
             }

@@ -246,9 +246,10 @@ async fn send(
     }
 }
 
-fn resync(app: &App) -> Vec<Message> {
-    app.metrics.resyncs.inc();
-    vec![Message::Text(Utf8Bytes::from_static(RESYNC_FRAME))]
+/// The `resync` frame, counted.
+fn resync(resyncs: &Counter) -> Message {
+    resyncs.inc();
+    Message::Text(Utf8Bytes::from_static(RESYNC_FRAME))
 }
 
 /// Events a client reads at once: the one that woke it and those already queued behind it.
@@ -302,10 +303,7 @@ fn frames_for(
                 outgoing.push(Message::Text(frame.clone()));
             }
             FeedEvent::Offer { .. } => {}
-            FeedEvent::Resync => {
-                resyncs.inc();
-                outgoing.push(Message::Text(Utf8Bytes::from_static(RESYNC_FRAME)));
-            }
+            FeedEvent::Resync => outgoing.push(resync(resyncs)),
             FeedEvent::Paused => {
                 outgoing.push(Message::Text(Utf8Bytes::from_static(PAUSED_FRAME)));
             }
@@ -361,12 +359,12 @@ async fn serve(
                     }
                     None => {
                         tracing::debug!("WebSocket client fell behind; sending resync");
-                        resync(app)
+                        vec![resync(&app.metrics.resyncs)]
                     }
                 },
                 Err(RecvError::Lagged(missed)) => {
                     tracing::debug!(missed, "WebSocket client fell behind; sending resync");
-                    resync(app)
+                    vec![resync(&app.metrics.resyncs)]
                 }
                 Err(RecvError::Closed) => return,
             },

@@ -67,7 +67,8 @@ drop=$(new_drop 'bench outside')
 say "wrk: $THREADS threads, $CONNECTIONS connections, ${SECONDS_EACH}s"
 run_wrk run "$drop" "$SECONDS_EACH"
 cat "$OUT/outside-run.txt" >&2
-field() { grep '^result:' "$OUT/outside-run.txt" | grep -oP "(?<= $1=)\S+"; }
+# field NAME [REPORT]: a value from the `result:` line of a wrk report (outside-REPORT.txt, default: run).
+field() { grep '^result:' "$OUT/outside-${2:-run}.txt" | grep -oP "(?<= $1=)\S+"; }
 # The database's own count: every unit is available, held or sold, one live hold per held unit, and the
 # holds are the 201s wrk saw plus at most one a connection (requests still in flight when wrk stopped).
 check=$(psql -tAc "SELECT CASE WHEN s.available_stock + s.held_stock + s.sold_stock = s.total_stock
@@ -87,9 +88,8 @@ before=$(shortcut_answers)
 run_wrk sold-out "$sold_out_drop" "$SECONDS_EACH"
 shortcut=$(( $(shortcut_answers) - before ))
 run_wrk not-found "$sold_out_drop" "$SECONDS_EACH" /api/unknown
-sold_out_field() { grep '^result:' "$OUT/outside-$1.txt" | grep -oP "(?<= $2=)\S+"; }
-sold_out_rate=$(sold_out_field sold-out sold_out_per_s)
-not_found_rate=$(sold_out_field not-found not_found_per_s)
+sold_out_rate=$(field sold_out_per_s sold-out)
+not_found_rate=$(field not_found_per_s not-found)
 psql -c "UPDATE dropstock.drops SET ends_at = now() WHERE name LIKE 'bench outside%' AND ends_at IS NULL" >/dev/null
 printf '| %s | %s |\n' "measurement (wrk $THREADS threads, $CONNECTIONS connections, ${SECONDS_EACH}s; $(nproc) cores)" "result"
 printf '| %s | %s |\n' "---" "---:"
@@ -102,5 +102,5 @@ printf '| %s | %s / %s (%sx) |\n' "sold-out answers/s / 404s/s, the same request
     "$(awk -v a="$sold_out_rate" -v b="$not_found_rate" 'BEGIN { printf "%.2f", a / b }')"
 printf '| %s | %s of %s; %s; %s |\n' "sold out: answered by the shortcut; other answers; socket errors" "$shortcut" \
     "$(grep -oP '^ +\K[0-9]+(?= requests in)' "$OUT/outside-sold-out.txt")" \
-    "$(sold_out_field sold-out other_answers)" "$(sold_out_field sold-out errors)"
+    "$(field other_answers sold-out)" "$(field errors sold-out)"
 [ "${check%% *}" = ok ]
