@@ -625,6 +625,32 @@ impl Feed {
     }
 }
 
+/// Waits until the background worker has announced `drop` (its first notice is committed, so it
+/// reaches the adapter before any notice sent after this returns). A test that stands in for the worker
+/// calls it first: otherwise the worker's own notice of the new drop (seq 1) can arrive after the test's,
+/// and a client that is behind keeps only the latest stock level of a drop, which would be seq 1.
+pub async fn wait_announced(db: &Client, drop: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let announced = db
+            .query_opt(
+                "SELECT FROM dropstock.feed_state WHERE drop_id = $1::text::uuid AND seq > 0",
+                &[&drop],
+            )
+            .await
+            .unwrap()
+            .is_some();
+        if announced {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not announce drop {drop} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// What the background worker publishes, for tests that stand in for it.
 pub async fn notify(db: &Client, payload: &Value) {
     db.execute("SELECT pg_notify('dropstock', $1)", &[&payload.to_string()])

@@ -96,6 +96,7 @@ async fn notifications_reach_every_client_of_the_drop() {
     adapter.wait_listening().await;
     let db = connect().await;
     let drop = adapter.open_drop(10).await;
+    wait_announced(&db, &drop).await;
     let other_drop = new_id();
     let mut first = adapter.ws(&format!("?drop={drop}")).await;
     let mut second = adapter.ws(&format!("?drop={drop}")).await;
@@ -112,7 +113,7 @@ async fn notifications_reach_every_client_of_the_drop() {
     ]);
     notify(&db, &notice(&drop, 8, 41, purchases)).await;
 
-    // The worker may publish this drop's creation too; the notice sent here is the one with seq 41.
+    // Clients may hear the worker's notice of this drop's creation first; then the one sent here.
     let within = Duration::from_secs(2);
     for feed in [&mut first, &mut second] {
         let mut seen = Vec::new();
@@ -221,6 +222,7 @@ async fn clients_resync_after_the_listen_connection_is_lost_and_hear_later_chang
     adapter.wait_listening().await;
     let db = connect().await;
     let drop = adapter.open_drop(10).await;
+    wait_announced(&db, &drop).await;
     let mut first = adapter.ws(&format!("?drop={drop}")).await;
     let mut second = adapter.ws("").await;
     first.snapshot().await;
@@ -243,7 +245,6 @@ async fn clients_resync_after_the_listen_connection_is_lost_and_hear_later_chang
     // The resync is sent once LISTEN is back, so a change published now is heard.
     notify(&db, &notice(&drop, 9, 1000, json!([]))).await;
     for feed in [&mut first, &mut second] {
-        // The worker may publish the drop's creation meanwhile; the change sent here has seq 1000.
         let stock = feed
             .expect(
                 Duration::from_secs(2),
@@ -267,6 +268,7 @@ async fn a_client_that_does_not_read_is_dropped_and_holds_nobody_back() {
     adapter.wait_listening().await;
     let db = connect().await;
     let drop = adapter.open_drop(10).await;
+    wait_announced(&db, &drop).await;
     let mut reader = adapter.ws(&format!("?drop={drop}")).await;
     reader.snapshot().await;
     // Connected, then never read from again: its socket fills and the server's writes to it stall.
@@ -403,6 +405,7 @@ async fn socketio_clients_get_the_ws_messages_as_events_and_resync_after_the_lis
     adapter.wait_listening().await;
     let db = connect().await;
     let drop = adapter.open_drop(10).await;
+    wait_announced(&db, &drop).await;
     let mut ws = adapter.ws(&format!("?drop={drop}")).await;
     ws.snapshot().await;
     let mut client = adapter.socketio().await;
