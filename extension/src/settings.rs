@@ -11,6 +11,9 @@ pub static DATABASE: GucSetting<Option<CString>> =
 pub const DEFAULT_DATABASE: &std::ffi::CStr = c"postgres";
 /// Milliseconds between the worker's ticks (`dropstock.tick_ms`); reloaded on SIGHUP.
 pub static TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// Whether a commit that changed the feed wakes the worker at once (`dropstock.wake_on_commit`);
+/// reloaded on SIGHUP. Off, changes wait for the next tick.
+pub static WAKE_ON_COMMIT: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Holds one expiry batch ends in one transaction (`dropstock.sweep_batch`); reloaded on SIGHUP.
 pub static SWEEP_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -35,6 +38,15 @@ pub fn register() {
         60_000,
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"dropstock.wake_on_commit",
+        c"Whether a commit that changes the stock feed wakes the dropstock background worker at once.",
+        c"On, screens see a change within milliseconds, with ticks at least 50 ms apart under load. \
+          Off, a change waits for the next tick (dropstock.tick_ms).",
+        &WAKE_ON_COMMIT,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"dropstock.sweep_batch",

@@ -48,7 +48,10 @@ pub fn worker_stopping() {
 /// Asks for the worker to be woken when the current transaction commits (nothing on a rollback).
 #[pg_extern(volatile, parallel_unsafe)]
 pub(crate) fn _wake_worker_at_commit() {
-    if !crate::worker::preloaded() || IS_WORKER.load(Ordering::Relaxed) {
+    if !crate::worker::preloaded()
+        || IS_WORKER.load(Ordering::Relaxed)
+        || !crate::settings::WAKE_ON_COMMIT.get()
+    {
         return;
     }
     CHANGED.store(true, Ordering::Relaxed);

@@ -686,5 +686,6 @@ mod tests {
     fn the_worker_settings_have_their_documented_defaults() {
         assert_eq!(text("SHOW dropstock.tick_ms"), "100ms");
         assert_eq!(text("SHOW dropstock.sweep_batch"), "1000");
+        assert_eq!(text("SHOW dropstock.wake_on_commit"), "on");
     }
 }

@@ -18,6 +18,7 @@
 # Prints a Markdown table with the ratios, then checks the stock invariant of the drops used.
 set -euo pipefail
 cd "$(dirname "$0")"
+here=$PWD
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 DATABASE_URL=${DATABASE_URL:?DATABASE_URL is not set (make bench-sql sets it)}
 CLIENTS=${BENCH_CLIENTS:-64}
@@ -59,9 +60,18 @@ if [ -n "$script_file" ]; then
     echo "bench-sql: extension script $(basename "$script_file"), md5 $(md5sum < "$script_file" | cut -c1-12), installed $(date -r "$script_file" '+%F %T')" >&2
 fi
 
-# The worker's tick length: (d) and (i) idle it (a minute-long tick); it is always put back.
-set_tick() { psql -c "ALTER SYSTEM SET dropstock.tick_ms = $1" -c "SELECT pg_reload_conf()" >/dev/null; sleep 0.3; }
-trap 'set_tick 100; rm -rf "$tmp"' EXIT
+# (d) and (i) idle the worker: a minute-long tick, and commits that do not wake it (with only the long
+# tick, every commit would still wake it, and it would publish every 50 ms under load as it normally
+# does). worker_normal puts both back, always.
+worker_settings() {
+    psql -c "ALTER SYSTEM SET dropstock.tick_ms = $1" -c "ALTER SYSTEM SET dropstock.wake_on_commit = $2" \
+         -c "SELECT pg_reload_conf()" >/dev/null
+    sleep 0.3  # the reload reaches the worker and the postmaster asynchronously
+}
+worker_idle() { worker_settings 60000 off; }
+worker_normal() { worker_settings 100 on; }
+trap 'worker_normal; rm -rf "$tmp"' EXIT
+worker_normal  # whatever an earlier run or a person left
 
 # Holds of an hour, so that no bench hold falls due while (e) measures the sweep.
 new_drop() {
@@ -191,13 +201,19 @@ ceiling=$(run "one-insert ceiling" ceiling.sql)
 
 batch=$(RUN_CLIENTS=$BATCH_CLIENTS run "reserve_items, 16 buyers a call" reserve_batch.sql)
 
-# (d) The worker idles when its tick is a minute long; runs alternate so drift hits both alike.
+# (d) The worker publishing as it normally does, against idled (worker_idle); in the order publishing,
+# idle, idle, publishing, so that a steady drift hits both alike.
 publishing=0; idle=0; half=$((SECONDS_EACH / 2 > 0 ? SECONDS_EACH / 2 : 1))
-for round in 1 2; do
-    set_tick 100;   publishing=$(awk -v x="$publishing" -v y="$(SECONDS_EACH=$half run "reserve_item, worker publishing ($round/2)" reserve.sql)" 'BEGIN{print x+y/2}')
-    set_tick 60000; idle=$(awk -v x="$idle" -v y="$(SECONDS_EACH=$half run "reserve_item, worker idle ($round/2)" reserve.sql)" 'BEGIN{print x+y/2}')
+for order in "publishing idle" "idle publishing"; do
+    for mode in $order; do
+        if [ "$mode" = publishing ]; then
+            worker_normal; publishing=$(awk -v x="$publishing" -v y="$(SECONDS_EACH=$half run "reserve_item, worker publishing" reserve.sql)" 'BEGIN{print x+y/2}')
+        else
+            worker_idle;   idle=$(awk -v x="$idle" -v y="$(SECONDS_EACH=$half run "reserve_item, worker idle" reserve.sql)" 'BEGIN{print x+y/2}')
+        fi
+    done
 done
-set_tick 100
+worker_normal
 
 # (e) The sweep: 100,000 holds due at one instant, while 8 clients keep reserving another drop.
 echo "bench-sql: 100,000 holds falling due at once" >&2
@@ -221,11 +237,20 @@ busy_tps=$(grep -oP 'tps = \K[0-9.]+(?= \(without)' "${TMPDIR:-/tmp}/dropstock-b
 # tick_ms [SCRIPT]: the average cost of one idle worker tick (tick.sql: sweep, then feed; tick-full.sql: the
 # full sweep the worker runs every 30 s), QUIET_TICKS of them in one session, with the worker itself idled
 # so that only this session does the work.
+vacuums_running() {
+    psql -tAc "SELECT coalesce(string_agg(query, '; '), 'none') FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+}
 tick_ms() {
-    set_tick 60000
-    local out
-    out=$("$PG_BIN/pgbench" -n -M prepared -c 1 -t "$QUIET_TICKS" -f "${1:-tick.sql}" "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
-    set_tick 100
+    worker_idle
+    local out vacuums
+    vacuums=$(vacuums_running)
+    out=$(cd "$tmp" && rm -f pgbench_log.* && "$PG_BIN/pgbench" -n -M prepared -r -l -c 1 -t "$QUIET_TICKS" \
+          -f "$here/${1:-tick.sql}" "$DATABASE_URL" 2>&1) || { echo "$out" >&2; exit 1; }
+    worker_normal
+    # Where the time went: each statement's average, then every tick in order (ms).
+    grep -E '^ +[0-9.]+ +[0-9]+ +SELECT' <<<"$out" | sed 's/^ */bench-sql:   tick statement, ms: /' >&2
+    echo "bench-sql:   ticks, ms: $(awk '{ printf "%.2f ", $3 / 1000 }' "$tmp"/pgbench_log.*)" >&2
+    echo "bench-sql:   autovacuum when the ticks began: $vacuums; when they ended: $(vacuums_running)" >&2
     grep -oP 'latency average = \K[0-9.]+' <<<"$out"
 }
 
@@ -287,7 +312,7 @@ line_row
 echo "bench-sql: (i) creating $QUIET_DROPS open drops" >&2
 psql -c "SELECT count(dropstock.create_drop('bench quiet drop', 1, 100, now() - interval '1 minute'))
            FROM generate_series(1, $QUIET_DROPS)" >/dev/null
-set_tick 60000
+worker_idle
 psql -c "SELECT dropstock.publish_changes()" >/dev/null
 quiet_tick=$(tick_ms)
 echo "bench-sql: checking the stock of the $(( $(wc -l < "$drops_file") + 1 )) drops the run used" >&2

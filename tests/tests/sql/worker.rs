@@ -92,9 +92,9 @@ async fn a_burst_of_holds_is_published_as_a_few_notifications() {
         }
     }
     assert!(!notes.is_empty(), "the holds were published");
-    // Commits wake the worker, but ticks start at least 100 ms apart: at most one notification per
-    // 100 ms of the burst (and a few around it), never one per hold.
-    let most = (burst.as_millis() / 100) as usize + 5;
+    // Commits wake the worker, but ticks start at least 50 ms apart: at most one notification per
+    // 50 ms of the burst (and a few around it), never one per hold.
+    let most = (burst.as_millis() / 50) as usize + 5;
     assert!(
         notes.len() <= most.min(250),
         "500 holds in {burst:?} gave {} notifications",
@@ -348,4 +348,79 @@ async fn a_change_is_published_when_it_commits_not_at_the_next_tick() {
         .unwrap();
     db.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     eprintln!("commit to notification, ticks 5 s apart: {delays:?}");
+}
+
+/// With `dropstock.wake_on_commit` off, a change waits for the next timed tick: with ticks 5 s apart, a
+/// hold made right after the reload (which ticks the worker) is not announced within a second, and is
+/// at the next tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wake_on_commit_off_a_change_waits_for_the_tick() {
+    let db = connect().await;
+    let drop = new_drop(&db, 10, 60).await;
+    let buyer = new_buyers(&db, 1).await[0];
+    let mut listener = listen().await;
+    listener
+        .next_for(drop, Duration::from_secs(10))
+        .await
+        .expect("the new drop is announced");
+    let reloaded: std::time::SystemTime = db
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for setting in [
+        "ALTER SYSTEM SET dropstock.tick_ms = 5000",
+        "ALTER SYSTEM SET dropstock.wake_on_commit = off",
+        "SELECT pg_reload_conf()",
+    ] {
+        db.batch_execute(setting).await.unwrap();
+    }
+    // The hold must be made once the reload has reached this session (which then does not wake the
+    // worker) and the worker (whose tick that the reload itself causes must be over, and whose next
+    // tick must be 5 s away): the worker finished a tick after the reload and has been idle for
+    // 300 ms since, which it never is with the old 100 ms ticks.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready: bool = db
+            .query_one(
+                "SELECT current_setting('dropstock.wake_on_commit') = 'off'
+                    AND coalesce((SELECT a.state = 'idle' AND a.state_change > $1
+                                         AND clock_timestamp() - a.state_change > interval '300 ms'
+                                    FROM pg_stat_activity a WHERE a.backend_type = 'dropstock worker'), false)",
+                &[&reloaded],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload did not reach this session and the worker within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let committed = std::time::Instant::now();
+    reserve(&db, drop, buyer).await;
+    let early = listener.next_for(drop, Duration::from_secs(1)).await;
+    let late = match early {
+        Some(_) => None,
+        None => listener.next_for(drop, Duration::from_secs(10)).await,
+    };
+    let waited = committed.elapsed();
+    for setting in [
+        "ALTER SYSTEM RESET dropstock.tick_ms",
+        "ALTER SYSTEM RESET dropstock.wake_on_commit",
+        "SELECT pg_reload_conf()",
+    ] {
+        db.batch_execute(setting).await.unwrap();
+    }
+    assert!(
+        early.is_none(),
+        "the hold was announced within 1 s although commits do not wake the worker"
+    );
+    let note = late.expect("the hold is announced at the next timed tick");
+    assert_eq!(note["availableStock"], 9);
+    eprintln!("commit to notification, commits not waking the worker, ticks 5 s apart: {waited:?}");
 }
