@@ -80,7 +80,10 @@ BEGIN
             UNION
             SELECT p.drop_id FROM dropstock.purchases p WHERE p.feed_seq IS NULL) c;
 
-    -- Then each of them on its own, by primary key (a plan that cannot turn into a scan of all drops).
+    -- Then each of them on its own, by primary key. OFFSET 0 keeps each lateral look-up a subquery run
+    -- per candidate: flattened into a join, the planner may turn it around and read every drop. It did,
+    -- on statistics taken before 10,000 drops were created (one drop in the candidates' place, the
+    -- slots' sums computed once): a tick with nothing to publish took 9 ms instead of 1.
     FOR changed IN
         SELECT d.id, d.total_stock, st.available, st.sold, f.drop_id IS NULL OR f.pending AS pending,
                coalesce(f.seq, 0) AS seq, f.available AS last_available, f.sold AS last_sold,
@@ -91,8 +94,8 @@ BEGIN
                EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales,
                coalesce(f.waiting, 0) AS waiting, coalesce(f.line_seq, 0) AS line_seq
           FROM unnest(candidates) AS c(drop_id)
-         CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id) d
-          LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id) f ON true
+         CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id OFFSET 0) d
+          LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id OFFSET 0) f ON true
          CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
                                FROM dropstock.stock_slots s WHERE s.drop_id = c.drop_id) st
          WHERE d.ends_at IS NULL OR d.ends_at > now() - interval '1 minute'
