@@ -202,14 +202,15 @@ ceiling=$(run "one-insert ceiling" ceiling.sql)
 batch=$(RUN_CLIENTS=$BATCH_CLIENTS run "reserve_items, 16 buyers a call" reserve_batch.sql)
 
 # (d) The worker publishing as it normally does, against idled (worker_idle); in the order publishing,
-# idle, idle, publishing, so that a steady drift hits both alike.
-publishing=0; idle=0; half=$((SECONDS_EACH / 2 > 0 ? SECONDS_EACH / 2 : 1))
+# idle, idle, publishing, so that a steady drift hits both alike, each run as long as the other rows' runs
+# (in half-length runs the ratio swung from 0.87x to 1.02x over five runs).
+publishing=0; idle=0
 for order in "publishing idle" "idle publishing"; do
     for mode in $order; do
         if [ "$mode" = publishing ]; then
-            worker_normal; publishing=$(awk -v x="$publishing" -v y="$(SECONDS_EACH=$half run "reserve_item, worker publishing" reserve.sql)" 'BEGIN{print x+y/2}')
+            worker_normal; publishing=$(awk -v x="$publishing" -v y="$(run "reserve_item, worker publishing" reserve.sql)" 'BEGIN{print x+y/2}')
         else
-            worker_idle;   idle=$(awk -v x="$idle" -v y="$(SECONDS_EACH=$half run "reserve_item, worker idle" reserve.sql)" 'BEGIN{print x+y/2}')
+            worker_idle;   idle=$(awk -v x="$idle" -v y="$(run "reserve_item, worker idle" reserve.sql)" 'BEGIN{print x+y/2}')
         fi
     done
 done
@@ -299,7 +300,7 @@ vacuumed=$(run "(h) reserve_item on a new drop after VACUUM ANALYZE" reserve.sql
 
 # (j) Sizes: one hot size ("US 9") of a 10-size drop, one unit and two units a hold, against the one-stock
 # drop, in alternating runs so that drift hits all three alike.
-plain=0; sized=0; pair=0
+plain=0; sized=0; pair=0; half=$((SECONDS_EACH / 2 > 0 ? SECONDS_EACH / 2 : 1))
 for round in 1 2; do
     plain=$(awk -v x="$plain" -v y="$(SECONDS_EACH=$half run "(j) reserve_item, one-stock drop ($round/2)" reserve.sql)" 'BEGIN{print x+y/2}')
     sized=$(awk -v x="$sized" -v y="$(SECONDS_EACH=$half NEW_DROP=new_sized_drop run "(j) reserve_item, one hot size of 10 ($round/2)" reserve_size.sql)" 'BEGIN{print x+y/2}')
