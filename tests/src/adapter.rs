@@ -630,25 +630,20 @@ impl Feed {
 /// calls it first: otherwise the worker's own notice of the new drop (seq 1) can arrive after the test's,
 /// and a client that is behind keeps only the latest stock level of a drop, which would be seq 1.
 pub async fn wait_announced(db: &Client, drop: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let announced = db
-            .query_opt(
-                "SELECT FROM dropstock.feed_state WHERE drop_id = $1::text::uuid AND seq > 0",
-                &[&drop],
-            )
-            .await
-            .unwrap()
-            .is_some();
-        if announced {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker did not announce drop {drop} within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let announced = crate::db::wait_until(Duration::from_secs(10), || async {
+        db.query_opt(
+            "SELECT FROM dropstock.feed_state WHERE drop_id = $1::text::uuid AND seq > 0",
+            &[&drop],
+        )
+        .await
+        .unwrap()
+        .is_some()
+    })
+    .await;
+    assert!(
+        announced,
+        "the worker did not announce drop {drop} within 10 s"
+    );
 }
 
 /// What the background worker publishes, for tests that stand in for it.

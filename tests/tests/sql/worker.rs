@@ -379,28 +379,23 @@ async fn with_wake_on_commit_off_a_change_waits_for_the_tick() {
     // worker) and the worker (whose tick that the reload itself causes must be over, and whose next
     // tick must be 5 s away): the worker finished a tick after the reload and has been idle for
     // 300 ms since, which it never is with the old 100 ms ticks.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready: bool = db
-            .query_one(
-                "SELECT current_setting('dropstock.wake_on_commit') = 'off'
-                    AND coalesce((SELECT a.state = 'idle' AND a.state_change > $1
-                                         AND clock_timestamp() - a.state_change > interval '300 ms'
-                                    FROM pg_stat_activity a WHERE a.backend_type = 'dropstock worker'), false)",
-                &[&reloaded],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if ready {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the reload did not reach this session and the worker within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ready = wait_until(Duration::from_secs(10), || async {
+        db.query_one(
+            "SELECT current_setting('dropstock.wake_on_commit') = 'off'
+                AND coalesce((SELECT a.state = 'idle' AND a.state_change > $1
+                                     AND clock_timestamp() - a.state_change > interval '300 ms'
+                                FROM pg_stat_activity a WHERE a.backend_type = 'dropstock worker'), false)",
+            &[&reloaded],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    })
+    .await;
+    assert!(
+        ready,
+        "the reload did not reach this session and the worker within 10 s"
+    );
     let committed = std::time::Instant::now();
     reserve(&db, drop, buyer).await;
     let early = listener.next_for(drop, Duration::from_secs(1)).await;
