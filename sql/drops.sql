@@ -215,9 +215,13 @@ LANGUAGE sql
 STABLE
 AS $$
     SELECT * FROM dropstock.drop_summaries s
-     WHERE s.ends_at IS NULL OR s.ends_at > now()
-        OR (s.mode = 'draw' AND (s.waiting > 0 OR s.held_stock > 0
-                                 OR NOT EXISTS (SELECT FROM dropstock.draws w WHERE w.drop_id = s.id)))
+     -- The first test reads the drop's own row only, so it passes over the drops that ended before their
+     -- stock is summed: the whole test alone is one condition over summed columns, which PostgreSQL
+     -- checks after summing every drop ever made (435 ms for none active among 10,000, against 3 ms).
+     WHERE (s.ends_at IS NULL OR s.ends_at > now() OR s.mode = 'draw')
+       AND (s.ends_at IS NULL OR s.ends_at > now()
+            OR (s.mode = 'draw' AND (s.waiting > 0 OR s.held_stock > 0
+                                     OR NOT EXISTS (SELECT FROM dropstock.draws w WHERE w.drop_id = s.id))))
      ORDER BY s.starts_at, s.created_at, s.id
 $$;
 
