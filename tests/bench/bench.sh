@@ -105,15 +105,21 @@ start_adapters() {
         adapter_pids+=($!)
     done
     adapter_pid=${adapter_pids[0]}
+    # Each adapter up and its feed live (`/healthz` says listening): a watcher connected before that is
+    # told to resync, which the feed rows count as a failure.
     for k in $(seq 0 $((count - 1))); do
         port=$((PORT + k))
         for _ in $(seq 100); do
-            (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue 2
+            feed_live "$port" && continue 2
             kill -0 "${adapter_pids[$k]}" 2>/dev/null || { cat "$OUT/adapter.log" >&2; exit 1; }
             sleep 0.1
         done
-        say "the adapter on port $port did not listen within 10 s"; exit 1
+        say "the adapter on port $port was not up with its feed live within 10 s"; exit 1
     done
+}
+# feed_live PORT: whether the adapter on PORT answers /healthz with its feed live.
+feed_live() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1" && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && grep -q '"listening":true' <&3) 2>/dev/null
 }
 start_adapter() { start_adapters 1; }
 stop_adapters() {

@@ -132,12 +132,14 @@ async fn listen(config: &tokio_postgres::Config, app: &App, listened_before: boo
     {
         return Lost::before(error);
     }
-    app.hub.set_listening(true);
     // Before the first notice is relayed (they wait in the channel meanwhile): drops already sold out
     // send none until they change. Bounded: a slow database must not hold the feed back.
     let _ = tokio::time::timeout(SEED_TIMEOUT, app.sold_out.seed()).await;
-    // Every client connected so far may have missed changes: before the first LISTEN too, since REST and
-    // `/ws` serve from the start (their snapshots said `live: false`). Told to resync, they catch up.
+    // Live from here (`/healthz`, snapshots), once the seeding is done: a client that waits for it is
+    // not told to resync. Every client connected so far may have missed changes: before the first
+    // LISTEN too, since REST and `/ws` serve from the start (their snapshots said `live: false`). Told
+    // to resync, they catch up; the flag goes first, so none is left with `live: false` and no resync.
+    app.hub.set_listening(true);
     app.hub.publish(FeedEvent::Resync);
     if listened_before {
         app.metrics.listen_reconnects.inc();
