@@ -235,12 +235,14 @@ sweep=$(psql -tAc "DO \$\$ BEGIN
 wait "$busy_pid" || { cat "${TMPDIR:-/tmp}/dropstock-bench-busy.log" >&2; exit 1; }
 busy_tps=$(grep -oP 'tps = \K[0-9.]+(?= \(without)' "${TMPDIR:-/tmp}/dropstock-bench-busy.log")
 
-# tick_ms [SCRIPT]: the average cost of one idle worker tick (tick.sql: sweep, then feed; tick-full.sql: the
-# full sweep the worker runs every 30 s), QUIET_TICKS of them in one session, with the worker itself idled
-# so that only this session does the work.
+# What autovacuum is doing now (the queries of its workers), for the tick log.
 vacuums_running() {
     psql -tAc "SELECT coalesce(string_agg(query, '; '), 'none') FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
 }
+
+# tick_ms [SCRIPT]: the average cost of one idle worker tick (tick.sql: sweep, then feed; tick-full.sql: the
+# full sweep the worker runs every 30 s), QUIET_TICKS of them in one session, with the worker itself idled
+# so that only this session does the work.
 tick_ms() {
     worker_idle
     local out vacuums
