@@ -3,6 +3,7 @@
 //! full rules in SQL.
 
 mod fast_path;
+mod rows;
 
 pgrx::extension_sql_file!(
     "../../sql/reserve.sql",
@@ -116,6 +117,85 @@ mod tests {
             "SELECT id::text FROM dropstock.create_drop('Later drop', 100, 5, now() + interval '1 hour')",
         );
         assert!(!fast(&later, &buyer("fast lu"), "NULL", 1));
+    }
+
+    #[pg_test]
+    fn the_fast_path_keeps_every_index_trigger_and_constraint_of_the_tables_it_writes() {
+        // It writes through PostgreSQL's single-row helpers, not around them: an index, a trigger and
+        // a constraint added to the tables after it was written apply to its rows too. The tables are
+        // locked first, before anything else: the worker reads them too, and the DDL below taking
+        // their locks one by one could deadlock with it.
+        run("LOCK TABLE dropstock.reservations, dropstock.stock_slots IN ACCESS EXCLUSIVE MODE");
+        run("CREATE INDEX fast_path_test_by_buyer ON dropstock.reservations (user_id, quantity)");
+        run("CREATE TABLE dropstock.fast_path_test_seen (hold uuid, slot_left integer)");
+        run(
+            "CREATE FUNCTION dropstock.fast_path_test_note() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF TG_TABLE_NAME = 'reservations' THEN
+                     INSERT INTO dropstock.fast_path_test_seen (hold) VALUES (NEW.id);
+                 ELSE
+                     INSERT INTO dropstock.fast_path_test_seen (slot_left) VALUES (NEW.available);
+                 END IF;
+                 RETURN NEW;
+             END $$",
+        );
+        run(
+            "CREATE TRIGGER fast_path_test AFTER INSERT ON dropstock.reservations
+             FOR EACH ROW EXECUTE FUNCTION dropstock.fast_path_test_note()",
+        );
+        run(
+            "CREATE TRIGGER fast_path_test BEFORE UPDATE ON dropstock.stock_slots
+             FOR EACH ROW EXECUTE FUNCTION dropstock.fast_path_test_note()",
+        );
+        let drop = drop_with_stock(5);
+        let ann = buyer("fast index ann");
+        assert!(fast(&drop, &ann, "NULL", 1));
+        run("SET LOCAL enable_seqscan = off");
+        run("SET LOCAL enable_bitmapscan = off");
+        assert_eq!(
+            int(&format!(
+                "SELECT count(*) FROM dropstock.reservations WHERE user_id = '{ann}' AND quantity = 1"
+            )),
+            1,
+            "the new index has the hold"
+        );
+        assert_eq!(
+            int(&format!(
+                "SELECT count(*) FROM dropstock.fast_path_test_seen s JOIN dropstock.reservations r ON r.id = s.hold
+                  WHERE r.user_id = '{ann}'"
+            )),
+            1,
+            "the insert trigger saw the hold"
+        );
+        assert_eq!(
+            int("SELECT count(*) FROM dropstock.fast_path_test_seen WHERE slot_left = 0"),
+            1,
+            "the update trigger saw the slot's new row"
+        );
+        // A constraint it breaks is an error, as in a statement, not a hold.
+        run("ALTER TABLE dropstock.reservations ADD CONSTRAINT fast_path_test_one CHECK (quantity < 1) NOT VALID");
+        assert!(refusal(&format!(
+            "SELECT dropstock._reserve_fast('{drop}', '{}', NULL, 1)",
+            buyer("fast index bob")
+        ))
+        .starts_with("23514"));
+    }
+
+    #[pg_test]
+    fn the_fast_path_hands_over_when_the_tables_are_not_the_ones_it_knows() {
+        // Locked first, as in the test above.
+        run("LOCK TABLE dropstock.reservations, dropstock.purchases IN ACCESS EXCLUSIVE MODE");
+        // A column it would not fill.
+        run("ALTER TABLE dropstock.reservations ADD COLUMN fast_path_test_note text");
+        let drop = drop_with_stock(5);
+        assert!(!fast(&drop, &buyer("fast schema ann"), "NULL", 1));
+        // An index it probes, no longer on the columns it expects.
+        run("ALTER TABLE dropstock.reservations DROP COLUMN fast_path_test_note");
+        assert!(fast(&drop, &buyer("fast schema bob"), "NULL", 1));
+        run("DROP INDEX dropstock.purchases_by_buyer");
+        run("CREATE INDEX purchases_by_buyer ON dropstock.purchases (drop_id, user_id)");
+        assert!(!fast(&drop, &buyer("fast schema cy"), "NULL", 1));
+        assert_stock_invariant(&drop);
     }
 
     /// How many answers `_reserve_many_fast` gave, checking that when it gave none, it changed nothing.

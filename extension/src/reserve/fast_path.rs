@@ -1,14 +1,14 @@
-//! `reserve_item`'s fast path: the common hold made in two statements, without plpgsql.
+//! `reserve_item`'s fast path: the common hold, made by reading and writing rows directly.
 //!
 //! Most calls on drop day are a new buyer asking for a drop that has free units: nothing to refuse,
 //! nobody in line, no live hold to hand back. `_reserve` (sql/reserve.sql) answers them with a dozen
 //! plpgsql statements and two subtransactions, because it also decides every other case, for batches
-//! too. Here that one case is decided with two statements whose plans this backend keeps:
+//! too. Here that one case is decided without any statement:
 //!
 //! 1. after the buyer lock, one look at everything that could make the answer anything but a new hold
 //!    (the drop open and first come first served, the buyer known, no live hold, nobody in the drop's
-//!    line at all, the buyer not cooling down, the limit not reached);
-//! 2. one statement that takes the units from one slot nobody is committing on and inserts the hold.
+//!    line at all, the buyer not cooling down, the limit not reached): index probes (`look`);
+//! 2. the units taken from one slot nobody is committing on, and the hold inserted (`claim`).
 //!
 //! Whenever either comes up empty, `_reserve_fast` returns NULL having changed nothing, and
 //! `reserve_item` asks `_reserve_item`, which decides with the full rules (and raises the refusal with
@@ -16,96 +16,49 @@
 //! this path only ever gives the answer the full rules would give, and gives it in the same lock order
 //! (stock.sql): the buyer lock first, then at most one slot of the variant.
 //!
+//! Why no statements: the same two steps as two prepared SQL statements spent most of their time
+//! starting and ending the executor for plans of a dozen nodes, not reading rows (a `perf` profile of
+//! `make bench-sql`'s row (b): 52% of all CPU in the two statements, 21% in `ExecutorStart` alone).
+//! The probes read what those plans read, under the same snapshot rules; the writes go through the
+//! single-row helpers PostgreSQL applies replicated rows with, so constraints, every index and
+//! triggers are kept (rows.rs).
+//!
 //! The claim runs in a subtransaction under the first pass's short lock_timeout, as `_claim_free` does:
-//! a `SKIP LOCKED` scan can still lock a slot a commit has just emptied, keep it although it passed it
-//! over, and wait on the next one. Undoing the subtransaction lets such a slot go before the full rules
-//! run, and the timeout turns such a wait into "not here" instead of a chance of a deadlock.
+//! a slot can be locked and then found emptied by the commit that held it (its latest version no longer
+//! has the units), and undoing the subtransaction lets such a slot go before the full rules run; the
+//! timeout bounds the one wait left, a unique-index check behind a hold of the same buyer being
+//! committed.
 
+use super::rows::{self, Index, Key, Locked, Table, Writes};
 use pgrx::pg_sys;
 use pgrx::pg_sys::errcodes::PgSqlErrorCode;
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
-use std::cell::Cell;
 use std::ffi::CStr;
 
-/// Step 1: $1 drop, $2 buyer, $3 size label (NULL: none), $4 units. One row (the hold's seconds and
-/// the variant) when nothing stands in the way of a new hold, none otherwise.
-const LOOK: &CStr = c"
-SELECT x.hold_seconds, w.variant
-  FROM dropstock.drops x,
-       LATERAL (SELECT CASE WHEN $3 IS NULL THEN 0::smallint
-                            ELSE (SELECT z.variant FROM dropstock.variants z
-                                   WHERE z.drop_id = x.id AND z.label = btrim($3) AND z.variant > 0) END
-                       AS variant) w
- WHERE x.id = $1 AND x.mode = 'race' AND x.sized = ($3 IS NOT NULL) AND w.variant IS NOT NULL
-   AND x.starts_at <= clock_timestamp() AND (x.ends_at IS NULL OR clock_timestamp() < x.ends_at)
-   AND EXISTS (SELECT FROM dropstock.users u WHERE u.id = $2)
-   AND NOT EXISTS (SELECT FROM dropstock.reservations r
-                    WHERE r.drop_id = $1 AND r.user_id = $2 AND r.status = 'reserved')
-   AND NOT EXISTS (SELECT FROM dropstock.waitlist l WHERE l.drop_id = $1)
-   AND NOT EXISTS (SELECT FROM dropstock.cooldowns c
-                    WHERE c.drop_id = $1 AND c.user_id = $2 AND c.until > clock_timestamp())
-   AND (SELECT coalesce(sum(p.quantity), 0) FROM dropstock.purchases p
-         WHERE p.user_id = $2 AND p.drop_id = $1) + $4 <= x.per_user_limit";
-
-/// Step 2: $1 drop, $2 buyer, $3 variant, $4 units, $5 hold seconds, slots from $6 up to before $7. The
-/// units from the first such slot that has them all and that nobody is committing on, and the new
-/// hold; no row when there is no such slot. An ordered index scan that stops at the first slot it can
-/// take: run from this backend's home slot up, then below it, as `_claim_free` does (one statement
-/// ordered by "slot below home" would read and sort every slot of the variant).
-const CLAIM: &CStr = c"
-WITH claim AS (
-    UPDATE dropstock.stock_slots s SET available = s.available - $4
-     WHERE (s.drop_id, s.variant, s.slot) =
-           (SELECT f.drop_id, f.variant, f.slot FROM dropstock.stock_slots f
-             WHERE f.drop_id = $1 AND f.variant = $3 AND f.slot >= $6 AND f.slot < $7 AND f.available >= $4
-             ORDER BY f.slot LIMIT 1 FOR UPDATE SKIP LOCKED)
-    RETURNING s.variant
-)
-INSERT INTO dropstock.reservations AS r (drop_id, user_id, expires_at, variant, quantity)
-SELECT $1, $2, clock_timestamp() + make_interval(secs => $5), claim.variant, $4 FROM claim
-ON CONFLICT (drop_id, user_id) WHERE status = 'reserved' DO NOTHING
-RETURNING r.*";
+/// Slots per variant (stock.sql stripes every variant's units over slots 0 to 63).
+const SLOTS: i16 = 64;
 
 // Built-in functions called directly (their pg_sys bindings are Rust wrappers, not C function pointers).
 unsafe extern "C-unwind" {
     fn uuid_hash_extended(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
     fn pg_advisory_xact_lock_int8(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+    fn btrim1(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
+    fn enum_in(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum;
 }
 
-thread_local! {
-    /// This backend's kept plans of LOOK and CLAIM, prepared on first use. PostgreSQL's plan cache
-    /// revalidates them when a table they read changes (a new install included).
-    static PLANS: Cell<Option<(pg_sys::SPIPlanPtr, pg_sys::SPIPlanPtr)>> = const { Cell::new(None) };
+/// What the look found: the call can be a new hold of `variant`, lasting `hold_seconds`.
+struct Open {
+    hold_seconds: i32,
+    variant: i16,
 }
 
-fn plans() -> (pg_sys::SPIPlanPtr, pg_sys::SPIPlanPtr) {
-    if let Some(plans) = PLANS.get() {
-        return plans;
-    }
-    let prepare = |query: &CStr, types: &mut [pg_sys::Oid]| -> pg_sys::SPIPlanPtr {
-        // SAFETY: called between SPI_connect and SPI_finish with a NUL-terminated query and one type
-        // per parameter; SPI_keepplan moves the plan out of SPI's memory, so it outlives this call.
-        unsafe {
-            let plan = pg_sys::SPI_prepare(query.as_ptr(), types.len() as i32, types.as_mut_ptr());
-            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-                error!("dropstock: could not prepare reserve_item's fast path");
-            }
-            plan
-        }
-    };
-    let (uuid, text, int4, int2) = (
-        pg_sys::UUIDOID,
-        pg_sys::TEXTOID,
-        pg_sys::INT4OID,
-        pg_sys::INT2OID,
-    );
-    let plans = (
-        prepare(LOOK, &mut [uuid, uuid, text, int4]),
-        prepare(CLAIM, &mut [uuid, uuid, int2, int4, int4, int2, int2]),
-    );
-    PLANS.set(Some(plans));
-    plans
+/// The call's arguments, checked.
+struct Call {
+    drop_id: pg_sys::Datum,
+    user_id: pg_sys::Datum,
+    size: Option<pg_sys::Datum>,
+    quantity: i32,
 }
 
 /// `_reserve_fast(drop_id, user_id, variant, quantity)`: the new hold, or NULL when the full rules
@@ -127,84 +80,233 @@ pub unsafe extern "C-unwind" fn reserve_fast(fcinfo: pg_sys::FunctionCallInfo) -
         {
             return null_answer(fcinfo);
         }
-        let (drop_id, user_id) = (args[0].value, args[1].value);
+        let call = Call {
+            drop_id: args[0].value,
+            user_id: args[1].value,
+            size: (!args[2].isnull).then_some(args[2].value),
+            quantity,
+        };
+        let Some(schema) = rows::schema() else {
+            return null_answer(fcinfo);
+        };
 
         // The buyer lock (_lock_buyers, _buyer_key), taken here directly: the key is the same hash.
-        let drop_hash = direct_call2(uuid_hash_extended, drop_id, pg_sys::Datum::from(0i64));
-        let key = direct_call2(uuid_hash_extended, user_id, drop_hash);
+        let drop_hash = direct_call2(uuid_hash_extended, call.drop_id, pg_sys::Datum::from(0i64));
+        let key = direct_call2(uuid_hash_extended, call.user_id, drop_hash);
         pg_sys::DirectFunctionCall1Coll(Some(pg_advisory_xact_lock_int8), pg_sys::InvalidOid, key);
 
-        let upper = pg_sys::CurrentMemoryContext;
-        if pg_sys::SPI_connect() < 0 {
-            error!("dropstock: SPI_connect failed");
-        }
-        let (look, claim) = plans();
-
-        let mut values = [
-            drop_id,
-            user_id,
-            args[2].value,
-            pg_sys::Datum::from(quantity),
-        ];
-        let nulls = [b' ', b' ', if args[2].isnull { b'n' } else { b' ' }, b' '];
-        let found =
-            pg_sys::SPI_execute_plan(look, values.as_mut_ptr(), nulls.as_ptr().cast(), false, 1);
-        if found != pg_sys::SPI_OK_SELECT as i32 || pg_sys::SPI_processed != 1 {
-            pg_sys::SPI_finish();
-            return null_answer(fcinfo);
-        }
-        let row = *(*pg_sys::SPI_tuptable).vals;
-        let desc = (*pg_sys::SPI_tuptable).tupdesc;
-        let mut isnull = false;
-        let hold_seconds = pg_sys::SPI_getbinval(row, desc, 1, &mut isnull);
-        let variant = pg_sys::SPI_getbinval(row, desc, 2, &mut isnull);
-        let home = (pg_sys::MyProcPid % 64) as i16;
-        let mut values = [
-            drop_id,
-            user_id,
-            variant,
-            pg_sys::Datum::from(quantity),
-            hold_seconds,
-            pg_sys::Datum::from(home),
-            pg_sys::Datum::from(64i16),
-        ];
-
-        let made = claim_in_subtransaction(claim, &mut values, home);
-        let answer = match made {
-            Some((hold, hold_desc)) => {
-                let mut result_desc: pg_sys::TupleDesc = std::ptr::null_mut();
-                pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut result_desc);
-                let previous = pg_sys::MemoryContextSwitchTo(upper);
-                // The row as `reservations`; should the table ever carry dropped columns, its row type
-                // and RETURNING's columns differ, and the row goes back as a record for PostgreSQL to
-                // convert.
-                let datum = if (*result_desc).natts == (*hold_desc).natts {
-                    pg_sys::heap_copy_tuple_as_datum(hold, result_desc)
-                } else {
-                    pg_sys::Datum::from(pg_sys::SPI_returntuple(hold, hold_desc))
-                };
-                pg_sys::MemoryContextSwitchTo(previous);
-                crate::wake::_wake_worker_at_commit();
-                Some(datum)
-            }
+        // What a statement run here would see: this transaction's earlier changes, and everything
+        // committed before now (after the buyer lock, so a hold of this buyer committed meanwhile).
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let answer = match look(schema, snapshot, &call) {
+            Some(open) => claim_in_subtransaction(schema, snapshot, &call, &open),
             None => None,
         };
-        pg_sys::SPI_finish();
+        pg_sys::PopActiveSnapshot();
         match answer {
-            Some(datum) => datum,
+            Some(hold) => {
+                crate::wake::_wake_worker_at_commit();
+                hold
+            }
             None => null_answer(fcinfo),
         }
     }
 }
 
-/// Runs CLAIM in a subtransaction under a 20 ms lock_timeout, from the home slot up, then below it:
-/// the new hold's row and its columns (in SPI's memory), or None with everything the statement did
-/// undone.
+/// Step 1: Some when nothing stands in the way of a new hold: the drop is open, first come first
+/// served, sized exactly when a size is named (and has it); the buyer exists, holds nothing of it,
+/// is not cooling down and stays within the limit; nobody is in the drop's line.
+unsafe fn look(schema: pg_sys::Oid, snapshot: pg_sys::Snapshot, call: &Call) -> Option<Open> {
+    // SAFETY: index probes of the schema's tables under the caller's snapshot (rows.rs).
+    unsafe {
+        let share = pg_sys::AccessShareLock;
+        let now = pg_sys::GetCurrentTimestamp();
+        let uuid_eq = pg_sys::F_UUID_EQ;
+
+        let drops = Table::open(schema, c"drops", share)?;
+        let by_id = Index::open(schema, &drops, c"drops_pkey", &[c"id"])?;
+        let (mode, sized, starts_at, ends_at, hold_seconds, limit) = (
+            rows::column(drops.desc(), c"mode")?,
+            rows::column(drops.desc(), c"sized")?,
+            rows::column(drops.desc(), c"starts_at")?,
+            rows::column(drops.desc(), c"ends_at")?,
+            rows::column(drops.desc(), c"hold_seconds")?,
+            rows::column(drops.desc(), c"per_user_limit")?,
+        );
+        let mut drop = None;
+        rows::probe(
+            &drops,
+            &by_id,
+            snapshot,
+            &[Key::eq(1, uuid_eq, call.drop_id)],
+            |row| {
+                let race = rows::value(row, mode).is_some_and(|m| {
+                    CStr::from_ptr(pg_sys::text_to_cstring(m.cast_mut_ptr())) == c"race"
+                });
+                let open = rows::value(row, starts_at).is_some_and(|s| s.value() as i64 <= now)
+                    && rows::value(row, ends_at).is_none_or(|e| now < e.value() as i64);
+                if race
+                    && open
+                    && rows::value(row, sized).map(|s| s.value() != 0) == Some(call.size.is_some())
+                {
+                    drop = rows::value(row, hold_seconds)
+                        .zip(rows::value(row, limit))
+                        .map(|(h, l)| (h.value() as i32, l.value() as i32));
+                }
+                false
+            },
+        );
+        let (hold_seconds, limit) = drop?;
+
+        let variant = match call.size {
+            None => 0,
+            Some(size) => {
+                let variants = Table::open(schema, c"variants", share)?;
+                let by_label = Index::open(
+                    schema,
+                    &variants,
+                    c"variants_drop_id_label_key",
+                    &[c"drop_id", c"label"],
+                )?;
+                let number = rows::column(variants.desc(), c"variant")?;
+                let label = pg_sys::DirectFunctionCall1Coll(Some(btrim1), pg_sys::InvalidOid, size);
+                let keys = [
+                    Key::eq(1, uuid_eq, call.drop_id),
+                    Key::eq(2, pg_sys::F_TEXTEQ, label),
+                ];
+                let mut found = None;
+                rows::probe(&variants, &by_label, snapshot, &keys, |row| {
+                    found = rows::value(row, number).map(|v| v.value() as i16);
+                    false
+                });
+                found.filter(|v| *v > 0)?
+            }
+        };
+
+        let users = Table::open(schema, c"users", share)?;
+        let user_by_id = Index::open(schema, &users, c"users_pkey", &[c"id"])?;
+        if !exists(
+            &users,
+            &user_by_id,
+            snapshot,
+            &[Key::eq(1, uuid_eq, call.user_id)],
+            |_| true,
+        ) {
+            return None;
+        }
+
+        let holds = Table::open(schema, c"reservations", share)?;
+        let live = Index::open(
+            schema,
+            &holds,
+            c"reservations_one_live_hold",
+            &[c"drop_id", c"user_id"],
+        )?;
+        let status = rows::column(holds.desc(), c"status")?;
+        let reserved = reserved_status(&holds, status);
+        let buyer_keys = [
+            Key::eq(1, uuid_eq, call.drop_id),
+            Key::eq(2, uuid_eq, call.user_id),
+        ];
+        if exists(&holds, &live, snapshot, &buyer_keys, |row| {
+            rows::value(row, status) == Some(reserved)
+        }) {
+            return None;
+        }
+
+        let line = Table::open(schema, c"waitlist", share)?;
+        let line_by_drop = Index::open(schema, &line, c"waitlist_pkey", &[c"drop_id"])?;
+        if exists(
+            &line,
+            &line_by_drop,
+            snapshot,
+            &[Key::eq(1, uuid_eq, call.drop_id)],
+            |_| true,
+        ) {
+            return None;
+        }
+
+        let cooldowns = Table::open(schema, c"cooldowns", share)?;
+        let cooling = Index::open(
+            schema,
+            &cooldowns,
+            c"cooldowns_pkey",
+            &[c"drop_id", c"user_id"],
+        )?;
+        let until = rows::column(cooldowns.desc(), c"until")?;
+        if exists(&cooldowns, &cooling, snapshot, &buyer_keys, |row| {
+            rows::value(row, until).is_some_and(|u| u.value() as i64 > now)
+        }) {
+            return None;
+        }
+
+        let purchases = Table::open(schema, c"purchases", share)?;
+        let bought = Index::open(
+            schema,
+            &purchases,
+            c"purchases_by_buyer",
+            &[c"user_id", c"drop_id"],
+        )?;
+        let units = rows::column(purchases.desc(), c"quantity")?;
+        let mut sum = 0i64;
+        let keys = [
+            Key::eq(1, uuid_eq, call.user_id),
+            Key::eq(2, uuid_eq, call.drop_id),
+        ];
+        rows::probe(&purchases, &bought, snapshot, &keys, |row| {
+            sum += rows::value(row, units).map_or(0, |q| q.value() as i32 as i64);
+            true
+        });
+        (sum + call.quantity as i64 <= limit as i64).then_some(Open {
+            hold_seconds,
+            variant,
+        })
+    }
+}
+
+/// Whether the index finds a row the snapshot sees and `matches` accepts.
+unsafe fn exists(
+    table: &Table,
+    index: &Index,
+    snapshot: pg_sys::Snapshot,
+    keys: &[Key],
+    matches: impl Fn(*mut pg_sys::TupleTableSlot) -> bool,
+) -> bool {
+    let mut found = false;
+    // SAFETY: as rows::probe.
+    unsafe {
+        rows::probe(table, index, snapshot, keys, |row| {
+            found = matches(row);
+            !found
+        })
+    };
+    found
+}
+
+/// The `reservation_status` value 'reserved', by the type of the status column.
+unsafe fn reserved_status(holds: &Table, status: i32) -> pg_sys::Datum {
+    // SAFETY: the column exists; enum_in takes the label and the enum type's OID.
+    unsafe {
+        let attr = (*holds.desc()).attrs.as_slice(status as usize)[status as usize - 1];
+        pg_sys::DirectFunctionCall2Coll(
+            Some(enum_in),
+            pg_sys::InvalidOid,
+            pg_sys::Datum::from(c"reserved".as_ptr()),
+            pg_sys::Datum::from(attr.atttypid),
+        )
+    }
+}
+
+/// Runs `claim` in a subtransaction under a 20 ms lock_timeout: the new hold as this function's
+/// result, or None with everything the claim did undone.
 unsafe fn claim_in_subtransaction(
-    claim: pg_sys::SPIPlanPtr,
-    values: &mut [pg_sys::Datum; 7],
-    home: i16,
-) -> Option<(pg_sys::HeapTuple, pg_sys::TupleDesc)> {
+    schema: pg_sys::Oid,
+    snapshot: pg_sys::Snapshot,
+    call: &Call,
+    open: &Open,
+) -> Option<pg_sys::Datum> {
     // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin, run in the caller's
     // memory context, then release or roll back, and put the caller's context and resource owner back.
     unsafe {
@@ -212,7 +314,11 @@ unsafe fn claim_in_subtransaction(
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
-        let values_ptr = values.as_mut_ptr();
+        let undone = |_: CaughtError| {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            None
+        };
         let made = PgTryBuilder::new(|| {
             // Undone with the subtransaction (or at its release, below), like a SET clause.
             let level = pg_sys::NewGUCNestLevel();
@@ -226,41 +332,180 @@ unsafe fn claim_in_subtransaction(
                 0,
                 false,
             );
-            let nulls = [b' '; 7];
-            let mut done =
-                pg_sys::SPI_execute_plan(claim, values_ptr, nulls.as_ptr().cast(), false, 1);
-            if done == pg_sys::SPI_OK_INSERT_RETURNING as i32
-                && pg_sys::SPI_processed == 0
-                && home > 0
-            {
-                *values_ptr.add(5) = pg_sys::Datum::from(0i16);
-                *values_ptr.add(6) = pg_sys::Datum::from(home);
-                done = pg_sys::SPI_execute_plan(claim, values_ptr, nulls.as_ptr().cast(), false, 1);
-            }
+            let hold = claim(schema, snapshot, call, open);
             pg_sys::AtEOXact_GUC(true, level);
-            if done == pg_sys::SPI_OK_INSERT_RETURNING as i32 && pg_sys::SPI_processed == 1 {
+            if hold.is_some() {
                 pg_sys::ReleaseCurrentSubTransaction();
-                Some((
-                    *(*pg_sys::SPI_tuptable).vals,
-                    (*pg_sys::SPI_tuptable).tupdesc,
-                ))
             } else {
                 pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                None
             }
+            hold
         })
-        .catch_when(
-            PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE,
-            |_: CaughtError| {
-                pg_sys::MemoryContextSwitchTo(context);
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
-                None
-            },
-        )
+        .catch_when(PgSqlErrorCode::ERRCODE_LOCK_NOT_AVAILABLE, undone)
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, undone)
         .execute();
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = owner;
         made
+    }
+}
+
+/// Step 2: takes the units from the first slot of the variant, from this backend's home slot up, then
+/// below it, that has them all and that nobody is committing on (`FOR UPDATE SKIP LOCKED`), and
+/// inserts the hold: the hold's row, or None (the caller undoes what was done).
+unsafe fn claim(
+    schema: pg_sys::Oid,
+    snapshot: pg_sys::Snapshot,
+    call: &Call,
+    open: &Open,
+) -> Option<pg_sys::Datum> {
+    // SAFETY: rows.rs's reads and writes; the slots made here are dropped here.
+    unsafe {
+        let write = pg_sys::RowExclusiveLock;
+        let stock = Table::open(schema, c"stock_slots", write)?;
+        let by_slot = Index::open(
+            schema,
+            &stock,
+            c"stock_slots_pkey",
+            &[c"drop_id", c"variant", c"slot"],
+        )?;
+        let available = rows::column(stock.desc(), c"available")?;
+        let holds = Table::open(schema, c"reservations", write)?;
+        let columns = hold_columns(&holds)?;
+
+        let locked = pg_sys::table_slot_create(stock.0, std::ptr::null_mut());
+        let home = (pg_sys::MyProcPid % SLOTS as i32) as i16;
+        let mut taken = false;
+        for (from, to) in [(home, SLOTS), (0, home)] {
+            let keys = [
+                Key::eq(1, pg_sys::F_UUID_EQ, call.drop_id),
+                Key::eq(2, pg_sys::F_INT2EQ, pg_sys::Datum::from(open.variant)),
+                Key {
+                    column: 3,
+                    strategy: pg_sys::BTGreaterEqualStrategyNumber as u16,
+                    procedure: pg_sys::F_INT2GE,
+                    value: pg_sys::Datum::from(from),
+                },
+                Key {
+                    column: 3,
+                    strategy: pg_sys::BTLessStrategyNumber as u16,
+                    procedure: pg_sys::F_INT2LT,
+                    value: pg_sys::Datum::from(to),
+                },
+            ];
+            let has_units = |row| {
+                rows::value(row, available).is_some_and(|a| a.value() as i32 >= call.quantity)
+            };
+            rows::probe(&stock, &by_slot, snapshot, &keys, |row| {
+                // As the executor's SKIP LOCKED: test, lock the latest version, test that again.
+                taken = has_units(row)
+                    && matches!(rows::lock(&stock, row, snapshot, locked), Locked::Row)
+                    && has_units(locked);
+                !taken
+            });
+            if taken {
+                break;
+            }
+        }
+        if !taken {
+            pg_sys::ExecDropSingleTupleTableSlot(locked);
+            return None;
+        }
+
+        // The slot, its units fewer.
+        let left = rows::value(locked, available).map_or(0, |a| a.value() as i32) - call.quantity;
+        let slot_row = rows::new_row(&stock);
+        pg_sys::slot_getallattrs(locked);
+        let natts = (*stock.desc()).natts as usize;
+        std::ptr::copy_nonoverlapping((*locked).tts_values, (*slot_row).tts_values, natts);
+        std::ptr::copy_nonoverlapping((*locked).tts_isnull, (*slot_row).tts_isnull, natts);
+        let mut writes = Writes::start(snapshot);
+        rows::set(slot_row, available, pg_sys::Datum::from(left));
+        pg_sys::ExecStoreVirtualTuple(slot_row);
+        let target = writes.target(&stock);
+        writes.update(target, locked, slot_row);
+
+        // The hold, with the columns' defaults as the table declares them (sql/schema.sql).
+        let hold = rows::new_row(&holds);
+        let mut id = [0u8; 16];
+        if !pg_sys::pg_strong_random(id.as_mut_ptr().cast(), id.len()) {
+            error!("dropstock: could not generate a random hold id");
+        }
+        id[6] = (id[6] & 0x0f) | 0x40; // version 4, as gen_random_uuid()
+        id[8] = (id[8] & 0x3f) | 0x80;
+        let id_datum = pg_sys::palloc(16) as *mut u8;
+        std::ptr::copy_nonoverlapping(id.as_ptr(), id_datum, 16);
+        let expires = pg_sys::GetCurrentTimestamp() + open.hold_seconds as i64 * 1_000_000;
+        let values = [
+            (columns.id, pg_sys::Datum::from(id_datum)),
+            (columns.drop_id, call.drop_id),
+            (columns.user_id, call.user_id),
+            (columns.status, reserved_status(&holds, columns.status)),
+            (columns.expires_at, pg_sys::Datum::from(expires)),
+            (
+                columns.created_at,
+                pg_sys::Datum::from(pg_sys::GetCurrentTransactionStartTimestamp()),
+            ),
+            (columns.variant, pg_sys::Datum::from(open.variant)),
+            (columns.quantity, pg_sys::Datum::from(call.quantity)),
+            (columns.extensions, pg_sys::Datum::from(0i32)),
+            (columns.offered, pg_sys::Datum::from(false)),
+        ];
+        for (number, datum) in values {
+            rows::set(hold, number, datum);
+        }
+        pg_sys::ExecStoreVirtualTuple(hold);
+        let target = writes.target(&holds);
+        writes.insert(target, hold);
+        writes.finish();
+
+        let row = pg_sys::ExecCopySlotHeapTuple(hold);
+        let datum = pg_sys::heap_copy_tuple_as_datum(row, holds.desc());
+        pg_sys::ExecDropSingleTupleTableSlot(hold);
+        pg_sys::ExecDropSingleTupleTableSlot(slot_row);
+        pg_sys::ExecDropSingleTupleTableSlot(locked);
+        Some(datum)
+    }
+}
+
+/// The numbers of `reservations`' columns; None when the table has a column this code does not fill.
+struct HoldColumns {
+    id: i32,
+    drop_id: i32,
+    user_id: i32,
+    status: i32,
+    expires_at: i32,
+    created_at: i32,
+    variant: i32,
+    quantity: i32,
+    extensions: i32,
+    offered: i32,
+}
+
+unsafe fn hold_columns(holds: &Table) -> Option<HoldColumns> {
+    // SAFETY: an open table's descriptor.
+    unsafe {
+        let desc = holds.desc();
+        let live = (*desc)
+            .attrs
+            .as_slice((*desc).natts as usize)
+            .iter()
+            .filter(|a| !a.attisdropped);
+        if live.count() != 10 {
+            return None;
+        }
+        Some(HoldColumns {
+            id: rows::column(desc, c"id")?,
+            drop_id: rows::column(desc, c"drop_id")?,
+            user_id: rows::column(desc, c"user_id")?,
+            status: rows::column(desc, c"status")?,
+            expires_at: rows::column(desc, c"expires_at")?,
+            created_at: rows::column(desc, c"created_at")?,
+            variant: rows::column(desc, c"variant")?,
+            quantity: rows::column(desc, c"quantity")?,
+            extensions: rows::column(desc, c"extensions")?,
+            offered: rows::column(desc, c"offered")?,
+        })
     }
 }
 
