@@ -333,6 +333,12 @@ unsafe fn claim_in_subtransaction(
                 false,
             );
             let hold = claim(schema, snapshot, call, open);
+            // A lock timeout that fires just as its lock is granted (a relation's extension lock
+            // while many inserts grow the table, say) leaves its cancel pending, to be raised at the
+            // next interrupt check. A statement checks again before it ends; this path might not,
+            // and the check would come after the subtransaction, as a 55P03 ("too busy") that
+            // reaches the buyer. Checked here, it is caught below, and the full rules decide.
+            pgrx::check_for_interrupts!();
             pg_sys::AtEOXact_GUC(true, level);
             if hold.is_some() {
                 pg_sys::ReleaseCurrentSubTransaction();
