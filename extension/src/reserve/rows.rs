@@ -87,7 +87,10 @@ impl Index {
             let rel = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
             let index = Index { rel };
             let form = (*rel).rd_index;
+            // Not one being built or dropped concurrently: such an index may lack rows.
             if (*form).indrelid != (*table.0).rd_id
+                || !(*form).indisvalid
+                || !(*form).indislive
                 || ((*form).indnkeyatts as usize) < columns.len()
                 || (*(*rel).rd_rel).relam != pg_sys::BTREE_AM_OID
             {
