@@ -185,60 +185,32 @@ unsafe fn look(schema: pg_sys::Oid, snapshot: pg_sys::Snapshot, call: &Call) -> 
             }
         };
 
-        let users = Table::open(schema, c"users", share)?;
-        let user_by_id = Index::open(schema, &users, c"users_pkey", &[c"id"])?;
-        if !exists(
-            &users,
-            &user_by_id,
-            snapshot,
-            &[Key::eq(1, uuid_eq, call.user_id)],
-            |_| true,
-        ) {
-            return None;
-        }
-
-        let holds = Table::open(schema, c"reservations", share)?;
-        let live = Index::open(
-            schema,
-            &holds,
-            c"reservations_one_live_hold",
-            &[c"drop_id", c"user_id"],
-        )?;
-        let status = rows::column(holds.desc(), c"status")?;
-        let reserved = reserved_status(&holds, status);
+        // The buyer known, holding nothing of this drop, not cooling down; nobody in the drop's line.
+        // A column these tests need that is missing counts as found: the full rules decide.
         let buyer_keys = [
             Key::eq(1, uuid_eq, call.drop_id),
             Key::eq(2, uuid_eq, call.user_id),
         ];
-        if exists(&holds, &live, snapshot, &buyer_keys, |row| {
-            rows::value(row, status) == Some(reserved)
-        }) {
+        let user = [Key::eq(1, uuid_eq, call.user_id)];
+        if !finds(schema, snapshot, USERS, &user, |_, _| true)? {
             return None;
         }
-
-        let line = Table::open(schema, c"waitlist", share)?;
-        let line_by_drop = Index::open(schema, &line, c"waitlist_pkey", &[c"drop_id"])?;
-        if exists(
-            &line,
-            &line_by_drop,
-            snapshot,
-            &[Key::eq(1, uuid_eq, call.drop_id)],
-            |_| true,
-        ) {
+        let holding = |holds: &Table, row| {
+            rows::column(holds.desc(), c"status")
+                .is_none_or(|s| rows::value(row, s) == Some(reserved_status(holds, s)))
+        };
+        if finds(schema, snapshot, LIVE_HOLDS, &buyer_keys, holding)? {
             return None;
         }
-
-        let cooldowns = Table::open(schema, c"cooldowns", share)?;
-        let cooling = Index::open(
-            schema,
-            &cooldowns,
-            c"cooldowns_pkey",
-            &[c"drop_id", c"user_id"],
-        )?;
-        let until = rows::column(cooldowns.desc(), c"until")?;
-        if exists(&cooldowns, &cooling, snapshot, &buyer_keys, |row| {
-            rows::value(row, until).is_some_and(|u| u.value() as i64 > now)
-        }) {
+        let drop_key = [Key::eq(1, uuid_eq, call.drop_id)];
+        if finds(schema, snapshot, LINE, &drop_key, |_, _| true)? {
+            return None;
+        }
+        let cooling = |cooldowns: &Table, row| {
+            rows::column(cooldowns.desc(), c"until")
+                .is_none_or(|u| rows::value(row, u).is_some_and(|u| u.value() as i64 > now))
+        };
+        if finds(schema, snapshot, COOLDOWNS, &buyer_keys, cooling)? {
             return None;
         }
 
@@ -266,23 +238,37 @@ unsafe fn look(schema: pg_sys::Oid, snapshot: pg_sys::Snapshot, call: &Call) -> 
     }
 }
 
-/// Whether the index finds a row the snapshot sees and `matches` accepts.
-unsafe fn exists(
-    table: &Table,
-    index: &Index,
+/// A table, one of its indexes, and the index's leading key columns in order.
+type Probed = (&'static CStr, &'static CStr, &'static [&'static CStr]);
+const USERS: Probed = (c"users", c"users_pkey", &[c"id"]);
+const LIVE_HOLDS: Probed = (
+    c"reservations",
+    c"reservations_one_live_hold",
+    &[c"drop_id", c"user_id"],
+);
+const LINE: Probed = (c"waitlist", c"waitlist_pkey", &[c"drop_id"]);
+const COOLDOWNS: Probed = (c"cooldowns", c"cooldowns_pkey", &[c"drop_id", c"user_id"]);
+
+/// Whether the index finds a row the snapshot sees and `accepts` takes; None when the table or the
+/// index is not the one this code was written for.
+unsafe fn finds(
+    schema: pg_sys::Oid,
     snapshot: pg_sys::Snapshot,
+    (table, index, columns): Probed,
     keys: &[Key],
-    matches: impl Fn(*mut pg_sys::TupleTableSlot) -> bool,
-) -> bool {
-    let mut found = false;
+    accepts: impl Fn(&Table, *mut pg_sys::TupleTableSlot) -> bool,
+) -> Option<bool> {
     // SAFETY: as rows::probe.
     unsafe {
-        rows::probe(table, index, snapshot, keys, |row| {
-            found = matches(row);
+        let table = Table::open(schema, table, pg_sys::AccessShareLock)?;
+        let index = Index::open(schema, &table, index, columns)?;
+        let mut found = false;
+        rows::probe(&table, &index, snapshot, keys, |row| {
+            found = accepts(&table, row);
             !found
-        })
-    };
-    found
+        });
+        Some(found)
+    }
 }
 
 /// The `reservation_status` value 'reserved', by the type of the status column.

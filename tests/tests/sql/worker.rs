@@ -370,9 +370,10 @@ async fn a_change_is_published_when_it_commits_not_at_the_next_tick() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_wake_on_commit_off_a_change_waits_for_the_tick() {
     let db = connect().await;
+    // Listening before the drop exists: the worker may announce it as soon as it is committed.
+    let mut listener = listen().await;
     let drop = new_drop(&db, 10, 60).await;
     let buyer = new_buyers(&db, 1).await[0];
-    let mut listener = listen().await;
     listener
         .next_for(drop, Duration::from_secs(10))
         .await
