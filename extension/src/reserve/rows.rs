@@ -134,17 +134,16 @@ impl Key {
     }
 }
 
-/// Calls `each` with every row of `table` that `index` finds for `keys` and `snapshot` sees, in index
-/// order, until `each` returns false. The slot `each` gets holds the row until `each` returns.
-pub(super) unsafe fn probe(
+/// An index scan of `table` by `index` for `keys` under `snapshot`, positioned before its first entry.
+/// The scan keys are built with the index's own collations, as the planner builds them, so the
+/// B-tree descends by the index's order.
+unsafe fn begin_scan(
     table: &Table,
     index: &Index,
     snapshot: pg_sys::Snapshot,
     keys: &[Key],
-    mut each: impl FnMut(*mut pg_sys::TupleTableSlot) -> bool,
-) {
-    // SAFETY: an open table and index; the scan keys are built with the index's own collations, as
-    // the planner builds them, so the B-tree descends by the index's order.
+) -> pg_sys::IndexScanDesc {
+    // SAFETY: an open table and index; index_rescan copies the keys into the scan.
     unsafe {
         let mut scan_keys: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(keys.len());
         for key in keys {
@@ -161,7 +160,6 @@ pub(super) unsafe fn probe(
             );
             scan_keys.push(entry.assume_init());
         }
-        let slot = pg_sys::table_slot_create(table.0, std::ptr::null_mut());
         let scan = pg_sys::index_beginscan(table.0, index.rel, snapshot, keys.len() as i32, 0);
         pg_sys::index_rescan(
             scan,
@@ -170,6 +168,23 @@ pub(super) unsafe fn probe(
             std::ptr::null_mut(),
             0,
         );
+        scan
+    }
+}
+
+/// Calls `each` with every row of `table` that `index` finds for `keys` and `snapshot` sees, in index
+/// order, until `each` returns false. The slot `each` gets holds the row until `each` returns.
+pub(super) unsafe fn probe(
+    table: &Table,
+    index: &Index,
+    snapshot: pg_sys::Snapshot,
+    keys: &[Key],
+    mut each: impl FnMut(*mut pg_sys::TupleTableSlot) -> bool,
+) {
+    // SAFETY: as begin_scan; the slot and the scan are let go of here.
+    unsafe {
+        let slot = pg_sys::table_slot_create(table.0, std::ptr::null_mut());
+        let scan = begin_scan(table, index, snapshot, keys);
         while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
             if !each(slot) {
                 break;
@@ -177,6 +192,44 @@ pub(super) unsafe fn probe(
         }
         pg_sys::index_endscan(scan);
         pg_sys::ExecDropSingleTupleTableSlot(slot);
+    }
+}
+
+/// Whether `index` finds a row of `table` for `keys` that `snapshot` sees, reading the row only when
+/// the visibility map cannot vouch for its page, as an index-only scan does: on a table bigger than
+/// the buffer cache (a million buyers), reading each row would be a random read per call.
+pub(super) unsafe fn exists(
+    table: &Table,
+    index: &Index,
+    snapshot: pg_sys::Snapshot,
+    keys: &[Key],
+) -> bool {
+    // SAFETY: as begin_scan; an MVCC snapshot, for which an all-visible page's rows are visible.
+    unsafe {
+        let slot = pg_sys::table_slot_create(table.0, std::ptr::null_mut());
+        let scan = begin_scan(table, index, snapshot, keys);
+        let mut map = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        let mut found = false;
+        loop {
+            let tid = pg_sys::index_getnext_tid(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tid.is_null() {
+                break;
+            }
+            let block = ((*tid).ip_blkid.bi_hi as u32) << 16 | (*tid).ip_blkid.bi_lo as u32;
+            let all_visible = pg_sys::visibilitymap_get_status(table.0, block, &mut map) as u32
+                & pg_sys::VISIBILITYMAP_ALL_VISIBLE
+                != 0;
+            if all_visible || pg_sys::index_fetch_heap(scan, slot) {
+                found = true;
+                break;
+            }
+        }
+        if map != pg_sys::InvalidBuffer as pg_sys::Buffer {
+            pg_sys::ReleaseBuffer(map);
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        found
     }
 }
 
