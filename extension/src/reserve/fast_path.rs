@@ -101,7 +101,7 @@ pub unsafe extern "C-unwind" fn reserve_fast(fcinfo: pg_sys::FunctionCallInfo) -
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
         let snapshot = pg_sys::GetActiveSnapshot();
         let answer = match look(schema, snapshot, &call) {
-            Some(open) => claim_in_subtransaction(schema, snapshot, &call, &open),
+            Some(open) => in_subtransaction(|| claim(schema, snapshot, &call, &open)),
             None => None,
         };
         pg_sys::PopActiveSnapshot();
@@ -125,8 +125,7 @@ unsafe fn look(schema: pg_sys::Oid, snapshot: pg_sys::Snapshot, call: &Call) -> 
         let now = pg_sys::GetCurrentTimestamp();
         let uuid_eq = pg_sys::F_UUID_EQ;
 
-        let drops = Table::open(schema, c"drops", share)?;
-        let by_id = Index::open(schema, &drops, c"drops_pkey", &[c"id"])?;
+        let (drops, by_id) = open_probed(schema, DROPS, share)?;
         let (mode, sized, starts_at, ends_at, hold_seconds, limit) = (
             rows::column(drops.desc(), c"mode")?,
             rows::column(drops.desc(), c"sized")?,
@@ -163,13 +162,7 @@ unsafe fn look(schema: pg_sys::Oid, snapshot: pg_sys::Snapshot, call: &Call) -> 
         let variant = match call.size {
             None => 0,
             Some(size) => {
-                let variants = Table::open(schema, c"variants", share)?;
-                let by_label = Index::open(
-                    schema,
-                    &variants,
-                    c"variants_drop_id_label_key",
-                    &[c"drop_id", c"label"],
-                )?;
+                let (variants, by_label) = open_probed(schema, SIZES, share)?;
                 let number = rows::column(variants.desc(), c"variant")?;
                 let label = pg_sys::DirectFunctionCall1Coll(Some(btrim1), pg_sys::InvalidOid, size);
                 let keys = [
@@ -214,13 +207,7 @@ unsafe fn look(schema: pg_sys::Oid, snapshot: pg_sys::Snapshot, call: &Call) -> 
             return None;
         }
 
-        let purchases = Table::open(schema, c"purchases", share)?;
-        let bought = Index::open(
-            schema,
-            &purchases,
-            c"purchases_by_buyer",
-            &[c"user_id", c"drop_id"],
-        )?;
+        let (purchases, bought) = open_probed(schema, PURCHASES, share)?;
         let units = rows::column(purchases.desc(), c"quantity")?;
         let mut sum = 0i64;
         let keys = [
@@ -238,8 +225,25 @@ unsafe fn look(schema: pg_sys::Oid, snapshot: pg_sys::Snapshot, call: &Call) -> 
     }
 }
 
-/// A table, one of its indexes, and the index's leading key columns in order.
+/// A table, one of its indexes, and the index's leading key columns in order: every index the fast
+/// path reads, named once.
 type Probed = (&'static CStr, &'static CStr, &'static [&'static CStr]);
+const DROPS: Probed = (c"drops", c"drops_pkey", &[c"id"]);
+const SIZES: Probed = (
+    c"variants",
+    c"variants_drop_id_label_key",
+    &[c"drop_id", c"label"],
+);
+const PURCHASES: Probed = (
+    c"purchases",
+    c"purchases_by_buyer",
+    &[c"user_id", c"drop_id"],
+);
+const SLOTS_BY_KEY: Probed = (
+    c"stock_slots",
+    c"stock_slots_pkey",
+    &[c"drop_id", c"variant", c"slot"],
+);
 const USERS: Probed = (c"users", c"users_pkey", &[c"id"]);
 const LIVE_HOLDS: Probed = (
     c"reservations",
@@ -249,19 +253,33 @@ const LIVE_HOLDS: Probed = (
 const LINE: Probed = (c"waitlist", c"waitlist_pkey", &[c"drop_id"]);
 const COOLDOWNS: Probed = (c"cooldowns", c"cooldowns_pkey", &[c"drop_id", c"user_id"]);
 
+/// The table, locked in `lock` mode, and its index; None when either is not the one this code was
+/// written for (rows.rs).
+unsafe fn open_probed(
+    schema: pg_sys::Oid,
+    (table, index, columns): Probed,
+    lock: u32,
+) -> Option<(Table, Index)> {
+    // SAFETY: as Table::open and Index::open.
+    unsafe {
+        let table = Table::open(schema, table, lock)?;
+        let index = Index::open(schema, &table, index, columns)?;
+        Some((table, index))
+    }
+}
+
 /// Whether the index finds a row the snapshot sees and `accepts` takes; None when the table or the
 /// index is not the one this code was written for.
 unsafe fn finds(
     schema: pg_sys::Oid,
     snapshot: pg_sys::Snapshot,
-    (table, index, columns): Probed,
+    probed: Probed,
     keys: &[Key],
     accepts: impl Fn(&Table, *mut pg_sys::TupleTableSlot) -> bool,
 ) -> Option<bool> {
     // SAFETY: as rows::probe.
     unsafe {
-        let table = Table::open(schema, table, pg_sys::AccessShareLock)?;
-        let index = Index::open(schema, &table, index, columns)?;
+        let (table, index) = open_probed(schema, probed, pg_sys::AccessShareLock)?;
         let mut found = false;
         rows::probe(&table, &index, snapshot, keys, |row| {
             found = accepts(&table, row);
@@ -276,13 +294,12 @@ unsafe fn finds(
 unsafe fn known(
     schema: pg_sys::Oid,
     snapshot: pg_sys::Snapshot,
-    (table, index, columns): Probed,
+    probed: Probed,
     keys: &[Key],
 ) -> Option<bool> {
     // SAFETY: as rows::exists.
     unsafe {
-        let table = Table::open(schema, table, pg_sys::AccessShareLock)?;
-        let index = Index::open(schema, &table, index, columns)?;
+        let (table, index) = open_probed(schema, probed, pg_sys::AccessShareLock)?;
         Some(rows::exists(&table, &index, snapshot, keys))
     }
 }
@@ -302,12 +319,10 @@ unsafe fn reserved_status(holds: &Table, status: i32) -> pg_sys::Datum {
 }
 
 /// Runs `claim` in a subtransaction under a 20 ms lock_timeout: the new hold as this function's
-/// result, or None with everything the claim did undone.
-unsafe fn claim_in_subtransaction(
-    schema: pg_sys::Oid,
-    snapshot: pg_sys::Snapshot,
-    call: &Call,
-    open: &Open,
+/// result, or None with everything the claim did undone (also when it ran into a lock timeout or a
+/// unique violation).
+unsafe fn in_subtransaction(
+    claim: impl FnOnce() -> Option<pg_sys::Datum> + std::panic::UnwindSafe,
 ) -> Option<pg_sys::Datum> {
     // SAFETY: the subtransaction protocol of PL/pgSQL's exception blocks: begin, run in the caller's
     // memory context, then release or roll back, and put the caller's context and resource owner back.
@@ -334,7 +349,7 @@ unsafe fn claim_in_subtransaction(
                 0,
                 false,
             );
-            let hold = claim(schema, snapshot, call, open);
+            let hold = claim();
             // A lock timeout that fires just as its lock is granted (a relation's extension lock
             // while many inserts grow the table, say) leaves its cancel pending, to be raised at the
             // next interrupt check. A statement checks again before it ends; this path might not,
@@ -370,13 +385,7 @@ unsafe fn claim(
     // SAFETY: rows.rs's reads and writes; the slots made here are dropped here.
     unsafe {
         let write = pg_sys::RowExclusiveLock;
-        let stock = Table::open(schema, c"stock_slots", write)?;
-        let by_slot = Index::open(
-            schema,
-            &stock,
-            c"stock_slots_pkey",
-            &[c"drop_id", c"variant", c"slot"],
-        )?;
+        let (stock, by_slot) = open_probed(schema, SLOTS_BY_KEY, write)?;
         let available = rows::column(stock.desc(), c"available")?;
         let holds = Table::open(schema, c"reservations", write)?;
         let columns = hold_columns(&holds)?;
@@ -427,9 +436,9 @@ unsafe fn claim(
         let natts = (*stock.desc()).natts as usize;
         std::ptr::copy_nonoverlapping((*locked).tts_values, (*slot_row).tts_values, natts);
         std::ptr::copy_nonoverlapping((*locked).tts_isnull, (*slot_row).tts_isnull, natts);
-        let mut writes = Writes::start(snapshot);
         rows::set(slot_row, available, pg_sys::Datum::from(left));
         pg_sys::ExecStoreVirtualTuple(slot_row);
+        let mut writes = Writes::start(snapshot);
         let target = writes.target(&stock);
         writes.update(target, locked, slot_row);
 
