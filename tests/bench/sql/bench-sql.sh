@@ -84,6 +84,9 @@ new_sized_drop() {
                       NULL, (SELECT jsonb_object_agg('US ' || s, 10000000) FROM generate_series(4, 13) AS s))"
 }
 
+# add_half SUM VALUE: SUM + VALUE / 2, for the rows measured in two runs (mirrored orders) and averaged.
+add_half() { awk -v x="$1" -v y="$2" 'BEGIN{print x+y/2}'; }
+
 # run NAME SCRIPT: prints the tps pgbench measured on a fresh drop (so every buyer is new to it), after
 # checking that no client failed. pgbench's whole report is left in $tmp/last-run.log.
 run() {
@@ -202,9 +205,9 @@ legacy=0; reserve=0; ceiling=0
 for order in "legacy reserve ceiling" "ceiling reserve legacy"; do
     for kind in $order; do
         case $kind in
-            legacy) legacy=$(awk -v x="$legacy" -v y="$(run "replaced pattern" legacy.sql)" 'BEGIN{print x+y/2}') ;;
-            reserve) reserve=$(awk -v x="$reserve" -v y="$(run "reserve_item" reserve.sql)" 'BEGIN{print x+y/2}') ;;
-            ceiling) ceiling=$(awk -v x="$ceiling" -v y="$(run "one-insert ceiling" ceiling.sql)" 'BEGIN{print x+y/2}') ;;
+            legacy) legacy=$(add_half "$legacy" "$(run "replaced pattern" legacy.sql)") ;;
+            reserve) reserve=$(add_half "$reserve" "$(run "reserve_item" reserve.sql)") ;;
+            ceiling) ceiling=$(add_half "$ceiling" "$(run "one-insert ceiling" ceiling.sql)") ;;
         esac
     done
 done
@@ -218,9 +221,9 @@ publishing=0; idle=0
 for order in "publishing idle" "idle publishing"; do
     for mode in $order; do
         if [ "$mode" = publishing ]; then
-            worker_normal; publishing=$(awk -v x="$publishing" -v y="$(run "reserve_item, worker publishing" reserve.sql)" 'BEGIN{print x+y/2}')
+            worker_normal; publishing=$(add_half "$publishing" "$(run "reserve_item, worker publishing" reserve.sql)")
         else
-            worker_idle;   idle=$(awk -v x="$idle" -v y="$(run "reserve_item, worker idle" reserve.sql)" 'BEGIN{print x+y/2}')
+            worker_idle;   idle=$(add_half "$idle" "$(run "reserve_item, worker idle" reserve.sql)")
         fi
     done
 done
@@ -318,9 +321,9 @@ plain=0; sized=0; pair=0
 for order in "plain sized pair" "pair sized plain"; do
     for kind in $order; do
         case $kind in
-            plain) plain=$(awk -v x="$plain" -v y="$(run "(j) reserve_item, one-stock drop" reserve.sql)" 'BEGIN{print x+y/2}') ;;
-            sized) sized=$(awk -v x="$sized" -v y="$(NEW_DROP=new_sized_drop run "(j) reserve_item, one hot size of 10" reserve_size.sql)" 'BEGIN{print x+y/2}') ;;
-            pair) pair=$(awk -v x="$pair" -v y="$(NEW_DROP=new_sized_drop run "(j) reserve_item, 2 units of one hot size" reserve_pair.sql)" 'BEGIN{print x+y/2}') ;;
+            plain) plain=$(add_half "$plain" "$(run "(j) reserve_item, one-stock drop" reserve.sql)") ;;
+            sized) sized=$(add_half "$sized" "$(NEW_DROP=new_sized_drop run "(j) reserve_item, one hot size of 10" reserve_size.sql)") ;;
+            pair) pair=$(add_half "$pair" "$(NEW_DROP=new_sized_drop run "(j) reserve_item, 2 units of one hot size" reserve_pair.sql)") ;;
         esac
     done
 done
