@@ -94,6 +94,18 @@ async fn purchases_race_the_sweep_at_the_expiry_boundary() {
     let drop = new_drop(&setup, HOLDS as i32, 1).await;
     let buyers = new_buyers(&setup, HOLDS).await;
     let pool = Arc::new(connect_many(40).await);
+    // Every connection makes one sale first, in a drop of its own. A backend's first `purchase`
+    // compiles and plans it; 40 doing so at the boundary took up to 130 ms on two cores, each lane's
+    // later purchases fell behind with it, and on a busy host no purchase reached its boundary in time.
+    let warm_up = new_drop(&setup, pool.len() as i32, 60).await;
+    let warm_buyers = new_buyers(&setup, pool.len()).await;
+    futures_util::future::join_all(pool.iter().zip(&warm_buyers).map(|(db, buyer)| async move {
+        let hold = reserve(db, warm_up, *buyer).await;
+        db.query_one("SELECT id FROM dropstock.purchase($1, $2)", &[&hold, buyer])
+            .await
+            .expect("the warm-up sale");
+    }))
+    .await;
 
     let mut holds = Vec::new();
     for chunk in buyers.chunks(40) {
