@@ -293,6 +293,35 @@ async fn a_line_is_served_in_order_while_holds_expire_in_waves() {
     let holders = new_buyers(&setup, STOCK as usize).await;
     let line = new_buyers(&setup, WAITING).await;
     let hammering = new_buyers(&setup, HAMMERING).await;
+    // The hammering connections are opened, and each makes the call it will repeat, before the first
+    // holds' clock starts: a backend's first reserve_item compiles and plans it, and 200 doing so at
+    // once took the two cores for seconds, long enough for a wave of offers to run out before the test
+    // could act on it.
+    let connections = connect_many(HAMMERING).await;
+    let warm_up = drop_with_line(&setup, 1, 60, 1, None).await;
+    let (warm_holder, warm_waiter) = (new_buyer(&setup).await, new_buyer(&setup).await);
+    reserve(&setup, warm_up, warm_holder).await;
+    join(&setup, warm_up, warm_waiter, 1)
+        .await
+        .expect("the warm-up line");
+    let warmed = futures_util::future::join_all(connections.iter().zip(&hammering).map(
+        |(db, buyer)| async move {
+            db.query_one(
+                "SELECT id FROM dropstock.reserve_item($1, $2)",
+                &[&warm_up, buyer],
+            )
+            .await
+            .map_err(|e| sqlstate(&e))
+            .err()
+        },
+    ))
+    .await;
+    assert!(
+        warmed
+            .iter()
+            .all(|code| matches!(code.as_deref(), Some("DS020" | "DS022"))),
+        "the warm-up calls were refused as the hammering will be: {warmed:?}"
+    );
     let started = Instant::now();
 
     let held: i64 = setup
@@ -314,7 +343,6 @@ async fn a_line_is_served_in_order_while_holds_expire_in_waves() {
 
     // The hammering buyers: reserve_item in a loop on a connection each, until the drop is sold out.
     let stop = Arc::new(AtomicBool::new(false));
-    let connections = connect_many(HAMMERING).await;
     let hammers: Vec<_> = hammering
         .iter()
         .zip(connections)
