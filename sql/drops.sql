@@ -151,7 +151,7 @@ BEGIN
      WHERE v.drop_id = created.id;
     INSERT INTO dropstock.feed_state (drop_id, available, variants)
     VALUES (created.id, created.total_stock, CASE WHEN created.sized THEN stocks END);
-    PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
+    PERFORM dropstock._tell_worker_at_commit(created.id);  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN created;
 END
 $$;

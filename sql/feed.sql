@@ -10,7 +10,9 @@
 -- - `seq` rises by one per notification of a drop, strictly, however many publishers run: one
 --   publication at a time (a transaction-level advisory lock), and seq survives restarts.
 -- - A tick costs what the active drops cost: quiet drops (no live hold, nothing held at their last
---   publication, no sale to announce) are not looked at, however many there are.
+--   publication, no sale to announce) are not looked at, however many there are. The worker is told
+--   which drops gained holds (extension/src/wake.rs) and passes them to _publish_changes; a call by
+--   hand finds them in the live-hold index, where ended holds leave dead entries until vacuum.
 
 -- publish_changes: NOTIFY dropstock, '<json>' for each drop whose stock or buyers changed since its
 -- last publication; returns how many notifications it sent.
@@ -38,6 +40,18 @@ CREATE FUNCTION publish_changes()
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
+BEGIN
+    RETURN dropstock._publish_changes(NULL);
+END
+$$;
+
+-- _publish_changes: publish_changes, told which drops gained holds since the last publication
+-- (`listed`, from the worker's list: extension/src/wake.rs) instead of finding them in the live-hold
+-- index. NULL: find them there.
+CREATE FUNCTION _publish_changes(listed uuid[])
+RETURNS integer
+LANGUAGE plpgsql
+AS $$
 DECLARE
     sales_per_notice constant integer := 10;
     changed record;
@@ -61,20 +75,25 @@ BEGIN
     UPDATE dropstock.feed_state f
        SET waiting = f.waiting + moved.delta, line_seq = f.line_seq + 1, pending = true
       FROM moved WHERE f.drop_id = moved.drop_id;
-    -- The drops worth a look, found from small indexes only: drops with live holds (skipping from one
-    -- drop to the next in the live-hold index: one probe per such drop, not one per hold), drops that
-    -- held units at their last publication or were never published, and drops with sales to announce.
-    WITH RECURSIVE live(drop_id) AS (
-        (SELECT r.drop_id FROM dropstock.reservations r WHERE r.status = 'reserved'
-          ORDER BY r.drop_id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT r.drop_id FROM dropstock.reservations r
-                 WHERE r.status = 'reserved' AND r.drop_id > live.drop_id
-                 ORDER BY r.drop_id LIMIT 1)
-          FROM live WHERE live.drop_id IS NOT NULL
-    )
+    -- The drops worth a look, found from small indexes only: drops that gained holds (the worker's
+    -- list, or else every drop with live holds, skipping from one drop to the next in the live-hold
+    -- index: one probe per such drop, not one per hold, but every dead entry of an ended hold is
+    -- stepped over until vacuum removes it), drops that held units at their last publication or were
+    -- never published, and drops with sales to announce.
+    IF listed IS NULL THEN
+        WITH RECURSIVE live(drop_id) AS (
+            (SELECT r.drop_id FROM dropstock.reservations r WHERE r.status = 'reserved'
+              ORDER BY r.drop_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT r.drop_id FROM dropstock.reservations r
+                     WHERE r.status = 'reserved' AND r.drop_id > live.drop_id
+                     ORDER BY r.drop_id LIMIT 1)
+              FROM live WHERE live.drop_id IS NOT NULL
+        )
+        SELECT coalesce(array_agg(l.drop_id), '{}') INTO listed FROM live l WHERE l.drop_id IS NOT NULL;
+    END IF;
     SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}') INTO candidates
-      FROM (SELECT l.drop_id FROM live l WHERE l.drop_id IS NOT NULL
+      FROM (SELECT l.drop_id FROM unnest(listed) AS l(drop_id)
             UNION
             SELECT f.drop_id FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending
             UNION

@@ -40,7 +40,7 @@ BEGIN
 
     UPDATE dropstock.reservations r SET status = 'purchased' WHERE r.id = hold.id;
     PERFORM dropstock._adjust_stock(hold.drop_id, hold.variant, 0, hold.quantity);
-    PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
+    PERFORM dropstock._tell_worker_at_commit(hold.drop_id);  -- the feed shows it within milliseconds (extension/src/wake.rs)
     INSERT INTO dropstock.purchases AS p (reservation_id, drop_id, user_id, price, variant, quantity)
     VALUES (hold.id, hold.drop_id, hold.user_id, d.price, hold.variant, hold.quantity)
     RETURNING p.* INTO sale;

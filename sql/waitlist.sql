@@ -178,6 +178,7 @@ BEGIN
             SELECT coalesce(sum(wanted.quantity) FILTER (WHERE held.user_id IS NULL), 0)::integer
               INTO back
               FROM wanted LEFT JOIN held ON held.user_id = wanted.user_id;
+            PERFORM dropstock._tell_worker_at_commit(line_drop);  -- new holds: the worker's list (extension/src/wake.rs)
             units := units + back;
         END IF;
     END LOOP;
@@ -219,7 +220,7 @@ BEGIN
     IF left_over > 0 THEN
         PERFORM dropstock._adjust_stock(_give_back.drop_id, _give_back.variant, left_over, 0);
     END IF;
-    PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
+    PERFORM dropstock._tell_worker_at_commit(_give_back.drop_id);  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN waiting;
 END
 $$;
@@ -341,7 +342,7 @@ BEGIN
     INSERT INTO dropstock.waitlist (drop_id, user_id, variants, quantity)
     VALUES (d.id, join_waitlist.user_id, numbers, join_waitlist.quantity);
     INSERT INTO dropstock.line_moves (drop_id, delta) VALUES (d.id, 1);
-    PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
+    PERFORM dropstock._tell_worker_at_commit(d.id);  -- the feed shows it within milliseconds (extension/src/wake.rs)
     -- A new place is the last: its position is the line's length, known without counting the line
     -- (which would make each join cost as much as the line is long).
     RETURN ROW(d.id, join_waitlist.user_id, dropstock._line_length(d.id),
@@ -380,7 +381,7 @@ BEGIN
     IF gone.kept > 0 THEN
         PERFORM dropstock._give_back(leave_waitlist.drop_id, gone.kept_variant, gone.kept);
     END IF;
-    PERFORM dropstock._wake_worker_at_commit();  -- the feed shows it within milliseconds (extension/src/wake.rs)
+    PERFORM dropstock._tell_worker_at_commit(leave_waitlist.drop_id);  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN true;
 END
 $$;

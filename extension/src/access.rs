@@ -13,6 +13,6 @@ pgrx::extension_sql_file!(
         "feed",
         "waitlist",
         "draw",
-        _wake_worker_at_commit
+        _tell_worker_at_commit
     ]
 );

@@ -1,4 +1,5 @@
-//! The stock feed (sql/feed.sql): `publish_changes`, which the background worker runs every tick.
+//! The stock feed (sql/feed.sql): `publish_changes`, which the background worker runs every tick, told
+//! which drops changed (`_publish_changes`, `wake`).
 
 pgrx::extension_sql_file!("../../sql/feed.sql", name = "feed", requires = ["schema"]);
 
@@ -109,6 +110,34 @@ mod tests {
             int("SELECT dropstock.publish_changes()"),
             1,
             "a hold that ended is seen through the held count of the last publication"
+        );
+        assert_eq!(int("SELECT dropstock.publish_changes()"), 0);
+    }
+
+    #[pg_test]
+    fn told_which_drops_changed_a_publication_looks_at_those_instead_of_every_live_hold() {
+        let drop = drop_with_stock(5);
+        assert_eq!(int("SELECT dropstock.publish_changes()"), 1);
+        let hold = reserve(&drop, &buyer("told drop buyer"));
+        assert_eq!(
+            int("SELECT dropstock._publish_changes('{}')"),
+            0,
+            "a quiet drop that gained a hold is found only through the list"
+        );
+        assert_eq!(
+            int(&format!(
+                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[])"
+            )),
+            1
+        );
+        assert_eq!(seq(&drop), 2);
+        run(&format!(
+            "SELECT dropstock.cancel_reservation('{hold}', user_id) FROM dropstock.reservations WHERE id = '{hold}'"
+        ));
+        assert_eq!(
+            int("SELECT dropstock._publish_changes('{}')"),
+            1,
+            "a drop that held units at its last publication is looked at without the list"
         );
         assert_eq!(int("SELECT dropstock.publish_changes()"), 0);
     }

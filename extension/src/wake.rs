@@ -1,27 +1,98 @@
-//! Waking the worker when a change commits, so a screen sees it in milliseconds rather than at the
-//! worker's next tick.
+//! Telling the worker, when a change commits, which drop changed, and waking it, so a screen sees the
+//! change in milliseconds rather than at the worker's next tick, and the tick looks at that drop without
+//! searching for it.
 //!
 //! A transaction that changes what the feed shows (a hold made or ended, a sale, a line joined or left)
-//! calls `_wake_worker_at_commit()`; when it commits, the backend sets the worker's latch, and the worker
-//! ticks at once: expiring what is due and publishing, as on a timed tick. Setting a latch takes no lock
-//! (unlike `NOTIFY`, whose commit takes a cluster-wide one), costs a few instructions when the latch is
-//! already set, and is lost harmlessly if the worker is not there: the timed tick still runs. Under load
-//! the worker ticks at most once every `worker::MIN_TICK_GAP` (50 ms), so many commits still make one
-//! notification per drop and tick.
+//! calls `_tell_worker_at_commit(drop_id)`. When it commits, the backend adds the drop to the list of
+//! changed drops in shared memory and sets the worker's latch; the worker ticks at once: expiring what
+//! is due and publishing, as on a timed tick. Setting a latch takes no lock (unlike `NOTIFY`, whose
+//! commit takes a cluster-wide one), costs a few instructions when the latch is already set, and is lost
+//! harmlessly if the worker is not there: the timed tick still runs. Under load the worker ticks at most
+//! once every `worker::MIN_TICK_GAP` (50 ms), so many commits still make one notification per drop and
+//! tick.
 //!
-//! The worker's process number lives in shared memory (set when it starts serving, cleared when it
-//! stops), so this works only when the library is preloaded, which is also when there is a worker.
+//! The list is why a tick costs what the changed drops cost. Without it, a tick finds the drops that
+//! gained a hold by walking the live-hold index, and every hold that ended leaves a dead entry there
+//! until vacuum: after a million holds came and went, that walk took 50 ms of every tick. The worker
+//! takes the list at the start of each publication (`take_changed_drops`) and looks at those drops, the
+//! drops that held units at their last publication and the drops with sales to announce. It walks the
+//! index only when the list cannot be trusted: on its first tick, after a failed one, when more drops
+//! changed than the list holds (`RECENT_CAPACITY`, or `PER_TRANSACTION` in one transaction), and every
+//! `worker::FULL_LOOK_EVERY` for what the list cannot see (a prepared transaction commits in another
+//! session, without this backend's callback).
+//!
+//! A drop is added after its transaction's commit is visible, and the worker takes the list before
+//! its publication's snapshot, so every drop it takes has its change in that snapshot; a drop added
+//! just after the worker took the list waits in it for the next tick, which its latch brings at once.
+//! A backend first looks for the drop under a shared lock: a hot drop is already listed, so the
+//! exclusive lock is taken about once per drop and tick.
+//!
+//! The list and the worker's process number live in shared memory, so this works only when the
+//! library is preloaded, which is also when there is a worker.
 
+use pgrx::lwlock::PgLwLock;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PgAtomic};
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
+use std::cell::RefCell;
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// Drops the shared list holds between two publications.
+pub const RECENT_CAPACITY: usize = 128;
+/// Drops one transaction tells of; one that changes more (a script, not a buyer) makes the worker
+/// look the long way once.
+pub const PER_TRANSACTION: usize = 8;
+
+/// The drops that changed since the worker last took the list, by id.
+#[derive(Clone, Copy)]
+pub struct ChangedDrops {
+    len: usize,
+    /// More drops changed than the list holds: the worker must look the long way.
+    overflowed: bool,
+    ids: [[u8; 16]; RECENT_CAPACITY],
+}
+
+impl Default for ChangedDrops {
+    fn default() -> Self {
+        ChangedDrops {
+            len: 0,
+            overflowed: false,
+            ids: [[0; 16]; RECENT_CAPACITY],
+        }
+    }
+}
+
+impl ChangedDrops {
+    fn contains(&self, id: &[u8; 16]) -> bool {
+        self.ids[..self.len].contains(id)
+    }
+}
+
+// SAFETY: plain data with no pointers, the same in every process that maps it.
+unsafe impl PGRXSharedMemory for ChangedDrops {}
+
+static CHANGED_DROPS: PgLwLock<ChangedDrops> = unsafe { PgLwLock::new(c"dropstock_changed_drops") };
 
 /// The worker's `pgprocno`, or -1 while no worker serves.
 static WORKER: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"dropstock_worker") };
 
-/// In this backend: whether the current transaction asked for a wake-up.
-static CHANGED: AtomicBool = AtomicBool::new(false);
+/// In this backend: what the current transaction asked to tell the worker at commit.
+#[derive(Default)]
+struct Told {
+    drops: Vec<[u8; 16]>,
+    too_many: bool,
+    wake: bool,
+}
+
+impl Told {
+    fn is_empty(&self) -> bool {
+        self.drops.is_empty() && !self.too_many
+    }
+}
+
+thread_local! {
+    static TOLD: RefCell<Told> = RefCell::new(Told::default());
+}
 /// In this backend: whether the commit callback is registered (once per process).
 static REGISTERED: AtomicBool = AtomicBool::new(false);
 /// In this backend: whether it is the worker itself, whose own changes its tick publishes anyway.
@@ -30,6 +101,7 @@ static IS_WORKER: AtomicBool = AtomicBool::new(false);
 /// Reserves the shared memory; called from `_PG_init` while the library is preloaded.
 pub fn init() {
     pg_shmem_init!(WORKER = AtomicI32::new(-1));
+    pg_shmem_init!(CHANGED_DROPS);
 }
 
 /// The worker starts serving: commits from now on wake it.
@@ -45,19 +117,47 @@ pub fn worker_stopping() {
     WORKER.get().store(-1, Ordering::Release);
 }
 
-/// Asks for the worker to be woken when the current transaction commits (nothing on a rollback).
+/// For the worker, before its publication's snapshot: the drops that changed since it last took the
+/// list, or None when the list overflowed and the drops must be found the long way. Empties the list.
+pub fn take_changed_drops() -> Option<Vec<pgrx::Uuid>> {
+    let mut list = CHANGED_DROPS.exclusive();
+    let taken = (!list.overflowed).then(|| {
+        list.ids[..list.len]
+            .iter()
+            .map(|id| pgrx::Uuid::from_bytes(*id))
+            .collect()
+    });
+    list.len = 0;
+    list.overflowed = false;
+    taken
+}
+
+/// Tells the worker, when the current transaction commits, that `drop_id` changed, and wakes it
+/// (nothing on a rollback).
 #[pg_extern(volatile, parallel_unsafe)]
-pub(crate) fn _wake_worker_at_commit() {
-    if !crate::worker::preloaded()
-        || IS_WORKER.load(Ordering::Relaxed)
-        || !crate::settings::WAKE_ON_COMMIT.get()
-    {
+pub(crate) fn _tell_worker_at_commit(drop_id: pgrx::Uuid) {
+    drop_changed(*drop_id.as_bytes());
+}
+
+/// The same, for Rust callers.
+pub fn drop_changed(drop_id: [u8; 16]) {
+    if !crate::worker::preloaded() {
         return;
     }
-    CHANGED.store(true, Ordering::Relaxed);
+    TOLD.with_borrow_mut(|told| {
+        if !told.drops.contains(&drop_id) {
+            if told.drops.len() < PER_TRANSACTION {
+                told.drops.push(drop_id);
+            } else {
+                told.too_many = true;
+            }
+        }
+        // The worker's own changes are published by the tick that made them; it only needs the list.
+        told.wake |= !IS_WORKER.load(Ordering::Relaxed) && crate::settings::WAKE_ON_COMMIT.get();
+    });
     if !REGISTERED.swap(true, Ordering::Relaxed) {
         // SAFETY: registers a plain function for the life of the process, as extensions do in
-        // _PG_init; it only reads and writes atomics and sets a latch.
+        // _PG_init; it takes one lightweight lock, reads and writes plain memory and sets a latch.
         unsafe { pg_sys::RegisterXactCallback(Some(at_transaction_end), std::ptr::null_mut()) };
     }
 }
@@ -65,19 +165,58 @@ pub(crate) fn _wake_worker_at_commit() {
 #[pg_guard]
 unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_COMMIT if CHANGED.swap(false, Ordering::Relaxed) => {
-            let procno = WORKER.get().load(Ordering::Acquire);
-            if procno >= 0 {
-                // SAFETY: allProcs has an entry for every process number; setting the latch of a
-                // process that has since exited (and whose slot was reused) only wakes that one
-                // process once, spuriously, which every latch user allows for.
-                unsafe {
-                    let proc_ = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
-                    pg_sys::SetLatch(&raw mut (*proc_).procLatch);
-                }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            let told = TOLD.take();
+            if told.is_empty() {
+                return;
+            }
+            list(&told);
+            if told.wake {
+                wake_worker();
             }
         }
-        pg_sys::XactEvent::XACT_EVENT_ABORT => CHANGED.store(false, Ordering::Relaxed),
+        // A prepared transaction commits elsewhere, later; the worker's full look finds its changes.
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            TOLD.take();
+        }
         _ => {}
+    }
+}
+
+/// Adds the committed transaction's drops to the shared list.
+fn list(told: &Told) {
+    if !told.too_many {
+        let list = CHANGED_DROPS.share();
+        // Overflowed, the worker looks the long way and finds these drops too.
+        if list.overflowed || told.drops.iter().all(|id| list.contains(id)) {
+            return;
+        }
+    }
+    let mut list = CHANGED_DROPS.exclusive();
+    list.overflowed |= told.too_many;
+    for id in &told.drops {
+        if list.contains(id) {
+            continue;
+        }
+        if list.len == RECENT_CAPACITY {
+            list.overflowed = true;
+            break;
+        }
+        let at = list.len;
+        list.ids[at] = *id;
+        list.len += 1;
+    }
+}
+
+fn wake_worker() {
+    let procno = WORKER.get().load(Ordering::Acquire);
+    if procno >= 0 {
+        // SAFETY: allProcs has an entry for every process number; setting the latch of a process
+        // that has since exited (and whose slot was reused) only wakes that one process once,
+        // spuriously, which every latch user allows for.
+        unsafe {
+            let proc_ = (*pg_sys::ProcGlobal).allProcs.add(procno as usize);
+            pg_sys::SetLatch(&raw mut (*proc_).procLatch);
+        }
     }
 }

@@ -306,6 +306,7 @@ fn serve(database: &str) {
     let mut trouble: Option<Trouble> = None;
     let mut pause = tick_interval();
     let mut sweep = Sweep { last_full: None };
+    let mut look = Look::default();
     // The latch is set by SIGHUP, SIGTERM and commits that changed something (`wake`), so a wake-up
     // is not a tick's due time: these two keep the gaps.
     let mut last_tick: Option<Instant> = None;
@@ -363,7 +364,7 @@ fn serve(database: &str) {
             }
         }
         last_tick = Some(Instant::now());
-        let outcome = tick(&mut sweep);
+        let outcome = tick(&mut sweep, &mut look);
         // A long-lived process sends its table statistics only when asked (backends do it when they
         // go idle): without this, autovacuum never learns of the rows the sweep ends and leaves their
         // dead versions, and the index entries that point at them, in place.
@@ -429,10 +430,50 @@ impl Sweep {
     }
 }
 
+/// How often a publication finds the drops with live holds in the live-hold index rather than from
+/// the list of changed drops alone; see `Look`.
+const FULL_LOOK_EVERY: Duration = FULL_SWEEP_EVERY;
+
+/// How a publication finds the drops that gained holds: from the list of changed drops that commits
+/// leave in shared memory (`wake`), or, when that list cannot be trusted, by walking the live-hold
+/// index (slow while ended holds' dead entries wait for vacuum). It cannot be trusted on the worker's
+/// first publication (the list may have missed changes while no worker ran), after a failed one (the
+/// list it took is gone), when it overflowed, and every `FULL_LOOK_EVERY` it is not, for changes no
+/// backend listed (a prepared transaction, committed from another session).
+#[derive(Default)]
+struct Look {
+    trusted: bool,
+    last_full: Option<Instant>,
+}
+
+impl Look {
+    /// The drops to pass to `_publish_changes`, or None to have it walk the index. Takes the list
+    /// either way, so the list is empty again.
+    fn changed_drops(&mut self) -> Option<Vec<pgrx::Uuid>> {
+        let listed = crate::wake::take_changed_drops();
+        let due = self
+            .last_full
+            .is_none_or(|at| at.elapsed() >= FULL_LOOK_EVERY);
+        // Until the publication commits, a failure would lose what was taken.
+        let trusted = std::mem::replace(&mut self.trusted, false);
+        match listed {
+            Some(drops) if trusted && !due => Some(drops),
+            _ => {
+                self.last_full = Some(Instant::now());
+                None
+            }
+        }
+    }
+
+    fn published(&mut self) {
+        self.trusted = true;
+    }
+}
+
 /// One tick: expire due holds in bounded batches, one transaction each, until fewer than a batch were
 /// due (their units going to waiting lists first); run the draws whose entries closed; then publish
 /// what changed. The first error ends the tick; what was committed stays.
-fn tick(sweep: &mut Sweep) -> Result<(), Failure> {
+fn tick(sweep: &mut Sweep, look: &mut Look) -> Result<(), Failure> {
     let batch = settings::SWEEP_BATCH.get().max(1);
     report_activity(STATE_RUNNING, "dropstock: expiring holds");
     let query = sweep.query();
@@ -450,9 +491,12 @@ fn tick(sweep: &mut Sweep) -> Result<(), Failure> {
         Spi::get_one::<i32>("SELECT dropstock.run_due_draws()")
     })?;
     report_activity(STATE_RUNNING, "dropstock: publishing stock changes");
+    // Taken before the publication's transaction, so its snapshot sees every listed drop's change.
+    let changed = look.changed_drops();
     in_transaction("publishing stock changes", || {
-        Spi::get_one::<i32>("SELECT dropstock.publish_changes()")
+        Spi::get_one_with_args::<i32>("SELECT dropstock._publish_changes($1)", &[changed.into()])
     })?;
+    look.published();
     Ok(())
 }
 

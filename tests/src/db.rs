@@ -308,6 +308,27 @@ pub async fn listen_at(url: &str) -> Listener {
 }
 
 impl Listener {
+    /// The next notification about each of `drops`, for those whose notification comes within
+    /// `limit` (notifications about other drops are passed over).
+    pub async fn next_for_each(
+        &mut self,
+        drops: &[Uuid],
+        limit: Duration,
+    ) -> std::collections::HashMap<Uuid, serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut heard = std::collections::HashMap::new();
+        while heard.len() < drops.len() {
+            let Ok(Some(note)) = tokio::time::timeout_at(deadline, self.notifications.recv()).await
+            else {
+                break;
+            };
+            if let Some(drop) = drops.iter().find(|d| note["dropId"] == d.to_string()) {
+                heard.entry(*drop).or_insert(note);
+            }
+        }
+        heard
+    }
+
     /// The next notification about `drop`, if one comes within `limit`.
     pub async fn next_for(&mut self, drop: Uuid, limit: Duration) -> Option<serde_json::Value> {
         let deadline = tokio::time::Instant::now() + limit;

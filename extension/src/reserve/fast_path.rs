@@ -107,7 +107,8 @@ pub unsafe extern "C-unwind" fn reserve_fast(fcinfo: pg_sys::FunctionCallInfo) -
         pg_sys::PopActiveSnapshot();
         match answer {
             Some(hold) => {
-                crate::wake::_wake_worker_at_commit();
+                // SAFETY: a uuid argument is passed by reference to its 16 bytes.
+                crate::wake::drop_changed(*call.drop_id.cast_mut_ptr::<[u8; 16]>());
                 hold
             }
             None => null_answer(fcinfo),

@@ -254,7 +254,7 @@ vacuums_running() {
 }
 
 # tick_ms [SCRIPT]: the average cost of one idle worker tick (tick.sql: sweep, then feed; tick-full.sql: the
-# full sweep the worker runs every 30 s), QUIET_TICKS of them in one session, with the worker itself idled
+# full sweep and feed look the worker runs every 30 s), QUIET_TICKS of them in one session, with the worker itself idled
 # so that only this session does the work.
 tick_ms() {
     worker_idle
@@ -386,7 +386,7 @@ awk -v a="$legacy" -v b="$reserve" -v c="$ceiling" -v n="$CLIENTS" -v p="$publis
     printf "| %-58s | %9.2fx |\n", "churned / vacuumed (target >= 0.8x)", hc / hv
     printf "| %-58s | %8.2fms |\n", "(h) idle worker tick, churned / vacuumed: churned", htc
     printf "| %-58s | %8.2fms |\n", "(h) idle worker tick, churned / vacuumed: vacuumed", htv
-    printf "| %-58s | %8.2fms |\n", "(h) the full sweep every 30 s, churned", hfc
+    printf "| %-58s | %8.2fms |\n", "(h) the full sweep and look every 30 s, churned", hfc
     printf "| %-58s | %8.2fms |\n", "(i) one worker tick, " qn " open drops, nothing changing (avg of " qk ") (target < 5 ms)", qt
     printf "| %-58s | %10.0f |\n", "(j) reserve_item, one-stock drop", jp
     printf "| %-58s | %10.0f |\n", "(j) reserve_item, one hot size of a 10-size drop", js

@@ -310,6 +310,40 @@ async fn a_sized_drops_notification_carries_only_the_changed_sizes_and_fits() {
     assert_invariant(&db, drop).await;
 }
 
+/// One transaction that makes holds in more drops than a transaction lists for the worker (8): each
+/// drop's hold is still published, as the worker then looks for live holds the long way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_in_more_drops_than_one_transaction_lists_are_all_published() {
+    const DROPS: usize = 12;
+    let mut db = connect().await;
+    let mut listener = listen().await;
+    let mut drops = Vec::new();
+    for _ in 0..DROPS {
+        drops.push(new_drop(&db, 10, 60).await);
+    }
+    let announced = listener
+        .next_for_each(&drops, Duration::from_secs(10))
+        .await;
+    assert_eq!(announced.len(), DROPS, "every new drop is announced");
+    let buyer = new_buyers(&db, 1).await[0];
+    let many = db.transaction().await.unwrap();
+    for drop in &drops {
+        many.execute("SELECT dropstock.reserve_item($1, $2)", &[drop, &buyer])
+            .await
+            .unwrap();
+    }
+    many.commit().await.unwrap();
+    let notes = listener
+        .next_for_each(&drops, Duration::from_secs(10))
+        .await;
+    for drop in &drops {
+        let note = notes
+            .get(drop)
+            .unwrap_or_else(|| panic!("no notification for the hold in drop {drop}"));
+        assert_eq!(note["availableStock"], 9);
+    }
+}
+
 /// Changes the cluster's settings (`ALTER SYSTEM SET …` or `RESET …`, one statement each: ALTER SYSTEM
 /// refuses to run inside the implicit block of a multi-statement query), then reloads the configuration.
 /// The tests that call it put the settings back before any assertion, so a failure leaves no 5 s ticks
