@@ -26,7 +26,10 @@
 //! - **reclaim**: a reserver taking over a past-due hold's unit before the sweep has seen it.
 //! - **buyer lock**: the per-(drop, buyer) lock every decision about a buyer's holds takes first.
 //! - **feed**: the stream of stock changes the worker publishes with `NOTIFY dropstock`; one **notice**
-//!   is one notification's payload; a **publication** is one `publish_changes` run.
+//!   is one notification's payload; a **publication** is one `publish_changes` run (the worker's,
+//!   `_publish_changes`, is told which drops changed).
+//! - **changed drops**: the drops whose changes committed since the worker's last publication, which
+//!   commits list for it in shared memory (`wake`).
 //! - **waiting list** (`waitlist`): buyers waiting for a sold-out or fully held drop, one **line** per
 //!   drop in order of **place**; a buyer waits for any of several sizes and for one or more units.
 //! - **offer**: a hold made for the first buyer in line when units come back (a hold with `offered`);
