@@ -368,8 +368,9 @@ RETURNS reservations
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    -- The common case (a new hold from free units) in two statements (_reserve_fast); anything else,
-    -- refusals included, by the full rules (_reserve_item), which raise with their own SQLSTATE.
+    -- The common case (a new hold from free units) by index probes and single-row writes, with no
+    -- statement (_reserve_fast); anything else, refusals included, by the full rules (_reserve_item),
+    -- which raise with their own SQLSTATE.
     RETURN coalesce(dropstock._reserve_fast(drop_id, user_id, variant, quantity),
                     dropstock._reserve_item(drop_id, user_id, variant, quantity));
 END
