@@ -17,8 +17,9 @@ use uuid::Uuid;
 
 /// The database the first test names in `dropstock.database` before it exists.
 const NOT_THERE_YET: &str = "not_there_yet";
-/// The error the sabotaged `publish_changes()` raises; found in the server log by this text.
-const SABOTAGE: &str = "publish_changes sabotaged by worker_faults";
+/// The error the sabotaged `_publish_changes` (the worker's publication) raises; found in the server
+/// log by this text.
+const SABOTAGE: &str = "_publish_changes sabotaged by worker_faults";
 
 /// Asserts the worker keeps `pid` for `span`, sampling `pg_stat_activity` every 100 ms.
 async fn same_worker_for(cluster: &ThrowawayCluster, db: &Client, pid: i32, span: Duration) {
@@ -167,7 +168,7 @@ async fn a_missing_database_is_reported_once_and_served_once_created() {
     );
 }
 
-/// `publish_changes()` raises on every tick: the worker logs it once, stays the same process, shows
+/// `_publish_changes` raises on every tick: the worker logs it once, stays the same process, shows
 /// its back-off, publishes again once the function is fixed, and still stops at once on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_tick_is_logged_once_and_the_same_worker_recovers() {
@@ -195,21 +196,21 @@ async fn a_failing_tick_is_logged_once_and_the_same_worker_recovers() {
     let row = db
         .query_one(
             "SELECT pg_get_functiondef(p), pg_get_function_result(p)
-               FROM (SELECT 'dropstock.publish_changes()'::regprocedure::oid AS p) f",
+               FROM (SELECT 'dropstock._publish_changes(uuid[])'::regprocedure::oid AS p) f",
             &[],
         )
         .await
-        .expect("read publish_changes");
+        .expect("read _publish_changes");
     let (original, returns): (String, String) = (row.get(0), row.get(1));
     let sabotage = format!(
-        "CREATE OR REPLACE FUNCTION dropstock.publish_changes() RETURNS {returns} LANGUAGE plpgsql AS $$
+        "CREATE OR REPLACE FUNCTION dropstock._publish_changes(listed uuid[]) RETURNS {returns} LANGUAGE plpgsql AS $$
          BEGIN
              RAISE EXCEPTION '{SABOTAGE}' USING ERRCODE = 'program_limit_exceeded';
          END $$"
     );
     db.batch_execute(&sabotage)
         .await
-        .expect("break publish_changes");
+        .expect("break _publish_changes");
 
     let backing_off = cluster
         .wait_for(
@@ -250,7 +251,7 @@ async fn a_failing_tick_is_logged_once_and_the_same_worker_recovers() {
     // Fixed: the next attempt (at most 5 s later) publishes, from the same process.
     db.batch_execute(&original)
         .await
-        .expect("restore publish_changes");
+        .expect("restore _publish_changes");
     let mut listener = listen_at(&cluster.url("postgres")).await;
     let drop = new_drop(&db, 5, 60).await;
     hold_on(&db, drop).await;
