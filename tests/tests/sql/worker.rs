@@ -344,6 +344,62 @@ async fn holds_in_more_drops_than_one_transaction_lists_are_all_published() {
     }
 }
 
+/// 300 drops gain a hold each at about the same time, from 30 connections: more drops than the
+/// worker's list of changed drops holds between two publications (128). Whether a publication is told
+/// them or finds them itself after the list overflowed, every drop's hold is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_in_more_drops_than_the_list_holds_are_all_published() {
+    const DROPS: usize = 300;
+    const LANES: usize = 30;
+    let db = connect().await;
+    let mut listener = listen().await;
+    let drops: Vec<Uuid> = db
+        .query(
+            "SELECT (dropstock.create_drop(name => 'list overflow ' || n, price => 10, total_stock => 10,
+                    starts_at => now() - interval '1 minute', hold_seconds => 60)).id
+               FROM generate_series(1, $1::int) AS n",
+            &[&(DROPS as i32)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let announced = listener
+        .next_for_each(&drops, Duration::from_secs(20))
+        .await;
+    assert_eq!(announced.len(), DROPS, "every new drop is announced");
+    let buyers = new_buyers(&db, LANES).await;
+    let lanes = connect_many(LANES).await;
+    let calls = lanes
+        .iter()
+        .zip(&buyers)
+        .enumerate()
+        .map(|(lane, (db, buyer))| {
+            let mine: Vec<Uuid> = drops.iter().skip(lane).step_by(LANES).copied().collect();
+            async move {
+                for drop in mine {
+                    db.execute("SELECT dropstock.reserve_item($1, $2)", &[&drop, buyer])
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+    futures_util::future::join_all(calls).await;
+    let notes = listener
+        .next_for_each(&drops, Duration::from_secs(20))
+        .await;
+    let missed: Vec<&Uuid> = drops.iter().filter(|d| !notes.contains_key(*d)).collect();
+    assert!(
+        missed.is_empty(),
+        "{} of {DROPS} drops' holds were not published: {missed:?}",
+        missed.len()
+    );
+    for note in notes.values() {
+        assert_eq!(note["availableStock"], 9);
+    }
+}
+
 /// Changes the cluster's settings (`ALTER SYSTEM SET …` or `RESET …`, one statement each: ALTER SYSTEM
 /// refuses to run inside the implicit block of a multi-statement query), then reloads the configuration.
 /// The tests that call it put the settings back before any assertion, so a failure leaves no 5 s ticks
