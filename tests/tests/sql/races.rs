@@ -142,6 +142,12 @@ async fn a_drop_selling_out_while_holds_expire_never_says_sold_out_falsely() {
     let setup = connect().await;
     let drop = new_drop(&setup, STOCK, HOLD_SECONDS).await;
     let connections = connect_many(STOCK as usize + EXTRA).await;
+    // Each connection makes its first reserve_item (which compiles and plans it) on a drop of its own
+    // before the rounds, whose crowds must finish within a hold's time.
+    let warm_up = new_drop(&setup, connections.len() as i32, 60).await;
+    let warm_buyers = new_buyers(&setup, connections.len()).await;
+    let (warmed, _, _) = crowd(&connections, warm_up, &warm_buyers).await;
+    assert_eq!(warmed, connections.len(), "every warm-up call made a hold");
     // How many holds of each round's to leave unbought, so that later rounds reclaim due holds.
     let unbought = [4, 2, 0, 0];
     let (mut false_sold_out, mut oversold, mut calls) = (0, 0, 0);
