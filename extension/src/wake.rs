@@ -18,7 +18,7 @@
 //! drops that held units at their last publication and the drops with sales to announce. It walks the
 //! index only when the list cannot be trusted: on its first tick, after a failed one, when more drops
 //! changed than the list holds (`RECENT_CAPACITY`, or `PER_TRANSACTION` in one transaction), and every
-//! `worker::FULL_LOOK_EVERY` for what the list cannot see (a prepared transaction commits in another
+//! `worker::FULL_TICK_EVERY` for what the list cannot see (a prepared transaction commits in another
 //! session, without this backend's callback).
 //!
 //! A drop is added after its transaction's commit is visible, and the worker takes the list before
@@ -38,10 +38,10 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// Drops the shared list holds between two publications.
-pub const RECENT_CAPACITY: usize = 128;
+const RECENT_CAPACITY: usize = 128;
 /// Drops one transaction tells of; one that changes more (a script, not a buyer) makes the worker
 /// look the long way once.
-pub const PER_TRANSACTION: usize = 8;
+const PER_TRANSACTION: usize = 8;
 
 /// The drops that changed since the worker last took the list, by id.
 #[derive(Clone, Copy)]

@@ -404,65 +404,54 @@ const SWEEP_RECENT: &str =
     "SELECT dropstock.expire_reservations($1, now() - interval '10 seconds')";
 /// A full sweep: every due hold, however old.
 const SWEEP_ALL: &str = "SELECT dropstock.expire_reservations($1)";
-/// How often a tick looks at every due hold, however old; see `Sweep`.
-const FULL_SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often a tick looks at everything: every due hold, however old, and every drop with live holds;
+/// see `Sweep` and `Look`.
+const FULL_TICK_EVERY: Duration = Duration::from_secs(30);
 
-/// Which due holds a tick looks at. Ended holds leave dead entries at the old end of the due-holds
-/// index until vacuum removes them, and a sweep from the oldest entry walks them all on every tick.
-/// So most ticks look only at holds that fell due in the last few seconds (a tick comes every 100 ms,
-/// so each hold falls in that window many times), and every `FULL_SWEEP_EVERY` one looks at all of
-/// them, for holds a purchase or cancel had locked, or that fell due while the worker was held up.
+/// Which ticks look at everything. Ended holds leave dead entries in the due-holds and live-hold
+/// indexes until vacuum removes them, and a walk from the oldest entry steps over them all. So most
+/// ticks sweep only holds that fell due in the last few seconds (a tick comes every 100 ms, so each
+/// hold falls in that window many times) and publish the drops the commits listed (`Look`); every
+/// `FULL_TICK_EVERY` one sweeps them all, for holds a purchase or cancel had locked or that fell due
+/// while the worker was held up, and walks the live-hold index, for changes no backend listed.
 struct Sweep {
     last_full: Option<std::time::Instant>,
 }
 
 impl Sweep {
-    fn query(&mut self) -> &'static str {
+    /// Whether this tick looks at everything.
+    fn full(&mut self) -> bool {
         let now = std::time::Instant::now();
         if self
             .last_full
-            .is_some_and(|at| now.duration_since(at) < FULL_SWEEP_EVERY)
+            .is_some_and(|at| now.duration_since(at) < FULL_TICK_EVERY)
         {
-            return SWEEP_RECENT;
+            return false;
         }
         self.last_full = Some(now);
-        SWEEP_ALL
+        true
     }
 }
-
-/// How often a publication finds the drops with live holds in the live-hold index rather than from
-/// the list of changed drops alone; see `Look`.
-const FULL_LOOK_EVERY: Duration = FULL_SWEEP_EVERY;
 
 /// How a publication finds the drops that gained holds: from the list of changed drops that commits
 /// leave in shared memory (`wake`), or, when that list cannot be trusted, by walking the live-hold
 /// index (slow while ended holds' dead entries wait for vacuum). It cannot be trusted on the worker's
 /// first publication (the list may have missed changes while no worker ran), after a failed one (the
-/// list it took is gone), when it overflowed, and every `FULL_LOOK_EVERY` it is not, for changes no
+/// list it took is gone), when it overflowed, and on a full tick (`Sweep`) it is not, for changes no
 /// backend listed (a prepared transaction, committed from another session).
 #[derive(Default)]
 struct Look {
     trusted: bool,
-    last_full: Option<Instant>,
 }
 
 impl Look {
     /// The drops to pass to `_publish_changes`, or None to have it walk the index. Takes the list
     /// either way, so the list is empty again.
-    fn changed_drops(&mut self) -> Option<Vec<pgrx::Uuid>> {
+    fn changed_drops(&mut self, full: bool) -> Option<Vec<pgrx::Uuid>> {
         let listed = crate::wake::take_changed_drops();
-        let due = self
-            .last_full
-            .is_none_or(|at| at.elapsed() >= FULL_LOOK_EVERY);
         // Until the publication commits, a failure would lose what was taken.
         let trusted = std::mem::replace(&mut self.trusted, false);
-        match listed {
-            Some(drops) if trusted && !due => Some(drops),
-            _ => {
-                self.last_full = Some(Instant::now());
-                None
-            }
-        }
+        listed.filter(|_| trusted && !full)
     }
 
     fn published(&mut self) {
@@ -476,7 +465,8 @@ impl Look {
 fn tick(sweep: &mut Sweep, look: &mut Look) -> Result<(), Failure> {
     let batch = settings::SWEEP_BATCH.get().max(1);
     report_activity(STATE_RUNNING, "dropstock: expiring holds");
-    let query = sweep.query();
+    let full = sweep.full();
+    let query = if full { SWEEP_ALL } else { SWEEP_RECENT };
     loop {
         let ended = in_transaction("expiring holds", || {
             Spi::get_one_with_args::<i32>(query, &[batch.into()])
@@ -492,7 +482,7 @@ fn tick(sweep: &mut Sweep, look: &mut Look) -> Result<(), Failure> {
     })?;
     report_activity(STATE_RUNNING, "dropstock: publishing stock changes");
     // Taken before the publication's transaction, so its snapshot sees every listed drop's change.
-    let changed = look.changed_drops();
+    let changed = look.changed_drops(full);
     in_transaction("publishing stock changes", || {
         Spi::get_one_with_args::<i32>("SELECT dropstock._publish_changes($1)", &[changed.into()])
     })?;
