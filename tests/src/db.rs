@@ -331,14 +331,6 @@ impl Listener {
 
     /// The next notification about `drop`, if one comes within `limit`.
     pub async fn next_for(&mut self, drop: Uuid, limit: Duration) -> Option<serde_json::Value> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let note = tokio::time::timeout_at(deadline, self.notifications.recv())
-                .await
-                .ok()??;
-            if note["dropId"] == drop.to_string() {
-                return Some(note);
-            }
-        }
+        self.next_for_each(&[drop], limit).await.remove(&drop)
     }
 }
