@@ -41,14 +41,19 @@ RETURNS integer
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    RETURN dropstock._publish_changes(NULL);
+    RETURN dropstock._publish_changes(NULL, true);
 END
 $$;
 
 -- _publish_changes: publish_changes, told which drops gained holds since the last publication
 -- (`listed`, from the worker's list: extension/src/wake.rs) instead of finding them in the live-hold
--- index. NULL: find them there.
-CREATE FUNCTION _publish_changes(listed uuid[])
+-- index. NULL: find them there, and count every drop found as having gained holds. `walk`: look in
+-- the index as well, for changes no commit listed (a prepared transaction commits without the
+-- callback), counting only the listed drops as having gained holds.
+-- A sold-out drop that gained a hold is published even when its figures did not move (a past-due hold
+-- taken over, or a unit cancelled and taken again within one tick): its buyers changed, and an adapter
+-- answering "sold out" by itself (adapter/src/db/sold_out.rs) learns its buyers from the notices alone.
+CREATE FUNCTION _publish_changes(listed uuid[], walk boolean)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
@@ -61,6 +66,8 @@ DECLARE
     sales json;
     sizes json;
     candidates uuid[];
+    gained boolean[];
+    walked uuid[] := '{}';
     offers integer;
 BEGIN
     -- One publisher at a time (the worker's tick and a manual call), so seq rises strictly.
@@ -80,7 +87,7 @@ BEGIN
     -- index: one probe per such drop, not one per hold, but every dead entry of an ended hold is
     -- stepped over until vacuum removes it), drops that held units at their last publication or were
     -- never published, and drops with sales to announce.
-    IF listed IS NULL THEN
+    IF listed IS NULL OR walk THEN
         WITH RECURSIVE live(drop_id) AS (
             (SELECT r.drop_id FROM dropstock.reservations r WHERE r.status = 'reserved'
               ORDER BY r.drop_id LIMIT 1)
@@ -90,14 +97,21 @@ BEGIN
                      ORDER BY r.drop_id LIMIT 1)
               FROM live WHERE live.drop_id IS NOT NULL
         )
-        SELECT coalesce(array_agg(l.drop_id), '{}') INTO listed FROM live l WHERE l.drop_id IS NOT NULL;
+        SELECT coalesce(array_agg(l.drop_id), '{}') INTO walked FROM live l WHERE l.drop_id IS NOT NULL;
     END IF;
-    SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}') INTO candidates
-      FROM (SELECT l.drop_id FROM unnest(listed) AS l(drop_id)
-            UNION
-            SELECT f.drop_id FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending
-            UNION
-            SELECT p.drop_id FROM dropstock.purchases p WHERE p.feed_seq IS NULL) c;
+    -- Without the list, any drop with live holds may have gained one.
+    listed := coalesce(listed, walked);
+    SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}'), coalesce(array_agg(c.gained ORDER BY c.drop_id), '{}')
+      INTO candidates, gained
+      FROM (SELECT u.drop_id, bool_or(u.gained) AS gained
+              FROM (SELECT l.drop_id, true AS gained FROM unnest(listed) AS l(drop_id)
+                    UNION ALL
+                    SELECT w.drop_id, false FROM unnest(walked) AS w(drop_id)
+                    UNION ALL
+                    SELECT f.drop_id, false FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending
+                    UNION ALL
+                    SELECT DISTINCT p.drop_id, false FROM dropstock.purchases p WHERE p.feed_seq IS NULL) u
+             GROUP BY u.drop_id) c;
 
     -- Then each of them on its own, by primary key. OFFSET 0 keeps each lateral look-up a subquery run
     -- per candidate: flattened into a join, the planner may turn it around and read every drop. It did,
@@ -111,8 +125,8 @@ BEGIN
                           WHERE s.drop_id = c.drop_id GROUP BY s.variant ORDER BY s.variant)
                END AS variants, f.variants AS last_variants,
                EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales,
-               coalesce(f.waiting, 0) AS waiting, coalesce(f.line_seq, 0) AS line_seq
-          FROM unnest(candidates) AS c(drop_id)
+               coalesce(f.waiting, 0) AS waiting, coalesce(f.line_seq, 0) AS line_seq, c.gained
+          FROM unnest(candidates, gained) AS c(drop_id, gained)
          CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id OFFSET 0) d
           LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id OFFSET 0) f ON true
          CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
@@ -123,7 +137,8 @@ BEGIN
     LOOP
         CONTINUE WHEN NOT (changed.pending OR changed.new_sales
                            OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold
-                           OR changed.variants IS DISTINCT FROM changed.last_variants);
+                           OR changed.variants IS DISTINCT FROM changed.last_variants
+                           OR (changed.gained AND changed.available = 0));
         -- Units can move between sizes with the total unchanged (a cancel and a hold in one tick).
         IF changed.variants IS NOT NULL THEN
             SELECT coalesce(json_agg(json_build_array(x.variant, x.available) ORDER BY x.variant), '[]'::json)

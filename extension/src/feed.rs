@@ -120,13 +120,13 @@ mod tests {
         assert_eq!(int("SELECT dropstock.publish_changes()"), 1);
         let hold = reserve(&drop, &buyer("told drop buyer"));
         assert_eq!(
-            int("SELECT dropstock._publish_changes('{}')"),
+            int("SELECT dropstock._publish_changes('{}', false)"),
             0,
             "a quiet drop that gained a hold is found only through the list"
         );
         assert_eq!(
             int(&format!(
-                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[])"
+                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[], false)"
             )),
             1
         );
@@ -135,10 +135,51 @@ mod tests {
             "SELECT dropstock.cancel_reservation('{hold}', user_id) FROM dropstock.reservations WHERE id = '{hold}'"
         ));
         assert_eq!(
-            int("SELECT dropstock._publish_changes('{}')"),
+            int("SELECT dropstock._publish_changes('{}', false)"),
             1,
             "a drop that held units at its last publication is looked at without the list"
         );
         assert_eq!(int("SELECT dropstock.publish_changes()"), 0);
+    }
+
+    #[pg_test]
+    fn a_sold_out_drop_that_gained_a_hold_is_published_though_its_figures_did_not_move() {
+        let drop = drop_with_stock(1);
+        let ann = buyer("sold-out gained ann");
+        let hold = reserve(&drop, &ann);
+        assert_eq!(int("SELECT dropstock.publish_changes()"), 1);
+        // The unit comes back and goes to another buyer within one tick: available, held and sold are
+        // what the last notice said, but the drop's buyers are not.
+        run(&format!(
+            "SELECT dropstock.cancel_reservation('{hold}', '{ann}')"
+        ));
+        reserve(&drop, &buyer("sold-out gained bob"));
+        assert_eq!(
+            int("SELECT dropstock._publish_changes('{}', true)"),
+            0,
+            "found by the walk but not listed: only its figures count, and they did not move"
+        );
+        assert_eq!(
+            int(&format!(
+                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[], false)"
+            )),
+            1,
+            "listed: it gained a hold while sold out"
+        );
+        assert_eq!(seq(&drop), 2);
+        assert_eq!(
+            int("SELECT dropstock.publish_changes()"),
+            1,
+            "not told which drops gained holds, every sold-out drop with live holds may have"
+        );
+        let open = drop_with_stock(5);
+        reserve(&open, &buyer("sold-out gained cy"));
+        assert_eq!(int("SELECT dropstock.publish_changes()"), 2);
+        run("SELECT dropstock.publish_changes()");
+        assert_eq!(
+            seq(&open),
+            1,
+            "a drop with units left is published again only when its figures move"
+        );
     }
 }

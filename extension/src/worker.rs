@@ -435,23 +435,24 @@ impl Sweep {
 
 /// How a publication finds the drops that gained holds: from the list of changed drops that commits
 /// leave in shared memory (`wake`), or, when that list cannot be trusted, by walking the live-hold
-/// index (slow while ended holds' dead entries wait for vacuum). It cannot be trusted on the worker's
-/// first publication (the list may have missed changes while no worker ran), after a failed one (the
-/// list it took is gone), when it overflowed, and on a full tick (`Sweep`) it is not, for changes no
-/// backend listed (a prepared transaction, committed from another session).
+/// index (slow while ended holds' dead entries wait for vacuum), where any drop with live holds may have
+/// gained one. It cannot be trusted on the worker's first publication (the list may have missed changes
+/// while no worker ran), after a failed one (the list it took is gone), and when it overflowed. A full
+/// tick (`Sweep`) walks the index besides the list, for changes no backend listed (a prepared
+/// transaction, committed from another session).
 #[derive(Default)]
 struct Look {
     trusted: bool,
 }
 
 impl Look {
-    /// The drops to pass to `_publish_changes`, or None to have it walk the index. Takes the list
-    /// either way, so the list is empty again.
-    fn changed_drops(&mut self, full: bool) -> Option<Vec<pgrx::Uuid>> {
+    /// The drops to pass to `_publish_changes`, or None when the list cannot be trusted. Takes the
+    /// list either way, so the list is empty again.
+    fn changed_drops(&mut self) -> Option<Vec<pgrx::Uuid>> {
         let listed = crate::wake::take_changed_drops();
         // Until the publication commits, a failure would lose what was taken.
         let trusted = std::mem::replace(&mut self.trusted, false);
-        listed.filter(|_| trusted && !full)
+        listed.filter(|_| trusted)
     }
 
     fn published(&mut self) {
@@ -482,9 +483,12 @@ fn tick(sweep: &mut Sweep, look: &mut Look) -> Result<(), Failure> {
     })?;
     report_activity(STATE_RUNNING, "dropstock: publishing stock changes");
     // Taken before the publication's transaction, so its snapshot sees every listed drop's change.
-    let changed = look.changed_drops(full);
+    let changed = look.changed_drops();
     in_transaction("publishing stock changes", || {
-        Spi::get_one_with_args::<i32>("SELECT dropstock._publish_changes($1)", &[changed.into()])
+        Spi::get_one_with_args::<i32>(
+            "SELECT dropstock._publish_changes($1, $2)",
+            &[changed.into(), full.into()],
+        )
     })?;
     look.published();
     Ok(())

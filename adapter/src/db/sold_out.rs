@@ -6,9 +6,11 @@
 //! available and nobody waits in its line; from then until the next notice, `reserve_item` answers
 //! `DS020` to every buyer except:
 //! - the drop's buyers (`drop_buyers`: whoever holds units, or bought some), since a holder gets their
-//!   hold back and a buyer at their limit is told so; read from the database after each such notice,
-//!   and again at most every `REFRESH` while the shortcut is used, for holds made through other
-//!   adapters; holds made through this one are added as they are made;
+//!   hold back and a buyer at their limit is told so; read from the database after each such notice.
+//!   A hold made elsewhere (another adapter, plain SQL) comes with a notice even when the drop's
+//!   figures do not move, as when it takes over a past-due hold: the worker publishes a sold-out drop
+//!   that gained a hold (sql/feed.sql). Holds made through this adapter are added as they are made,
+//!   before that notice;
 //! - requests the database would refuse for another reason that the shortcut can tell from the
 //!   request alone: a size the drop does not have, none on a drop sold by size, a quantity out of range,
 //!   a drop that has ended.
@@ -35,8 +37,6 @@ use crate::db::queries::{self, Asked};
 use crate::db::DbError;
 use crate::http::errors::ApiError;
 
-/// How often the drop's buyers are read again while the shortcut answers for it.
-const REFRESH: Duration = Duration::from_millis(250);
 /// Drops remembered at most; each is a few bytes per buyer of it.
 const MAX_DROPS: usize = 1024;
 /// The largest quantity `reserve_item` accepts.
@@ -53,7 +53,6 @@ struct SoldOut {
     labels: Vec<String>,
     ends_at: Option<DateTime<Utc>>,
     buyers: HashSet<Uuid>,
-    read_at: Instant,
 }
 
 /// Per drop: which notice the state follows, and the state once read.
@@ -62,7 +61,9 @@ struct Entry {
     /// Bumped by every notice of the drop: a read that started before a later notice is thrown away.
     generation: u64,
     sold_out: Option<SoldOut>,
-    reading: bool,
+    /// Buyers this adapter made holds for while the drop's read ran: the read may have looked before
+    /// their holds committed.
+    noted: HashSet<Uuid>,
     /// Until when a notice saying "sold out" is not believed (`AFTER_CANCEL`).
     units_back_until: Option<Instant>,
 }
@@ -76,7 +77,6 @@ fn start_over(drops: &mut HashMap<Uuid, Entry>, drop_id: Uuid) -> Option<&mut En
     let entry = drops.entry(drop_id).or_default();
     entry.generation += 1;
     entry.sold_out = None;
-    entry.reading = false;
     Some(entry)
 }
 
@@ -112,7 +112,6 @@ impl SoldOutShortcut {
             return;
         }
         let generation = entry.generation;
-        entry.reading = true;
         drop(drops);
         self.read(drop_id, generation);
     }
@@ -134,14 +133,12 @@ impl SoldOutShortcut {
 
     /// The database made or returned a hold for this buyer: they are one of the drop's buyers now.
     pub fn note_buyer(&self, drop_id: Uuid, buyer: Uuid) {
-        if let Some(sold_out) = self
-            .drops
-            .lock()
-            .expect("sold-out map")
-            .get_mut(&drop_id)
-            .and_then(|entry| entry.sold_out.as_mut())
-        {
-            sold_out.buyers.insert(buyer);
+        let mut drops = self.drops.lock().expect("sold-out map");
+        if let Some(entry) = drops.get_mut(&drop_id) {
+            match entry.sold_out.as_mut() {
+                Some(sold_out) => sold_out.buyers.insert(buyer),
+                None => entry.noted.insert(buyer),
+            };
         }
     }
 
@@ -167,12 +164,6 @@ impl SoldOutShortcut {
             }
             _ => return None,
         };
-        if sold_out.read_at.elapsed() >= REFRESH && !entry.reading {
-            entry.reading = true;
-            let generation = entry.generation;
-            drop(drops);
-            self.read(drop_id, generation);
-        }
         Some(ApiError::from_sqlstate("DS020", &message))
     }
 
@@ -204,7 +195,6 @@ impl SoldOutShortcut {
                 .filter(|drop| drop.available_stock == 0 && drop.waiting == 0)
             {
                 if let Some(entry) = start_over(&mut map, drop.id) {
-                    entry.reading = true;
                     to_read.push((drop.id, entry.generation));
                 }
             }
@@ -243,7 +233,6 @@ async fn read_one(client: &Connection, drop_id: Uuid) -> Result<SoldOut, DbError
         labels: drop.variants.into_iter().map(|size| size.label).collect(),
         ends_at: drop.ends_at,
         buyers: buyers.into_iter().collect(),
-        read_at: Instant::now(),
     })
 }
 
@@ -261,14 +250,10 @@ fn keep(
     if entry.generation != generation {
         return; // a newer notice started its own read, or turned the shortcut off
     }
-    entry.reading = false;
     match read {
         Ok(mut sold_out) => {
-            // Buyers noted while the read ran may have committed after it looked; a buyer kept too
-            // long only means their next call goes to the database.
-            if let Some(old) = entry.sold_out.take() {
-                sold_out.buyers.extend(old.buyers);
-            }
+            // A buyer kept too long only means their next call goes to the database.
+            sold_out.buyers.extend(entry.noted.drain());
             entry.sold_out = Some(sold_out);
         }
         Err(error) => {

@@ -57,6 +57,47 @@ async fn a_sold_out_drop_is_answered_without_the_database_except_for_its_buyers(
 }
 
 #[tokio::test]
+async fn a_hold_made_elsewhere_while_sold_out_is_answered_as_the_buyers_own() {
+    let adapter = Adapter::start().await;
+    adapter.wait_listening().await;
+    let drop = adapter.open_drop(1).await;
+    let holder = adapter.new_buyer().await;
+    let (status, held) = adapter.reserve(&drop, &holder).await;
+    assert_eq!(status, 201, "{held}");
+    let hold = id(&held["data"]);
+    let bot = adapter.new_buyer().await;
+    let shortcut_on = wait_until(Duration::from_secs(10), || async {
+        adapter.reserve(&drop, &bot).await;
+        shortcut_answers(&adapter).await > 0
+    })
+    .await;
+    assert!(shortcut_on, "the shortcut never answered");
+
+    // Behind this adapter's back (another adapter, plain SQL), the unit comes back and goes to the bot
+    // in one transaction: available, held and sold stay what the last notice said.
+    connect()
+        .await
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT dropstock.cancel_reservation('{hold}', '{holder}');
+             SELECT dropstock.reserve_item('{drop}', '{bot}');
+             COMMIT;"
+        ))
+        .await
+        .expect("the unit changes hands");
+    // The drop gained a hold while sold out, so it is published again and its buyers read again: the
+    // bot gets their hold back instead of "sold out".
+    let own_hold = wait_until(Duration::from_secs(10), || async {
+        adapter.reserve(&drop, &bot).await.0 == 200
+    })
+    .await;
+    assert!(
+        own_hold,
+        "the bot's hold made elsewhere was answered \"sold out\""
+    );
+}
+
+#[tokio::test]
 async fn an_adapter_started_after_the_sell_out_answers_for_the_drop_too() {
     let first = Adapter::start().await;
     first.wait_listening().await;
