@@ -156,6 +156,7 @@ BEGIN
        SET winners = (SELECT count(*) FROM dropstock.reservations r WHERE r.drop_id = d.id AND r.offered)
      WHERE w.drop_id = d.id
     RETURNING w.* INTO drawn;
+    PERFORM dropstock._tell_worker_at_commit(d.id);  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN drawn;
 END
 $$;

@@ -9,10 +9,13 @@
 --   sees it committed, and by no other. A sale that committed before another is never announced after it.
 -- - `seq` rises by one per notification of a drop, strictly, however many publishers run: one
 --   publication at a time (a transaction-level advisory lock), and seq survives restarts.
--- - A tick costs what the active drops cost: quiet drops (no live hold, nothing held at their last
---   publication, no sale to announce) are not looked at, however many there are. The worker is told
---   which drops gained holds (extension/src/wake.rs) and passes them to _publish_changes; a call by
---   hand finds them in the live-hold index, where ended holds leave dead entries until vacuum.
+-- - A tick costs what the changed drops cost. Every function that changes what a notice says (a hold
+--   made or ended, a sale, a line joined or left, a drop created) tells the worker which drop at commit
+--   (extension/src/wake.rs), and the worker passes the list to _publish_changes, which looks at those
+--   drops, at drops whose line moved and at drops with sales to announce, however many other drops
+--   hold units. A call by hand, and the worker every 30 s, look at every drop that may have changed:
+--   those with live holds, found in the live-hold index (where ended holds leave dead entries until
+--   vacuum), and those that held units at their last publication.
 
 -- publish_changes: NOTIFY dropstock, '<json>' for each drop whose stock or buyers changed since its
 -- last publication; returns how many notifications it sent.
@@ -45,14 +48,15 @@ BEGIN
 END
 $$;
 
--- _publish_changes: publish_changes, told which drops gained holds since the last publication
--- (`listed`, from the worker's list: extension/src/wake.rs) instead of finding them in the live-hold
--- index. NULL: find them there, and count every drop found as having gained holds. `walk`: look in
--- the index as well, for changes no commit listed (a prepared transaction commits without the
--- callback), counting only the listed drops as having gained holds.
--- A sold-out drop that gained a hold is published even when its figures did not move (a past-due hold
--- taken over, or a unit cancelled and taken again within one tick): its buyers changed, and an adapter
--- answering "sold out" by itself (adapter/src/db/sold_out.rs) learns its buyers from the notices alone.
+-- _publish_changes: publish_changes, told which drops changed since the last publication (`listed`,
+-- from the worker's list: extension/src/wake.rs), so that it looks at those instead of every drop that
+-- may have changed. NULL: the list is not known; look at every drop that may have changed, and count
+-- every drop with live holds as listed. `walk`: look at every drop that may have changed as well, for
+-- changes no commit listed (a prepared transaction commits without the callback), counting only the
+-- listed drops as listed.
+-- A listed drop with no unit available is published even when its figures did not move (a past-due
+-- hold taken over, or a unit cancelled and taken again within one tick): its buyers changed, and an
+-- adapter answering "sold out" by itself (adapter/src/db/sold_out.rs) learns them from the notices.
 CREATE FUNCTION _publish_changes(listed uuid[], walk boolean)
 RETURNS integer
 LANGUAGE plpgsql
@@ -66,8 +70,10 @@ DECLARE
     sales json;
     sizes json;
     candidates uuid[];
-    gained boolean[];
+    told_flags boolean[];
     walked uuid[] := '{}';
+    held_before uuid[] := '{}';
+    line_moved uuid[];
     offers integer;
 BEGIN
     -- One publisher at a time (the worker's tick and a manual call), so seq rises strictly.
@@ -78,15 +84,18 @@ BEGIN
         DELETE FROM dropstock.line_moves m RETURNING m.drop_id, m.delta
     ), moved AS (
         SELECT gone.drop_id, sum(gone.delta)::integer AS delta FROM gone GROUP BY gone.drop_id
+    ), marked AS (
+        UPDATE dropstock.feed_state f
+           SET waiting = f.waiting + moved.delta, line_seq = f.line_seq + 1, pending = true
+          FROM moved WHERE f.drop_id = moved.drop_id
+        RETURNING f.drop_id
     )
-    UPDATE dropstock.feed_state f
-       SET waiting = f.waiting + moved.delta, line_seq = f.line_seq + 1, pending = true
-      FROM moved WHERE f.drop_id = moved.drop_id;
-    -- The drops worth a look, found from small indexes only: drops that gained holds (the worker's
-    -- list, or else every drop with live holds, skipping from one drop to the next in the live-hold
-    -- index: one probe per such drop, not one per hold, but every dead entry of an ended hold is
-    -- stepped over until vacuum removes it), drops that held units at their last publication or were
-    -- never published, and drops with sales to announce.
+    SELECT coalesce(array_agg(marked.drop_id), '{}') INTO line_moved FROM marked;
+    -- The drops worth a look, found from small indexes only: the listed drops, drops whose line moved,
+    -- and drops with sales to announce. Without the list, or told to walk, also every drop with live
+    -- holds (skipping from one drop to the next in the live-hold index: one probe per such drop, not
+    -- one per hold, but every dead entry of an ended hold is stepped over until vacuum removes it), and
+    -- every drop that held units at its last publication or was never published.
     IF listed IS NULL OR walk THEN
         WITH RECURSIVE live(drop_id) AS (
             (SELECT r.drop_id FROM dropstock.reservations r WHERE r.status = 'reserved'
@@ -98,17 +107,21 @@ BEGIN
               FROM live WHERE live.drop_id IS NOT NULL
         )
         SELECT coalesce(array_agg(l.drop_id), '{}') INTO walked FROM live l WHERE l.drop_id IS NOT NULL;
+        SELECT coalesce(array_agg(f.drop_id), '{}') INTO held_before
+          FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending;
     END IF;
-    -- Without the list, any drop with live holds may have gained one.
+    -- Without the list, any drop with live holds may have gained one: counted as told.
     listed := coalesce(listed, walked);
-    SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}'), coalesce(array_agg(c.gained ORDER BY c.drop_id), '{}')
-      INTO candidates, gained
-      FROM (SELECT u.drop_id, bool_or(u.gained) AS gained
-              FROM (SELECT l.drop_id, true AS gained FROM unnest(listed) AS l(drop_id)
+    SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}'), coalesce(array_agg(c.told ORDER BY c.drop_id), '{}')
+      INTO candidates, told_flags
+      FROM (SELECT u.drop_id, bool_or(u.told) AS told
+              FROM (SELECT l.drop_id, true AS told FROM unnest(listed) AS l(drop_id)
                     UNION ALL
                     SELECT w.drop_id, false FROM unnest(walked) AS w(drop_id)
                     UNION ALL
-                    SELECT f.drop_id, false FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending
+                    SELECT h.drop_id, false FROM unnest(held_before) AS h(drop_id)
+                    UNION ALL
+                    SELECT m.drop_id, false FROM unnest(line_moved) AS m(drop_id)
                     UNION ALL
                     SELECT DISTINCT p.drop_id, false FROM dropstock.purchases p WHERE p.feed_seq IS NULL) u
              GROUP BY u.drop_id) c;
@@ -125,8 +138,8 @@ BEGIN
                           WHERE s.drop_id = c.drop_id GROUP BY s.variant ORDER BY s.variant)
                END AS variants, f.variants AS last_variants,
                EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales,
-               coalesce(f.waiting, 0) AS waiting, coalesce(f.line_seq, 0) AS line_seq, c.gained
-          FROM unnest(candidates, gained) AS c(drop_id, gained)
+               coalesce(f.waiting, 0) AS waiting, coalesce(f.line_seq, 0) AS line_seq, c.told
+          FROM unnest(candidates, told_flags) AS c(drop_id, told)
          CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id OFFSET 0) d
           LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id OFFSET 0) f ON true
          CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
@@ -138,7 +151,7 @@ BEGIN
         CONTINUE WHEN NOT (changed.pending OR changed.new_sales
                            OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold
                            OR changed.variants IS DISTINCT FROM changed.last_variants
-                           OR (changed.gained AND changed.available = 0));
+                           OR (changed.told AND changed.available = 0));
         -- Units can move between sizes with the total unchanged (a cancel and a hold in one tick).
         IF changed.variants IS NOT NULL THEN
             SELECT coalesce(json_agg(json_build_array(x.variant, x.available) ORDER BY x.variant), '[]'::json)

@@ -115,7 +115,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn told_which_drops_changed_a_publication_looks_at_those_instead_of_every_live_hold() {
+    fn told_which_drops_changed_a_publication_looks_at_those_and_no_others() {
         let drop = drop_with_stock(5);
         assert_eq!(int("SELECT dropstock.publish_changes()"), 1);
         let hold = reserve(&drop, &buyer("told drop buyer"));
@@ -136,8 +136,14 @@ mod tests {
         ));
         assert_eq!(
             int("SELECT dropstock._publish_changes('{}', false)"),
+            0,
+            "a drop that held units at its last publication is not looked at unless listed: the cancel \
+             lists it at commit"
+        );
+        assert_eq!(
+            int("SELECT dropstock._publish_changes('{}', true)"),
             1,
-            "a drop that held units at its last publication is looked at without the list"
+            "the full look sees the hold that ended"
         );
         assert_eq!(int("SELECT dropstock.publish_changes()"), 0);
     }

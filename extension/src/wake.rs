@@ -11,15 +11,18 @@
 //! once every `worker::MIN_TICK_GAP` (50 ms), so many commits still make one notification per drop and
 //! tick.
 //!
-//! The list is why a tick costs what the changed drops cost. Without it, a tick finds the drops that
-//! gained a hold by walking the live-hold index, and every hold that ended leaves a dead entry there
-//! until vacuum: after a million holds came and went, that walk took 50 ms of every tick. The worker
-//! takes the list at the start of each publication (`take_changed_drops`) and looks at those drops, the
-//! drops that held units at their last publication and the drops with sales to announce. It walks the
-//! index only when the list cannot be trusted: on its first tick, after a failed one, when more drops
-//! changed than the list holds (`RECENT_CAPACITY`, or `PER_TRANSACTION` in one transaction), and every
-//! `worker::FULL_TICK_EVERY` for what the list cannot see (a prepared transaction commits in another
-//! session, without this backend's callback).
+//! The list is why a tick costs what the changed drops cost. Without it, a tick must look at every drop
+//! that may have changed: every drop with live holds, found by walking the live-hold index, where every
+//! hold that ended leaves a dead entry until vacuum (after a million holds came and went, that walk took
+//! 50 ms of every tick), and every drop that held units at its last publication (10 ms a tick with
+//! 1,000 such drops). Every path that changes what a notice says tells (the worker's own sweep too,
+//! through `_give_back`), so the worker takes the list at the start of each publication
+//! (`take_changed_drops`) and looks at those drops, the drops whose line moved and the drops with sales
+//! to announce, and at no other. It looks at every drop that may have changed only when the list cannot
+//! be trusted: on its first tick, after a failed one, when more drops changed than the list holds
+//! (`RECENT_CAPACITY`, or `PER_TRANSACTION` in one transaction), and every `worker::FULL_TICK_EVERY`
+//! for what the list cannot see (a prepared transaction commits in another session, without this
+//! backend's callback).
 //!
 //! A drop is added after its transaction's commit is visible, and the worker takes the list before
 //! its publication's snapshot, so every drop it takes has its change in that snapshot; a drop added

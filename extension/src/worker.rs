@@ -413,7 +413,8 @@ const FULL_TICK_EVERY: Duration = Duration::from_secs(30);
 /// ticks sweep only holds that fell due in the last few seconds (a tick comes every 100 ms, so each
 /// hold falls in that window many times) and publish the drops the commits listed (`Look`); every
 /// `FULL_TICK_EVERY` one sweeps them all, for holds a purchase or cancel had locked or that fell due
-/// while the worker was held up, and walks the live-hold index, for changes no backend listed.
+/// while the worker was held up, and looks at every drop that may have changed, for changes no backend
+/// listed.
 struct Sweep {
     last_full: Option<std::time::Instant>,
 }
@@ -433,12 +434,13 @@ impl Sweep {
     }
 }
 
-/// How a publication finds the drops that gained holds: from the list of changed drops that commits
-/// leave in shared memory (`wake`), or, when that list cannot be trusted, by walking the live-hold
-/// index (slow while ended holds' dead entries wait for vacuum), where any drop with live holds may have
-/// gained one. It cannot be trusted on the worker's first publication (the list may have missed changes
-/// while no worker ran), after a failed one (the list it took is gone), and when it overflowed. A full
-/// tick (`Sweep`) walks the index besides the list, for changes no backend listed (a prepared
+/// How a publication finds the drops that changed: from the list of changed drops that commits leave
+/// in shared memory (`wake`), or, when that list cannot be trusted, by looking at every drop that may
+/// have changed (every drop with live holds, walking the live-hold index, slow while ended holds' dead
+/// entries wait for vacuum, and every drop that held units at its last publication). It cannot be
+/// trusted on the worker's first publication (the list may have missed changes while no worker ran),
+/// after a failed one (the list it took is gone), and when it overflowed. A full tick (`Sweep`) looks
+/// at every drop that may have changed besides the list, for changes no backend listed (a prepared
 /// transaction, committed from another session).
 #[derive(Default)]
 struct Look {

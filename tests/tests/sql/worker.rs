@@ -527,3 +527,83 @@ async fn with_wake_on_commit_off_a_change_waits_for_the_tick() {
     assert_eq!(note["availableStock"], 9);
     eprintln!("commit to notification, commits not waking the worker, ticks 5 s apart: {waited:?}");
 }
+
+/// A publication looks only at the drops it was told of (every change that a notice shows tells the
+/// worker at commit), not at every drop holding units, which it looks at only every 30 s. So with ticks
+/// 5 s apart and well before the next full look (the first tick of a worker just restarted is one), a
+/// hold ended by a cancel, a sale, and a hold ended by the worker's own sweep are each announced by the
+/// publication that follows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_is_published_by_being_told_not_by_the_full_look() {
+    let db = connect().await;
+    alter_system(&db, &["SET dropstock.tick_ms = 5000"]).await;
+    let old = wait_for(Duration::from_secs(10), || worker_pid(&db))
+        .await
+        .expect("a worker runs");
+    terminate(&db, old).await;
+    let replaced = wait_until(Duration::from_secs(10), || async {
+        matches!(worker_pid(&db).await, Some(pid) if pid != old)
+    })
+    .await;
+    let restarted = std::time::Instant::now();
+    let mut listener = listen().await;
+    let drop = new_drop(&db, 10, 60).await;
+    let brief = new_drop(&db, 10, 1).await;
+    let announced = listener
+        .next_for_each(&[drop, brief], Duration::from_secs(10))
+        .await;
+    let buyers = new_buyers(&db, 3).await;
+    // What each change was announced as: (what, available units, sales announced), or None.
+    let mut heard: Vec<(&str, Option<(i64, usize)>)> = Vec::new();
+    let hear = async |listener: &mut Listener, which: Uuid, within: Duration| {
+        listener.next_for(which, within).await.map(|note| {
+            (
+                note["availableStock"].as_i64().unwrap_or(-1),
+                note["purchases"].as_array().map_or(0, Vec::len),
+            )
+        })
+    };
+    let one_second = Duration::from_secs(1);
+    let cancelled = reserve(&db, drop, buyers[0]).await;
+    heard.push(("hold", hear(&mut listener, drop, one_second).await));
+    db.execute(
+        "SELECT dropstock.cancel_reservation($1, $2)",
+        &[&cancelled, &buyers[0]],
+    )
+    .await
+    .unwrap();
+    heard.push(("cancel", hear(&mut listener, drop, one_second).await));
+    let bought = reserve(&db, drop, buyers[1]).await;
+    heard.push(("hold", hear(&mut listener, drop, one_second).await));
+    db.execute("SELECT dropstock.purchase($1, $2)", &[&bought, &buyers[1]])
+        .await
+        .unwrap();
+    heard.push(("sale", hear(&mut listener, drop, one_second).await));
+    reserve(&db, brief, buyers[2]).await;
+    heard.push(("hold", hear(&mut listener, brief, one_second).await));
+    // Due a second after it was made, swept at the next timed tick, at most 5 s later.
+    heard.push((
+        "expiry",
+        hear(&mut listener, brief, Duration::from_secs(8)).await,
+    ));
+    let took = restarted.elapsed();
+    alter_system(&db, &["RESET dropstock.tick_ms"]).await;
+
+    assert!(replaced, "a new worker replaced pid {old}");
+    assert_eq!(announced.len(), 2, "both new drops are announced");
+    assert!(
+        took < Duration::from_secs(25),
+        "the changes took {took:?}: too close to the next full look to show anything"
+    );
+    assert_eq!(
+        heard,
+        vec![
+            ("hold", Some((9, 0))),
+            ("cancel", Some((10, 0))),
+            ("hold", Some((9, 0))),
+            ("sale", Some((9, 1))),
+            ("hold", Some((9, 0))),
+            ("expiry", Some((10, 0))),
+        ]
+    );
+}
