@@ -63,7 +63,7 @@ ALTER FUNCTION drop_status(uuid) SECURITY DEFINER SET search_path = pg_catalog, 
 ALTER FUNCTION drop_buyers(uuid) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;
 ALTER FUNCTION publish_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION _publish_changes(uuid[], boolean) SET search_path = pg_catalog, pg_temp
+ALTER FUNCTION _publish_changes(uuid[], uuid[], timestamptz[], boolean) SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET enable_hashjoin = off SET enable_mergejoin = off SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION archive_holds(timestamptz, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -44,20 +44,22 @@ RETURNS integer
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    RETURN dropstock._publish_changes(NULL, true);
+    RETURN dropstock._publish_changes(NULL, NULL, NULL, true);
 END
 $$;
 
 -- _publish_changes: publish_changes, told which drops changed since the last publication (`listed`,
 -- from the worker's list: extension/src/wake.rs), so that it looks at those instead of every drop that
--- may have changed. NULL: the list is not known; look at every drop that may have changed, and count
--- every drop with live holds as listed. `walk`: look at every drop that may have changed as well, for
--- changes no commit listed (a prepared transaction commits without the callback), counting only the
--- listed drops as listed.
--- A listed drop with no unit available is published even when its figures did not move (a past-due
--- hold taken over, or a unit cancelled and taken again within one tick): its buyers changed, and an
--- adapter answering "sold out" by itself (adapter/src/db/sold_out.rs) learns them from the notices.
-CREATE FUNCTION _publish_changes(listed uuid[], walk boolean)
+-- may have changed, and in which of them holds were made (`made_holds`, with when the latest such
+-- commit was, `made_at`). NULL lists: not known; look at every drop that may have changed, and count
+-- every drop with live holds as one that has just made holds. `walk`: look at every drop that may have
+-- changed as well, for changes no commit listed (a prepared transaction commits without the callback).
+-- A drop with no unit available in which holds were made since its last publication started is
+-- published even when its figures did not move (a past-due hold taken over, or a unit cancelled and
+-- taken again within one tick): its buyers changed, and an adapter answering "sold out" by itself
+-- (adapter/src/db/sold_out.rs) learns them from the notices. A publication that started after those
+-- holds committed (another publisher's) saw them, so a later one does not announce them again.
+CREATE FUNCTION _publish_changes(listed uuid[], made_holds uuid[], made_at timestamptz[], walk boolean)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
@@ -70,7 +72,7 @@ DECLARE
     sales json;
     sizes json;
     candidates uuid[];
-    told_flags boolean[];
+    made_times timestamptz[];
     walked uuid[] := '{}';
     held_before uuid[] := '{}';
     line_moved uuid[];
@@ -110,20 +112,25 @@ BEGIN
         SELECT coalesce(array_agg(f.drop_id), '{}') INTO held_before
           FROM dropstock.feed_state f WHERE f.held > 0 OR f.pending;
     END IF;
-    -- Without the list, any drop with live holds may have gained one: counted as told.
-    listed := coalesce(listed, walked);
-    SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}'), coalesce(array_agg(c.told ORDER BY c.drop_id), '{}')
-      INTO candidates, told_flags
-      FROM (SELECT u.drop_id, bool_or(u.told) AS told
-              FROM (SELECT l.drop_id, true AS told FROM unnest(listed) AS l(drop_id)
+    -- Without the list, any drop with live holds may have just gained one.
+    IF made_holds IS NULL THEN
+        made_holds := walked;
+        made_at := array_fill('infinity'::timestamptz, ARRAY[cardinality(walked)]);
+    END IF;
+    SELECT coalesce(array_agg(c.drop_id ORDER BY c.drop_id), '{}'), coalesce(array_agg(c.holds_at ORDER BY c.drop_id), '{}')
+      INTO candidates, made_times
+      FROM (SELECT u.drop_id, max(u.holds_at) AS holds_at
+              FROM (SELECT l.drop_id, NULL::timestamptz AS holds_at FROM unnest(listed) AS l(drop_id)
                     UNION ALL
-                    SELECT w.drop_id, false FROM unnest(walked) AS w(drop_id)
+                    SELECT h.drop_id, h.holds_at FROM unnest(made_holds, made_at) AS h(drop_id, holds_at)
                     UNION ALL
-                    SELECT h.drop_id, false FROM unnest(held_before) AS h(drop_id)
+                    SELECT w.drop_id, NULL::timestamptz FROM unnest(walked) AS w(drop_id)
                     UNION ALL
-                    SELECT m.drop_id, false FROM unnest(line_moved) AS m(drop_id)
+                    SELECT h.drop_id, NULL::timestamptz FROM unnest(held_before) AS h(drop_id)
                     UNION ALL
-                    SELECT DISTINCT p.drop_id, false FROM dropstock.purchases p WHERE p.feed_seq IS NULL) u
+                    SELECT m.drop_id, NULL::timestamptz FROM unnest(line_moved) AS m(drop_id)
+                    UNION ALL
+                    SELECT DISTINCT p.drop_id, NULL::timestamptz FROM dropstock.purchases p WHERE p.feed_seq IS NULL) u
              GROUP BY u.drop_id) c;
 
     -- Then each of them on its own, by primary key. OFFSET 0 keeps each lateral look-up a subquery run
@@ -138,8 +145,9 @@ BEGIN
                           WHERE s.drop_id = c.drop_id GROUP BY s.variant ORDER BY s.variant)
                END AS variants, f.variants AS last_variants,
                EXISTS (SELECT FROM dropstock.purchases p WHERE p.drop_id = d.id AND p.feed_seq IS NULL) AS new_sales,
-               coalesce(f.waiting, 0) AS waiting, coalesce(f.line_seq, 0) AS line_seq, c.told
-          FROM unnest(candidates, told_flags) AS c(drop_id, told)
+               coalesce(f.waiting, 0) AS waiting, coalesce(f.line_seq, 0) AS line_seq,
+               coalesce(c.holds_at > coalesce(f.published_at, '-infinity'), false) AS new_holds
+          FROM unnest(candidates, made_times) AS c(drop_id, holds_at)
          CROSS JOIN LATERAL (SELECT * FROM dropstock.drops x WHERE x.id = c.drop_id OFFSET 0) d
           LEFT JOIN LATERAL (SELECT * FROM dropstock.feed_state y WHERE y.drop_id = c.drop_id OFFSET 0) f ON true
          CROSS JOIN LATERAL (SELECT sum(s.available)::integer AS available, sum(s.sold)::integer AS sold
@@ -151,7 +159,7 @@ BEGIN
         CONTINUE WHEN NOT (changed.pending OR changed.new_sales
                            OR changed.last_available <> changed.available OR changed.last_sold <> changed.sold
                            OR changed.variants IS DISTINCT FROM changed.last_variants
-                           OR (changed.told AND changed.available = 0));
+                           OR (changed.new_holds AND changed.available = 0));
         -- Units can move between sizes with the total unchanged (a cancel and a hold in one tick).
         IF changed.variants IS NOT NULL THEN
             SELECT coalesce(json_agg(json_build_array(x.variant, x.available) ORDER BY x.variant), '[]'::json)

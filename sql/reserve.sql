@@ -297,7 +297,7 @@ BEGIN
     END LOOP;
 
     IF cardinality(granted_at) > 0 THEN
-        PERFORM dropstock._tell_worker_at_commit(d.id);  -- the feed shows it within milliseconds (extension/src/wake.rs)
+        PERFORM dropstock._tell_worker_at_commit(d.id, made_holds => true);  -- the feed shows it within milliseconds (extension/src/wake.rs)
         -- The buyer locks make a conflict here impossible through the API; ON CONFLICT keeps a hold
         -- made behind the API's back from turning into an error for the whole batch.
         WITH made AS (
@@ -502,7 +502,7 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'DS9RT' OR lock_not_available THEN
         RETURN;
     END;
-    PERFORM dropstock._tell_worker_at_commit(d.id);  -- the feed shows it within milliseconds (extension/src/wake.rs)
+    PERFORM dropstock._tell_worker_at_commit(d.id, made_holds => true);  -- the feed shows it within milliseconds (extension/src/wake.rs)
     RETURN QUERY
         SELECT b.uid, made_ids[b.pos], made_expiries[b.pos], made_times[b.pos], true, NULL::text, NULL::text,
                CASE WHEN d.sized THEN (SELECT z.label FROM dropstock.variants z

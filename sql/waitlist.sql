@@ -178,7 +178,7 @@ BEGIN
             SELECT coalesce(sum(wanted.quantity) FILTER (WHERE held.user_id IS NULL), 0)::integer
               INTO back
               FROM wanted LEFT JOIN held ON held.user_id = wanted.user_id;
-            PERFORM dropstock._tell_worker_at_commit(line_drop);  -- new holds: the worker's list (extension/src/wake.rs)
+            PERFORM dropstock._tell_worker_at_commit(line_drop, made_holds => true);  -- new holds: the worker's list (extension/src/wake.rs)
             units := units + back;
         END IF;
     END LOOP;

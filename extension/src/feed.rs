@@ -120,13 +120,13 @@ mod tests {
         assert_eq!(int("SELECT dropstock.publish_changes()"), 1);
         let hold = reserve(&drop, &buyer("told drop buyer"));
         assert_eq!(
-            int("SELECT dropstock._publish_changes('{}', false)"),
+            int("SELECT dropstock._publish_changes('{}', '{}', '{}', false)"),
             0,
             "a quiet drop that gained a hold is found only through the list"
         );
         assert_eq!(
             int(&format!(
-                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[], false)"
+                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[], '{{}}', '{{}}', false)"
             )),
             1
         );
@@ -135,13 +135,13 @@ mod tests {
             "SELECT dropstock.cancel_reservation('{hold}', user_id) FROM dropstock.reservations WHERE id = '{hold}'"
         ));
         assert_eq!(
-            int("SELECT dropstock._publish_changes('{}', false)"),
+            int("SELECT dropstock._publish_changes('{}', '{}', '{}', false)"),
             0,
             "a drop that held units at its last publication is not looked at unless listed: the cancel \
              lists it at commit"
         );
         assert_eq!(
-            int("SELECT dropstock._publish_changes('{}', true)"),
+            int("SELECT dropstock._publish_changes('{}', '{}', '{}', true)"),
             1,
             "the full look sees the hold that ended"
         );
@@ -161,16 +161,31 @@ mod tests {
         ));
         reserve(&drop, &buyer("sold-out gained bob"));
         assert_eq!(
-            int("SELECT dropstock._publish_changes('{}', true)"),
+            int("SELECT dropstock._publish_changes('{}', '{}', '{}', true)"),
             0,
             "found by the walk but not listed: only its figures count, and they did not move"
         );
         assert_eq!(
             int(&format!(
-                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[], false)"
+                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[], '{{}}', '{{}}', false)"
+            )),
+            0,
+            "listed, but no hold made in it (a sale, say, already published): its figures did not move"
+        );
+        assert_eq!(
+            int(&format!(
+                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[], ARRAY['{drop}']::uuid[], ARRAY[clock_timestamp()], false)"
             )),
             1,
-            "listed: it gained a hold while sold out"
+            "a hold was made in it while sold out: its buyers changed"
+        );
+        assert_eq!(
+            int(&format!(
+                "SELECT dropstock._publish_changes(ARRAY['{drop}']::uuid[], ARRAY['{drop}']::uuid[],
+                                                   ARRAY[now() - interval '1 second'], false)"
+            )),
+            0,
+            "holds that committed before the last publication started: it showed them"
         );
         assert_eq!(seq(&drop), 2);
         assert_eq!(

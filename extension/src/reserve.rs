@@ -125,7 +125,7 @@ mod tests {
         // a constraint added to the tables after it was written apply to its rows too. The tables are
         // locked first, before anything else: the worker reads them too, and the DDL below taking
         // their locks one by one could deadlock with it.
-        run("LOCK TABLE dropstock.reservations, dropstock.stock_slots IN ACCESS EXCLUSIVE MODE");
+        lock_exclusively("dropstock.reservations, dropstock.stock_slots");
         run("CREATE INDEX fast_path_test_by_buyer ON dropstock.reservations (user_id, quantity)");
         run("CREATE TABLE dropstock.fast_path_test_seen (hold uuid, slot_left integer)");
         run(
@@ -184,7 +184,7 @@ mod tests {
     #[pg_test]
     fn the_fast_path_hands_over_when_the_tables_are_not_the_ones_it_knows() {
         // Locked first, as in the test above.
-        run("LOCK TABLE dropstock.reservations, dropstock.purchases IN ACCESS EXCLUSIVE MODE");
+        lock_exclusively("dropstock.reservations, dropstock.purchases");
         // A column it would not fill.
         run("ALTER TABLE dropstock.reservations ADD COLUMN fast_path_test_note text");
         let drop = drop_with_stock(5);

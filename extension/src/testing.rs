@@ -8,6 +8,29 @@ pub fn run(sql: &str) {
     Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
 }
 
+/// Locks `tables` (a comma-separated list) in ACCESS EXCLUSIVE mode for the rest of the test, without
+/// ever waiting while holding one of them: LOCK TABLE takes them one by one, and the background worker
+/// reads them in both orders (its sweep and its publication), so waiting for the second while holding
+/// the first could deadlock with it. Each attempt takes all of them or none (NOWAIT, undone in a
+/// subtransaction), until one succeeds, for at most 10 s.
+pub fn lock_exclusively(tables: &str) {
+    run(&format!(
+        "DO $$ DECLARE started timestamptz := clock_timestamp(); BEGIN
+             LOOP
+                 BEGIN
+                     LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE NOWAIT;
+                     EXIT;
+                 EXCEPTION WHEN lock_not_available THEN
+                     IF clock_timestamp() > started + interval '10 seconds' THEN
+                         RAISE EXCEPTION 'could not lock {tables} within 10 s';
+                     END IF;
+                     PERFORM pg_sleep(0.005);
+                 END;
+             END LOOP;
+         END $$"
+    ));
+}
+
 /// The first column of the first row, as text.
 pub fn text(sql: &str) -> String {
     Spi::get_one::<String>(sql)

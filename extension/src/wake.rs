@@ -3,7 +3,9 @@
 //! searching for it.
 //!
 //! A transaction that changes what the feed shows (a hold made or ended, a sale, a line joined or left)
-//! calls `_tell_worker_at_commit(drop_id)`. When it commits, the backend adds the drop to the list of
+//! calls `_tell_worker_at_commit(drop_id)`, with `made_holds => true` where it makes holds: a sold-out
+//! drop whose buyers changed is published even when its figures did not move, and only then (see
+//! `_publish_changes`). When it commits, the backend adds the drop to the list of
 //! changed drops in shared memory and sets the worker's latch; the worker ticks at once: expiring what
 //! is due and publishing, as on a timed tick. Setting a latch takes no lock (unlike `NOTIFY`, whose
 //! commit takes a cluster-wide one), costs a few instructions when the latch is already set, and is lost
@@ -38,7 +40,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, Ordering};
 
 /// Drops the shared list holds between two publications.
 const RECENT_CAPACITY: usize = 128;
@@ -47,12 +49,17 @@ const RECENT_CAPACITY: usize = 128;
 const PER_TRANSACTION: usize = 8;
 
 /// The drops that changed since the worker last took the list, by id.
-#[derive(Clone, Copy)]
 pub struct ChangedDrops {
     len: usize,
     /// More drops changed than the list holds: the worker must look the long way.
     overflowed: bool,
     ids: [[u8; 16]; RECENT_CAPACITY],
+    /// Per listed drop, when the latest commit that made holds in it committed (0: none did): a
+    /// sold-out drop's buyers then changed, even when its stock figures did not (a past-due hold taken
+    /// over). A time, not a flag, so that a publication by someone else in between, which showed those
+    /// buyers already, is seen as such (`_publish_changes`). Raised under the shared lock: a hot drop's
+    /// commits never wait for each other here.
+    made_at: [AtomicI64; RECENT_CAPACITY],
 }
 
 impl Default for ChangedDrops {
@@ -61,13 +68,19 @@ impl Default for ChangedDrops {
             len: 0,
             overflowed: false,
             ids: [[0; 16]; RECENT_CAPACITY],
+            made_at: std::array::from_fn(|_| AtomicI64::new(0)),
         }
     }
 }
 
 impl ChangedDrops {
-    fn contains(&self, id: &[u8; 16]) -> bool {
-        self.ids[..self.len].contains(id)
+    fn position(&self, id: &[u8; 16]) -> Option<usize> {
+        self.ids[..self.len].iter().position(|listed| listed == id)
+    }
+
+    /// Notes that holds were made in the listed drop at `at` by a commit at `when`.
+    fn holds_made(&self, at: usize, when: i64) {
+        self.made_at[at].fetch_max(when, Ordering::AcqRel);
     }
 }
 
@@ -82,7 +95,8 @@ static WORKER: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"dropstock_worker")
 /// In this backend: what the current transaction asked to tell the worker at commit.
 #[derive(Default)]
 struct Told {
-    drops: Vec<[u8; 16]>,
+    /// Each drop, and whether the transaction made holds in it.
+    drops: Vec<([u8; 16], bool)>,
     too_many: bool,
     wake: bool,
 }
@@ -120,40 +134,61 @@ pub fn worker_stopping() {
     WORKER.get().store(-1, Ordering::Release);
 }
 
+/// What the worker takes from the list: the drops that changed, and those of them in which holds were
+/// made, with when the latest such commit was.
+pub struct Changed {
+    pub drops: Vec<pgrx::Uuid>,
+    pub made_holds: Vec<pgrx::Uuid>,
+    pub made_at: Vec<pgrx::datum::TimestampWithTimeZone>,
+}
+
 /// For the worker, before its publication's snapshot: the drops that changed since it last took the
 /// list, or None when the list overflowed and the drops must be found the long way. Empties the list.
-pub fn take_changed_drops() -> Option<Vec<pgrx::Uuid>> {
+pub fn take_changed_drops() -> Option<Changed> {
     let mut list = CHANGED_DROPS.exclusive();
     let taken = (!list.overflowed).then(|| {
-        list.ids[..list.len]
-            .iter()
-            .map(|id| pgrx::Uuid::from_bytes(*id))
-            .collect()
+        let mut changed = Changed {
+            drops: Vec::with_capacity(list.len),
+            made_holds: Vec::new(),
+            made_at: Vec::new(),
+        };
+        for (id, made_at) in list.ids[..list.len].iter().zip(&list.made_at) {
+            let id = pgrx::Uuid::from_bytes(*id);
+            changed.drops.push(id);
+            let made_at = made_at.load(Ordering::Acquire);
+            if made_at != 0 {
+                if let Ok(when) = pgrx::datum::TimestampWithTimeZone::try_from(made_at) {
+                    changed.made_holds.push(id);
+                    changed.made_at.push(when);
+                }
+            }
+        }
+        changed
     });
     list.len = 0;
     list.overflowed = false;
     taken
 }
 
-/// Tells the worker, when the current transaction commits, that `drop_id` changed, and wakes it
-/// (nothing on a rollback).
+/// Tells the worker, when the current transaction commits, that `drop_id` changed (`made_holds`: holds
+/// were made in it), and wakes it (nothing on a rollback).
 #[pg_extern(volatile, parallel_unsafe)]
-pub(crate) fn _tell_worker_at_commit(drop_id: pgrx::Uuid) {
-    drop_changed(*drop_id.as_bytes());
+pub(crate) fn _tell_worker_at_commit(drop_id: pgrx::Uuid, made_holds: default!(bool, false)) {
+    drop_changed(*drop_id.as_bytes(), made_holds);
 }
 
 /// The same, for Rust callers.
-pub fn drop_changed(drop_id: [u8; 16]) {
+pub fn drop_changed(drop_id: [u8; 16], made_holds: bool) {
     if !crate::worker::preloaded() {
         return;
     }
     TOLD.with_borrow_mut(|told| {
-        if !told.drops.contains(&drop_id) {
-            if told.drops.len() < PER_TRANSACTION {
-                told.drops.push(drop_id);
-            } else {
-                told.too_many = true;
-            }
+        if let Some((_, made)) = told.drops.iter_mut().find(|(id, _)| *id == drop_id) {
+            *made |= made_holds;
+        } else if told.drops.len() < PER_TRANSACTION {
+            told.drops.push((drop_id, made_holds));
+        } else {
+            told.too_many = true;
         }
         // The worker's own changes are published by the tick that made them; it only needs the list.
         told.wake |= !IS_WORKER.load(Ordering::Relaxed) && crate::settings::WAKE_ON_COMMIT.get();
@@ -188,26 +223,48 @@ unsafe extern "C-unwind" fn at_transaction_end(event: pg_sys::XactEvent::Type, _
 
 /// Adds the committed transaction's drops to the shared list.
 fn list(told: &Told) {
+    // The commit is visible by now: a publication that starts later sees it.
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
     if !told.too_many {
         let list = CHANGED_DROPS.share();
         // Overflowed, the worker looks the long way and finds these drops too.
-        if list.overflowed || told.drops.iter().all(|id| list.contains(id)) {
+        if list.overflowed {
+            return;
+        }
+        let all_listed = told.drops.iter().all(|(id, made)| match list.position(id) {
+            Some(at) => {
+                if *made {
+                    list.holds_made(at, now);
+                }
+                true
+            }
+            None => false,
+        });
+        if all_listed {
             return;
         }
     }
     let mut list = CHANGED_DROPS.exclusive();
     list.overflowed |= told.too_many;
-    for id in &told.drops {
-        if list.contains(id) {
-            continue;
+    for (id, made) in &told.drops {
+        let at = match list.position(id) {
+            Some(at) => at,
+            None if list.len == RECENT_CAPACITY => {
+                list.overflowed = true;
+                break;
+            }
+            None => {
+                let at = list.len;
+                list.ids[at] = *id;
+                list.made_at[at].store(0, Ordering::Release);
+                list.len += 1;
+                at
+            }
+        };
+        if *made {
+            list.holds_made(at, now);
         }
-        if list.len == RECENT_CAPACITY {
-            list.overflowed = true;
-            break;
-        }
-        let at = list.len;
-        list.ids[at] = *id;
-        list.len += 1;
     }
 }
 

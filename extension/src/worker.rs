@@ -448,9 +448,9 @@ struct Look {
 }
 
 impl Look {
-    /// The drops to pass to `_publish_changes`, or None when the list cannot be trusted. Takes the
-    /// list either way, so the list is empty again.
-    fn changed_drops(&mut self) -> Option<Vec<pgrx::Uuid>> {
+    /// What to pass to `_publish_changes`, or None when the list cannot be trusted. Takes the list
+    /// either way, so the list is empty again.
+    fn changed_drops(&mut self) -> Option<crate::wake::Changed> {
         let listed = crate::wake::take_changed_drops();
         // Until the publication commits, a failure would lose what was taken.
         let trusted = std::mem::replace(&mut self.trusted, false);
@@ -485,11 +485,23 @@ fn tick(sweep: &mut Sweep, look: &mut Look) -> Result<(), Failure> {
     })?;
     report_activity(STATE_RUNNING, "dropstock: publishing stock changes");
     // Taken before the publication's transaction, so its snapshot sees every listed drop's change.
-    let changed = look.changed_drops();
+    let (listed, made_holds, made_at) = match look.changed_drops() {
+        Some(changed) => (
+            Some(changed.drops),
+            Some(changed.made_holds),
+            Some(changed.made_at),
+        ),
+        None => (None, None, None),
+    };
     in_transaction("publishing stock changes", || {
         Spi::get_one_with_args::<i32>(
-            "SELECT dropstock._publish_changes($1, $2)",
-            &[changed.into(), full.into()],
+            "SELECT dropstock._publish_changes($1, $2, $3, $4)",
+            &[
+                listed.into(),
+                made_holds.into(),
+                made_at.into(),
+                full.into(),
+            ],
         )
     })?;
     look.published();

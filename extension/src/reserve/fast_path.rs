@@ -108,7 +108,7 @@ pub unsafe extern "C-unwind" fn reserve_fast(fcinfo: pg_sys::FunctionCallInfo) -
         match answer {
             Some(hold) => {
                 // SAFETY: a uuid argument is passed by reference to its 16 bytes.
-                crate::wake::drop_changed(*call.drop_id.cast_mut_ptr::<[u8; 16]>());
+                crate::wake::drop_changed(*call.drop_id.cast_mut_ptr::<[u8; 16]>(), true);
                 hold
             }
             None => null_answer(fcinfo),

@@ -196,14 +196,14 @@ async fn a_failing_tick_is_logged_once_and_the_same_worker_recovers() {
     let row = db
         .query_one(
             "SELECT pg_get_functiondef(p), pg_get_function_result(p)
-               FROM (SELECT 'dropstock._publish_changes(uuid[], boolean)'::regprocedure::oid AS p) f",
+               FROM (SELECT 'dropstock._publish_changes(uuid[], uuid[], timestamptz[], boolean)'::regprocedure::oid AS p) f",
             &[],
         )
         .await
         .expect("read _publish_changes");
     let (original, returns): (String, String) = (row.get(0), row.get(1));
     let sabotage = format!(
-        "CREATE OR REPLACE FUNCTION dropstock._publish_changes(listed uuid[], walk boolean) RETURNS {returns} LANGUAGE plpgsql AS $$
+        "CREATE OR REPLACE FUNCTION dropstock._publish_changes(listed uuid[], made_holds uuid[], made_at timestamptz[], walk boolean) RETURNS {returns} LANGUAGE plpgsql AS $$
          BEGIN
              RAISE EXCEPTION '{SABOTAGE}' USING ERRCODE = 'program_limit_exceeded';
          END $$"
