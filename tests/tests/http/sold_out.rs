@@ -18,25 +18,30 @@ async fn shortcut_answers(adapter: &Adapter) -> u64 {
         .map_or(0, |count| count.trim().parse().unwrap())
 }
 
-#[tokio::test]
-async fn a_sold_out_drop_is_answered_without_the_database_except_for_its_buyers() {
-    let adapter = Adapter::start().await;
-    adapter.wait_listening().await;
+/// A drop of one unit, held by a buyer: once the worker's notice of the sell-out has turned the
+/// shortcut on, a bot's answer comes from it. Returns the drop, the holder, their hold and the bot.
+async fn sold_out_to_one_holder(adapter: &Adapter) -> (String, String, String, String) {
     let drop = adapter.open_drop(1).await;
     let holder = adapter.new_buyer().await;
     let (status, held) = adapter.reserve(&drop, &holder).await;
     assert_eq!(status, 201, "{held}");
     let hold = id(&held["data"]);
-
-    // The worker's notice of the sell-out turns the shortcut on: a bot's answer then comes from it.
     let bot = adapter.new_buyer().await;
     let shortcut_on = wait_until(Duration::from_secs(10), || async {
         let answer = adapter.reserve(&drop, &bot).await;
         assert_refused(&answer, 409, "DS020", "is sold out");
-        shortcut_answers(&adapter).await > 0
+        shortcut_answers(adapter).await > 0
     })
     .await;
     assert!(shortcut_on, "the shortcut never answered");
+    (drop, holder, hold, bot)
+}
+
+#[tokio::test]
+async fn a_sold_out_drop_is_answered_without_the_database_except_for_its_buyers() {
+    let adapter = Adapter::start().await;
+    adapter.wait_listening().await;
+    let (drop, holder, hold, bot) = sold_out_to_one_holder(&adapter).await;
 
     // The holder still gets their own hold back, not "sold out".
     let (status, again) = adapter.reserve(&drop, &holder).await;
@@ -60,18 +65,7 @@ async fn a_sold_out_drop_is_answered_without_the_database_except_for_its_buyers(
 async fn a_hold_made_elsewhere_while_sold_out_is_answered_as_the_buyers_own() {
     let adapter = Adapter::start().await;
     adapter.wait_listening().await;
-    let drop = adapter.open_drop(1).await;
-    let holder = adapter.new_buyer().await;
-    let (status, held) = adapter.reserve(&drop, &holder).await;
-    assert_eq!(status, 201, "{held}");
-    let hold = id(&held["data"]);
-    let bot = adapter.new_buyer().await;
-    let shortcut_on = wait_until(Duration::from_secs(10), || async {
-        adapter.reserve(&drop, &bot).await;
-        shortcut_answers(&adapter).await > 0
-    })
-    .await;
-    assert!(shortcut_on, "the shortcut never answered");
+    let (drop, holder, hold, bot) = sold_out_to_one_holder(&adapter).await;
 
     // Behind this adapter's back (another adapter, plain SQL), the unit comes back and goes to the bot
     // in one transaction: available, held and sold stay what the last notice said.
