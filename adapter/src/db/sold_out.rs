@@ -19,7 +19,8 @@
 //! starts, the active drops are read instead (`seed`).
 //!
 //! Any notice for the drop turns it off at once (the units it announces may have come back), and so do a
-//! cancel through this adapter (`units_came_back`, before the notice that follows it) and losing the
+//! cancel or a join of the line through this adapter (`changed_here`, before the notice that follows
+//! it) and losing the
 //! feed (`forget_all`), so the shortcut is never older than one notice. What it gives up:
 //! a unit of a past-due hold, which `reserve_item` would hand to the next reserver before the sweep, is
 //! offered only after the sweep (within a tick of the worker, when the notice announcing it arrives);
@@ -41,10 +42,10 @@ use crate::http::errors::ApiError;
 const MAX_DROPS: usize = 1024;
 /// The largest quantity `reserve_item` accepts.
 const MAX_QUANTITY: i32 = 10_000;
-/// After a cancel through this adapter, how long a "sold out" notice of the drop is not believed: one
-/// published before the cancel committed may still be on its way, and the cancel's own notice comes
-/// within a worker tick.
-const AFTER_CANCEL: Duration = Duration::from_secs(1);
+/// After a cancel or a join of the line through this adapter, how long a "sold out" notice of the drop
+/// is not believed: one published before the change committed may still be on its way, and the
+/// change's own notice comes within a worker tick.
+const AFTER_CHANGE: Duration = Duration::from_secs(1);
 
 /// A sold-out drop as the shortcut answers for it.
 struct SoldOut {
@@ -64,8 +65,8 @@ struct Entry {
     /// Buyers this adapter made holds for while the drop's read ran: the read may have looked before
     /// their holds committed.
     noted: HashSet<Uuid>,
-    /// Until when a notice saying "sold out" is not believed (`AFTER_CANCEL`).
-    units_back_until: Option<Instant>,
+    /// Until when a notice saying "sold out" is not believed (`AFTER_CHANGE`).
+    changed_until: Option<Instant>,
 }
 
 /// The drop's entry with the shortcut off and any read under way thrown away (a newer generation), made
@@ -106,7 +107,7 @@ impl SoldOutShortcut {
             return;
         };
         if entry
-            .units_back_until
+            .changed_until
             .is_some_and(|until| Instant::now() < until)
         {
             return;
@@ -116,13 +117,14 @@ impl SoldOutShortcut {
         self.read(drop_id, generation);
     }
 
-    /// A hold of the drop was cancelled through this adapter: its units are back (in stock or with the
-    /// line) from the cancel's commit on, before the notice that says so, and a buyer who asks next must
-    /// not be told "sold out" in between.
-    pub fn units_came_back(&self, drop_id: Uuid) {
+    /// A hold of the drop was cancelled, or a buyer joined its line, through this adapter: from that
+    /// commit on, before the notice that says so, the database answers the drop's reservations
+    /// otherwise (the units are back, or there is a line to join), and a buyer who asks next must not
+    /// be told "sold out" in between.
+    pub fn changed_here(&self, drop_id: Uuid) {
         let mut drops = self.drops.lock().expect("sold-out map");
         if let Some(entry) = start_over(&mut drops, drop_id) {
-            entry.units_back_until = Some(Instant::now() + AFTER_CANCEL);
+            entry.changed_until = Some(Instant::now() + AFTER_CHANGE);
         }
     }
 

@@ -365,7 +365,7 @@ async fn change_hold(
     let cancelling = matches!(change, HoldChange::Cancel);
     let hold = queries::change_hold(&client, change, hold_id, buyer).await?;
     if cancelling {
-        app.sold_out.units_came_back(hold.drop_id);
+        app.sold_out.changed_here(hold.drop_id);
     }
     Ok(respond::success(StatusCode::OK, hold))
 }
@@ -422,6 +422,8 @@ async fn join_waitlist(
     let (sizes, quantity) = sizes_and_units(&fields)?;
     let client = app.pool.connection().await?;
     let entry = queries::join_waitlist(&client, drop_id, buyer, &sizes, quantity).await?;
+    // Others are now told to join the line, not "sold out", before the notice that says so.
+    app.sold_out.changed_here(drop_id);
     Ok(respond::success(made_or_found(entry.fresh), entry))
 }
 

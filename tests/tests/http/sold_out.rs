@@ -62,6 +62,29 @@ async fn a_sold_out_drop_is_answered_without_the_database_except_for_its_buyers(
 }
 
 #[tokio::test]
+async fn a_join_of_the_line_through_the_adapter_turns_the_shortcut_off_at_once() {
+    let adapter = Adapter::start().await;
+    adapter.wait_listening().await;
+    let (drop, _, _, bot) = sold_out_to_one_holder(&adapter).await;
+    // A buyer joins the line: from its answer on, before the notice that says so, the database answers
+    // the bot, and tells it to join the line too.
+    let waiter = adapter.new_buyer().await;
+    let (status, joined) = adapter
+        .post(
+            &format!("/api/drops/{drop}/waitlist"),
+            json!({ "userId": waiter }),
+        )
+        .await;
+    assert_eq!(status, 201, "{joined}");
+    assert_refused(
+        &adapter.reserve(&drop, &bot).await,
+        409,
+        "DS020",
+        "join the waiting list",
+    );
+}
+
+#[tokio::test]
 async fn a_hold_made_elsewhere_while_sold_out_is_answered_as_the_buyers_own() {
     let adapter = Adapter::start().await;
     adapter.wait_listening().await;
