@@ -157,10 +157,12 @@ pub fn take_changed_drops() -> Option<Changed> {
             changed.drops.push(id);
             let made_at = made_at.load(Ordering::Acquire);
             if made_at != 0 {
-                if let Ok(when) = pgrx::datum::TimestampWithTimeZone::try_from(made_at) {
-                    changed.made_holds.push(id);
-                    changed.made_at.push(when);
-                }
+                // A time out of range (none the clock gives) counts as now and later: the drop is
+                // published, never skipped.
+                let when = pgrx::datum::TimestampWithTimeZone::try_from(made_at)
+                    .unwrap_or_else(|_| pgrx::datum::TimestampWithTimeZone::positive_infinity());
+                changed.made_holds.push(id);
+                changed.made_at.push(when);
             }
         }
         changed
