@@ -20,8 +20,8 @@
 //!
 //! Any notice for the drop turns it off at once (the units it announces may have come back), and so do a
 //! cancel or a join of the line through this adapter (`changed_here`, before the notice that follows
-//! it) and losing the
-//! feed (`forget_all`), so the shortcut is never older than one notice. What it gives up:
+//! it) and losing the feed (`forget_all`), so the shortcut is never older than one notice. What it
+//! gives up:
 //! a unit of a past-due hold, which `reserve_item` would hand to the next reserver before the sweep, is
 //! offered only after the sweep (within a tick of the worker, when the notice announcing it arrives);
 //! and a buyer id unknown to the database is told "sold out" rather than "unknown buyer".
