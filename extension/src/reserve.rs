@@ -791,4 +791,34 @@ mod tests {
             "already purchased",
         );
     }
+
+    #[pg_test]
+    fn take_batch_turn_takes_a_free_turn_and_refuses_bad_arguments() {
+        let drop = drop_with_stock(1);
+        let turn = |named: i32| {
+            Spi::get_one::<i32>(&format!(
+                "SELECT dropstock.take_batch_turn('{drop}', {named}, 4)"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        // Taken by this transaction until it ends: the same turn again is granted (advisory locks
+        // are re-entrant), so a caller in one transaction never waits for itself.
+        assert_eq!(turn(2), 2);
+        assert_eq!(turn(2), 2);
+        for bad in [
+            "take_batch_turn(NULL, 0, 4)".to_string(),
+            format!("take_batch_turn('{drop}', NULL, 4)"),
+            format!("take_batch_turn('{drop}', 4, 4)"),
+            format!("take_batch_turn('{drop}', -1, 4)"),
+            format!("take_batch_turn('{drop}', 0, 0)"),
+            format!("take_batch_turn('{drop}', 0, 65)"),
+        ] {
+            assert_refused(
+                &format!("SELECT dropstock.{bad}"),
+                "22023",
+                "turns from 1 to 64",
+            );
+        }
+    }
 }

@@ -134,6 +134,7 @@ impl Database {
             call_deadline: self.call_deadline,
             statements: self.statements,
             in_call: AtomicBool::new(false),
+            in_transaction: AtomicBool::new(false),
         })
     }
 
@@ -150,17 +151,29 @@ impl Database {
 /// A pooled connection checked out for one request or one batch. Calls on it have a deadline (`call`);
 /// a call that did not finish, because its deadline passed or because the request was dropped
 /// mid-call, leaves the connection with an answer still owed, so it is closed instead of going back to
-/// the pool, where the next request would wait behind that answer.
+/// the pool, where the next request would wait behind that answer. So is one left inside a transaction
+/// (a batch's, `queries::take_batch_turn`) that was not ended: the next request would run in it.
 pub struct Connection {
     object: Option<Object>,
     call_deadline: Duration,
     statements: Statements,
     in_call: AtomicBool,
+    in_transaction: AtomicBool,
 }
 
 impl Connection {
     pub fn statements(&self) -> Statements {
         self.statements
+    }
+
+    /// Whether a transaction was begun on this connection and not yet ended.
+    pub fn in_transaction(&self) -> bool {
+        self.in_transaction.load(Ordering::Relaxed)
+    }
+
+    /// Marks a transaction begun (before BEGIN is sent) or ended (after COMMIT or ROLLBACK succeeded).
+    pub fn set_in_transaction(&self, open: bool) {
+        self.in_transaction.store(open, Ordering::Relaxed);
     }
 
     /// Runs one database call within the deadline.
@@ -190,9 +203,11 @@ impl std::ops::Deref for Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        if *self.in_call.get_mut() {
+        if *self.in_call.get_mut() || *self.in_transaction.get_mut() {
             if let Some(object) = self.object.take() {
-                tracing::warn!("closing a database connection whose call did not finish");
+                tracing::warn!(
+                    "closing a database connection whose call or transaction did not finish"
+                );
                 // Taken out of the pool and dropped: deadpool's wrapper ends the connection's task.
                 drop(Object::take(object));
             }

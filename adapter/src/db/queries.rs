@@ -23,6 +23,9 @@ use crate::db::DbError;
 ///   are new ones);
 /// - up to `TRANSIENT_ATTEMPTS` times in all when PostgreSQL rolled it back (`retry_again`).
 ///
+/// Inside a transaction (a batch's, `take_batch_turn`) neither: the error has ended the transaction, and
+/// the batch is sent again whole, turn and all (`batching`).
+///
 /// A macro rather than a function taking a closure: the call's future borrows the client and the
 /// arguments, and a closure cannot hand such a future back as `Send`.
 macro_rules! call {
@@ -51,8 +54,13 @@ macro_rules! call {
                     tracing::info!(%error, "the database's types changed; preparing statements again");
                     client.statement_cache.clear();
                     recompiled = true;
+                    // Inside a transaction the error has ended it: whoever began it sends it again.
+                    if client.in_transaction() {
+                        break Err(DbError::Postgres(error));
+                    }
                 }
-                Err(DbError::Postgres(error)) if retry_again(&error, &mut attempt) => {}
+                Err(DbError::Postgres(error))
+                    if !client.in_transaction() && retry_again(&error, &mut attempt) => {}
                 outcome => break outcome,
             }
         }
@@ -540,6 +548,43 @@ pub async fn reserve_batch(
         })
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(DbError::from)
+}
+
+/// Begins a transaction and takes one of the drop's `turns` batch turns in it (`turn` if every one is
+/// taken), waiting for it if need be; `end_transaction` ends it. One round trip: both statements in one
+/// simple query, which a pooler in transaction mode passes as it is.
+pub async fn take_batch_turn(
+    client: &Connection,
+    drop_id: Uuid,
+    turn: usize,
+    turns: usize,
+) -> Result<(), DbError> {
+    // Marked first: if this call fails or never finishes, the connection is not pooled again.
+    client.set_in_transaction(true);
+    let sql = format!("BEGIN; SELECT dropstock.take_batch_turn('{drop_id}', {turn}, {turns})");
+    client.call(client.batch_execute(&sql)).await
+}
+
+/// Commits (or, when `commit` is false, rolls back) the transaction `take_batch_turn` began. COMMIT of
+/// a transaction an error ended rolls it back, as ROLLBACK would.
+pub async fn end_transaction(client: &Connection, commit: bool) -> Result<(), DbError> {
+    client
+        .call(client.batch_execute(if commit { "COMMIT" } else { "ROLLBACK" }))
+        .await?;
+    client.set_in_transaction(false);
+    Ok(())
+}
+
+/// Whether a batch the database rolled back is worth sending again, turn and all: a deadlock or a
+/// serialization failure (see `retry_again`), or a statement cached before the extension's types
+/// changed (`call!` has emptied the cache, so the next attempt prepares it again).
+pub fn worth_again(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    statement_outdated(error)
+        || matches!(
+            error.code(),
+            Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+        )
 }
 
 /// What a buyer can do to their own hold besides buying it.

@@ -76,3 +76,62 @@ async fn two_adapters_share_one_database_without_doubling_and_both_feeds_stay_li
     }
     assert_invariant(&db, drop_id).await;
 }
+
+/// A drop's batches take turns in the database (`take_batch_turn`), whichever adapter sends them: with
+/// every turn of the drop held by another transaction, a reservation through the adapter waits for one,
+/// having made no hold, and is answered once a turn frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_waits_for_a_batch_turn_held_in_the_database() {
+    let adapter = Adapter::start().await;
+    let drop = adapter.open_drop(10).await;
+    let drop_id = uuid::Uuid::parse_str(&drop).unwrap();
+    let buyer = adapter.new_buyer().await;
+    let mut holder = connect().await;
+    let turns = holder.transaction().await.unwrap();
+    for turn in 0..4 {
+        let taken: i32 = turns
+            .query_one(
+                "SELECT dropstock.take_batch_turn($1, $2, 4)",
+                &[&drop_id, &turn],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(taken, turn, "every turn of the drop is free before");
+    }
+
+    let reserve = adapter.reserve(&drop, &buyer);
+    tokio::pin!(reserve);
+    let db = connect().await;
+    let waiting = tokio::select! {
+        answer = &mut reserve => panic!("answered while every turn was held elsewhere: {answer:?}"),
+        waiting = wait_until(Duration::from_secs(10), || async {
+            db.query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = 'dropstock-http' AND wait_event_type = 'Lock'
+                    AND wait_event = 'advisory' AND query LIKE '%take_batch_turn%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        }) => waiting,
+    };
+    assert!(waiting, "the adapter's batch never waited for a turn");
+    let holds: i64 = db
+        .query_one(
+            "SELECT count(*) FROM dropstock.reservations WHERE drop_id = $1",
+            &[&drop_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(holds, 0, "no hold is made before the batch has a turn");
+
+    turns.commit().await.unwrap();
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(10), reserve)
+        .await
+        .expect("answered once a turn freed");
+    assert_eq!(status, 201, "{answer}");
+}
