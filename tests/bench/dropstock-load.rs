@@ -42,7 +42,8 @@ struct Args {
     /// Buy every new hold right away (POST /api/purchases).
     #[arg(long)]
     purchase: bool,
-    /// Buyers to prepare (`load-1` … in dropstock.users); a throughput run ends early when all have asked.
+    /// Buyers to prepare (`load-1` … in dropstock.users); a throughput run ends early when all have asked
+    /// (a sell-out's sold-out window instead asks again those told "sold out").
     #[arg(long, default_value_t = 600_000)]
     buyers: usize,
     /// Worker threads of the load generator itself.

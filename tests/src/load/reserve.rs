@@ -94,6 +94,8 @@ struct Shared {
     buyers_ran_out: AtomicBool,
     sell_out_stock: Option<u64>,
     sold_out_at: OnceLock<Instant>,
+    /// The first buyer handed out after the last unit was held: from there on no buyer holds a unit.
+    sold_out_from: OnceLock<usize>,
     /// When the clients turned to the unknown path.
     not_found_at: OnceLock<Instant>,
     requests: AtomicU64,
@@ -143,6 +145,7 @@ pub async fn run(plan: &Plan, buyers: Arc<Vec<Uuid>>) -> Result<Outcome, String>
             Mode::Throughput { .. } => None,
         },
         sold_out_at: OnceLock::new(),
+        sold_out_from: OnceLock::new(),
         not_found_at: OnceLock::new(),
         requests: AtomicU64::new(0),
         fresh_holds: AtomicU64::new(0),
@@ -282,6 +285,20 @@ async fn wait_or_stop(shared: &Shared, duration: Duration) {
     }
 }
 
+/// After the sell-out, once every prepared buyer has asked, buyer `next` is one who already asked after
+/// the last unit was held, asking again: the crowd keeps asking, each buyer every few seconds (well
+/// under the per-buyer rate limit), and the sold-out window lasts its full time however fast it is
+/// answered.
+fn again(shared: &Shared, next: usize) -> Option<&Uuid> {
+    let from = *shared.sold_out_from.get()?;
+    let span = shared
+        .buyers
+        .len()
+        .checked_sub(from)
+        .filter(|span| *span > 0)?;
+    shared.buyers.get(from + (next - from) % span)
+}
+
 async fn client(mut connection: Connection, shared: &Shared, purchase: bool) -> ClientLog {
     let mut log = ClientLog::default();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -295,7 +312,7 @@ async fn client(mut connection: Connection, shared: &Shared, purchase: bool) -> 
         // Every request is a buyer new to the drop, after the sell-out too: a crowd is many buyers, and a
         // per-buyer rate limit must not be what answers them.
         let next = shared.next_buyer.fetch_add(1, Ordering::Relaxed);
-        let Some(&buyer) = shared.buyers.get(next) else {
+        let Some(&buyer) = shared.buyers.get(next).or_else(|| again(shared, next)) else {
             shared.buyers_ran_out.store(true, Ordering::Relaxed);
             shared.stop.store(true, Ordering::Relaxed);
             break;
@@ -324,6 +341,9 @@ async fn client(mut connection: Connection, shared: &Shared, purchase: bool) -> 
                 let held = shared.fresh_holds.fetch_add(1, Ordering::Relaxed) + 1;
                 if shared.sell_out_stock == Some(held) {
                     let _ = shared.sold_out_at.set(Instant::now());
+                    let _ = shared
+                        .sold_out_from
+                        .set(shared.next_buyer.load(Ordering::Relaxed));
                 }
                 if purchase {
                     buy(&mut connection, &mut log, shared, buyer, &answer.body).await;
