@@ -171,19 +171,19 @@ struct Flushers {
 }
 
 impl Flushers {
-    /// One flusher's life: batches until the queue closes and is empty. Boxed with its type spelled
-    /// out because a flusher may start another, and a recursive `async fn` cannot name its own future.
+    /// One flusher's life: batches until it retires. Boxed with its type spelled out because a flusher
+    /// may start another, and a recursive `async fn` cannot name its own future.
     fn run(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             while let Some(first) = self.next_request().await {
                 self.flush(first).await;
             }
-            self.running.fetch_sub(1, Ordering::AcqRel);
         })
     }
 
-    /// Waits for a request. None once the queue is closed and empty; closes it after `IDLE` without
-    /// one.
+    /// Waits for a request. None when this flusher retires (and is no longer counted in `running`):
+    /// the queue is closed and empty, or nothing came for `IDLE`. Then a flusher that is not the last
+    /// retires alone, and the last one closes the queue as it goes.
     async fn next_request(&self) -> Option<Request> {
         loop {
             {
@@ -192,6 +192,7 @@ impl Flushers {
                     return Some(request);
                 }
                 if waiting.closed {
+                    self.running.fetch_sub(1, Ordering::AcqRel);
                     return None;
                 }
             }
@@ -202,9 +203,20 @@ impl Flushers {
             {
                 let mut waiting = self.queue.waiting.lock().expect("queue lock");
                 if waiting.requests.is_empty() {
-                    waiting.closed = true;
-                    drop(waiting);
-                    self.forget_queue();
+                    let others = self
+                        .running
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                            (running > 1).then(|| running - 1)
+                        })
+                        .is_ok();
+                    if !others {
+                        // The last flusher: nobody else can start one now, since only a running
+                        // flusher does.
+                        waiting.closed = true;
+                        drop(waiting);
+                        self.running.fetch_sub(1, Ordering::AcqRel);
+                        self.forget_queue();
+                    }
                     return None;
                 }
             }
@@ -222,8 +234,14 @@ impl Flushers {
         batch.extend(waiting.requests.drain(..take));
         let more = !waiting.requests.is_empty();
         drop(waiting);
-        if more && self.running.load(Ordering::Acquire) < TURNS {
-            self.running.fetch_add(1, Ordering::AcqRel);
+        if more
+            && self
+                .running
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                    (running < TURNS).then(|| running + 1)
+                })
+                .is_ok()
+        {
             tokio::spawn(self.clone().run());
         }
         // A client that hung up (or whose request timed out) while queued gets no hold made for it:

@@ -101,3 +101,27 @@ async fn reservations_for_drops_that_do_not_exist_leave_no_queue_behind() {
     .await;
     assert!(closed, "{} queues still open", open_queues(&adapter).await);
 }
+
+/// A drop's queue, served by several flushers during a burst, closes once nothing comes for its idle
+/// time (5 s): the extra flushers retire and the last one closes it. A later reservation opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_served_by_several_flushers_closes_when_idle_and_opens_again() {
+    let adapter = Adapter::start().await;
+    let drop = adapter.open_drop(1000).await;
+    let db = connect().await;
+    let buyers = new_buyer_ids(&db, 400).await;
+    let answers =
+        futures_util::future::join_all(buyers.iter().map(|buyer| adapter.reserve(&drop, buyer)))
+            .await;
+    assert!(answers.iter().all(|(status, _)| *status == 201));
+    assert_eq!(open_queues(&adapter).await, 1);
+
+    let closed = wait_until(std::time::Duration::from_secs(15), || async {
+        open_queues(&adapter).await == 0
+    })
+    .await;
+    assert!(closed, "the queue is still open 15 s after the burst");
+    let (status, answer) = adapter.reserve(&drop, &adapter.new_buyer().await).await;
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(open_queues(&adapter).await, 1);
+}
