@@ -566,8 +566,8 @@ $$;
 -- reserve_items call it makes) begins a transaction, takes a turn, and only then gathers the buyers
 -- waiting for the drop into its reserve_items call, before it commits. So at most `turns` batches of
 -- one drop run in the database at once, however many callers send them: more of them at once only
--- split the same buyers into smaller calls that wait on each other's slots (4 adapters with 4 calls
--- in flight each made 0.6x the holds of one adapter; with one turn each, 0.95x; `make bench`). A
+-- split the same buyers into smaller calls that wait on each other's slots (in `make bench`, 4
+-- adapters with 4 calls in flight each made 0.59x the holds of one adapter; sharing 4 turns, 0.81x). A
 -- caller waiting for a turn holds no other lock, so no lock order can deadlock on it. `turn` is the
 -- one to wait for if every turn is taken; a free one is taken first. The lock is transaction-level
 -- advisory on (hash of the drop, turn), in the two-key space no other lock of the extension uses.
