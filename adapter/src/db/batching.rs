@@ -301,6 +301,11 @@ impl Flushers {
         }
         let asked: Vec<Asked> = batch.iter().map(|request| request.asked.clone()).collect();
         let answers = queries::reserve_batch(client, self.drop, &asked).await;
+        if let Err(DbError::Timeout(_)) = answers {
+            // The answer is still owed: a ROLLBACK would wait behind it. The connection is closed
+            // instead of pooled (`pool::Connection`), which ends the transaction.
+            return answers;
+        }
         queries::end_transaction(client, answers.is_ok()).await?;
         answers
     }

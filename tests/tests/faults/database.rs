@@ -151,6 +151,7 @@ async fn a_stalled_database_is_answered_with_503_within_the_deadline() {
     assert_eq!(status, 201, "served again once the lock is gone: {answer}");
 
     // Backends that stop answering altogether (SIGSTOP): only the adapter's own deadline helps.
+    let late_buyer = adapter.new_buyer().await;
     let db = connect().await;
     let pids: Vec<i32> = db
         .query(
@@ -181,6 +182,16 @@ async fn a_stalled_database_is_answered_with_503_within_the_deadline() {
         stalled_for < bound,
         "a stopped backend held the request {stalled_for:?}"
     );
+    // A reservation too, though its batch runs in a transaction of its own: the connection left inside
+    // it is closed, not pooled, and the buyers are answered within the same deadline.
+    let started = Instant::now();
+    let (status, answer) = adapter.reserve(&drop, &late_buyer).await;
+    let reserve_stalled_for = started.elapsed();
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        reserve_stalled_for < bound,
+        "a stopped backend held the reservation {reserve_stalled_for:?}"
+    );
     std::mem::drop(stopped);
     // The connection that did not answer was closed, not handed to the next request.
     let served = wait_until(Duration::from_secs(10), || async {
@@ -188,13 +199,16 @@ async fn a_stalled_database_is_answered_with_503_within_the_deadline() {
     })
     .await;
     assert!(served, "the adapter serves again once the backends resume");
+    let (status, answer) = adapter.reserve(&drop, &late_buyer).await;
+    assert_eq!(status, 201, "a reservation is served again too: {answer}");
     record(
         "db 2 stalled database",
         &format!(
             "a lock held open: two calls answered 503 in {:.1} s; a stopped backend (SIGSTOP): 503 in {:.1} s \
-             (deadline 1 s + 1 s); served again afterwards",
+             for a read and {:.1} s for a reservation (deadline 1 s + 1 s); served again afterwards",
             locked_for.as_secs_f64(),
-            stalled_for.as_secs_f64()
+            stalled_for.as_secs_f64(),
+            reserve_stalled_for.as_secs_f64()
         ),
     );
 }
