@@ -579,12 +579,17 @@ pub async fn end_transaction(client: &Connection, commit: bool) -> Result<(), Db
 /// serialization failure (see `retry_again`), or a statement cached before the extension's types
 /// changed (`call!` has emptied the cache, so the next attempt prepares it again).
 pub fn worth_again(error: &tokio_postgres::Error) -> bool {
+    statement_outdated(error) || rolled_back(error)
+}
+
+/// Whether PostgreSQL rolled the call back for a serialization failure (40001) or a deadlock (40P01):
+/// the same call made again may succeed.
+fn rolled_back(error: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
-    statement_outdated(error)
-        || matches!(
-            error.code(),
-            Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
-        )
+    matches!(
+        error.code(),
+        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+    )
 }
 
 /// What a buyer can do to their own hold besides buying it.
@@ -679,12 +684,7 @@ const TRANSIENT_ATTEMPTS: usize = 3;
 /// way. Every call retried this way is safe to repeat: reserving again returns the hold made, buying
 /// again the sale made, cancelling again the hold as it is.
 fn retry_again(error: &tokio_postgres::Error, attempt: &mut usize) -> bool {
-    use tokio_postgres::error::SqlState;
-    let transient = matches!(
-        error.code(),
-        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
-    );
-    if !transient || *attempt >= TRANSIENT_ATTEMPTS {
+    if !rolled_back(error) || *attempt >= TRANSIENT_ATTEMPTS {
         return false;
     }
     tracing::warn!(%error, attempt = *attempt, "retrying a call the database rolled back");
