@@ -297,10 +297,13 @@ pub async fn terminate(db: &Client, pid: i32) {
         .expect("pg_terminate_backend");
 }
 
-/// Kills every adapter's LISTEN backend (named `dropstock-http-listen`); how many there were.
+/// Kills every adapter's LISTEN backend (named `dropstock-http-listen`) and waits until each has exited
+/// (at most 10 s each), so that none of them is still up, about to die, when this returns; how many
+/// there were.
 pub async fn terminate_listen_backends(db: &Client) -> usize {
     db.query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'dropstock-http-listen'",
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+          WHERE application_name = 'dropstock-http-listen'",
         &[],
     )
     .await

@@ -246,6 +246,23 @@ async fn clients_served_before_the_first_listen_are_told_to_resync() {
     let _ = stop_killing.send(());
     killer.await.unwrap();
     let resumed = Instant::now();
+    // Every LISTEN backend the killer signalled is gone, but the adapter may have announced one of them
+    // (a resync) just before it died: the hold below must wait for a LISTEN that lives, or its notice
+    // can fall between two connections (the client is then told to resync, rightly, not shown it).
+    let db = connect().await;
+    let listening = wait_until(Duration::from_secs(20), || async {
+        db.query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'dropstock-http-listen' AND state = 'idle' AND query <> ''",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+            == 1
+    })
+    .await;
+    assert!(listening, "the adapter LISTENs again once nothing kills it");
     feed.expect(
         Duration::from_secs(20),
         "a resync once LISTEN works",
@@ -264,7 +281,6 @@ async fn clients_served_before_the_first_listen_are_told_to_resync() {
     )
     .await;
     // Losing LISTEN later is said too.
-    let db = connect().await;
     assert!(terminate_listen_backends(&db).await > 0);
     feed.expect(
         Duration::from_secs(10),
