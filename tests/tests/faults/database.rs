@@ -136,9 +136,11 @@ async fn a_stalled_database_is_answered_with_503_within_the_deadline() {
     lock.batch_execute("LOCK TABLE dropstock.drops IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
+    // Both at once, so each waits on a connection of its own: the pool keeps two, which the part with
+    // stopped backends below needs (a read and a reservation, each on a stopped connection).
     let started = Instant::now();
-    let (list, _) = adapter.get("/api/drops").await;
-    let (reserve, answer) = adapter.reserve(&drop, &buyer).await;
+    let ((list, _), (reserve, answer)) =
+        tokio::join!(adapter.get("/api/drops"), adapter.reserve(&drop, &buyer));
     let locked_for = started.elapsed();
     assert_eq!(list, 503);
     assert_eq!(reserve, 503, "{answer}");
