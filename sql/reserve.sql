@@ -569,9 +569,12 @@ $$;
 -- split the same buyers into smaller calls that wait on each other's slots (in `make bench`, 4
 -- adapters with 4 calls in flight each made 0.59x the holds of one adapter; sharing 4 turns, 0.81x). A
 -- caller waiting for a turn holds no other lock, so no lock order can deadlock on it. `turn` is the
--- one to wait for if every turn is taken; a free one is taken first. The lock is transaction-level
--- advisory on (hash of the drop, turn), in the two-key space no other lock of the extension uses.
-CREATE FUNCTION take_batch_turn(drop_id uuid, turn integer, turns integer)
+-- one to wait for if every turn is taken; a free one is taken first. With `wait` false it never
+-- waits: NULL when every turn is taken, so a caller that already holds one of the drop's turns in
+-- another transaction can leave its buyers to that batch instead of waiting beside it. The lock is
+-- transaction-level advisory on (hash of the drop, turn), in the two-key space no other lock of the
+-- extension uses.
+CREATE FUNCTION take_batch_turn(drop_id uuid, turn integer, turns integer, wait boolean DEFAULT true)
 RETURNS integer
 LANGUAGE plpgsql
 AS $$
@@ -580,8 +583,8 @@ DECLARE
     other integer;
 BEGIN
     IF take_batch_turn.drop_id IS NULL OR turns IS NULL OR turns NOT BETWEEN 1 AND 64
-       OR turn IS NULL OR turn NOT BETWEEN 0 AND turns - 1 THEN
-        RAISE EXCEPTION 'a drop id, turns from 1 to 64 and a turn from 0 to turns - 1 are required'
+       OR turn IS NULL OR turn NOT BETWEEN 0 AND turns - 1 OR wait IS NULL THEN
+        RAISE EXCEPTION 'a drop id, turns from 1 to 64, a turn from 0 to turns - 1 and wait are required'
               USING ERRCODE = 'invalid_parameter_value';
     END IF;
     FOR step IN 0 .. turns - 1 LOOP
@@ -590,6 +593,9 @@ BEGIN
             RETURN other;
         END IF;
     END LOOP;
+    IF NOT wait THEN
+        RETURN NULL;
+    END IF;
     PERFORM pg_catalog.pg_advisory_xact_lock(key, turn);
     RETURN turn;
 END

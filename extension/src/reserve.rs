@@ -806,6 +806,14 @@ mod tests {
         // are re-entrant), so a caller in one transaction never waits for itself.
         assert_eq!(turn(2), 2);
         assert_eq!(turn(2), 2);
+        // Not waiting: a free turn all the same (whether it answers NULL when every turn is taken by
+        // others is in the isolation spec batch-turns, which has other sessions).
+        assert_eq!(
+            Spi::get_one::<i32>(&format!(
+                "SELECT dropstock.take_batch_turn('{drop}', 2, 4, wait => false)"
+            )),
+            Ok(Some(2))
+        );
         for bad in [
             "take_batch_turn(NULL, 0, 4)".to_string(),
             format!("take_batch_turn('{drop}', NULL, 4)"),
@@ -813,6 +821,7 @@ mod tests {
             format!("take_batch_turn('{drop}', -1, 4)"),
             format!("take_batch_turn('{drop}', 0, 0)"),
             format!("take_batch_turn('{drop}', 0, 65)"),
+            format!("take_batch_turn('{drop}', 0, 4, NULL)"),
         ] {
             assert_refused(
                 &format!("SELECT dropstock.{bad}"),

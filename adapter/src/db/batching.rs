@@ -9,7 +9,14 @@
 //! call. The turns are the database's, shared by every adapter: however many adapters serve a drop, at
 //! most `TURNS` of its batches run at once, and while an adapter waits for a turn its next batch keeps
 //! growing. (Without them, four adapters with four calls in flight each split the same buyers into
-//! calls a quarter the size that waited on each other's slots: 0.6x the holds of one adapter.) A
+//! calls a quarter the size that waited on each other's slots: 0.6x the holds of one adapter.)
+//!
+//! Only a flusher whose adapter has no batch of the drop in line (holding a turn or waiting for one)
+//! waits for a turn. Any other that finds every turn taken gives its buyers back to the queue, for the
+//! batch in line to take, and retires. Alone, an adapter never finds its drop's turns all taken (it
+//! runs at most `TURNS` flushers); beside others, it keeps about its share of batches in the database.
+//! (Four adapters each keeping up to four flushers in line, most of them waiting, made 0.85x the holds
+//! of four adapters with one flusher each, and made the database spend 43 µs a hold instead of 37.) A
 //! request that arrives while the drop is quiet is sent on at once, so batching adds no delay; under
 //! load the next batch forms while the previous ones commit. Flushers run as their own tasks, so a
 //! client that hangs up does not strand the buyers batched with it; a drop's queue closes after `IDLE`
@@ -149,6 +156,7 @@ impl Batcher {
             pool: self.pool.clone(),
             queue: queue.clone(),
             running: AtomicUsize::new(1),
+            in_line: AtomicUsize::new(0),
             next_turn: AtomicUsize::new(0),
             queues: self.queues.clone(),
             open: self.open.clone(),
@@ -158,12 +166,47 @@ impl Batcher {
     }
 }
 
+/// What became of a flusher's batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Flushed {
+    /// Every buyer in it has their answer.
+    Answered,
+    /// Given back to the queue: every turn was taken, and a batch of this adapter is in line.
+    GaveBack,
+}
+
+/// Counts a batch in `Flushers::in_line` until its transaction ends, however it ends.
+struct InLine<'a>(&'a AtomicUsize);
+
+impl<'a> InLine<'a> {
+    fn join(in_line: &'a AtomicUsize) -> Self {
+        in_line.fetch_add(1, Ordering::AcqRel);
+        InLine(in_line)
+    }
+
+    /// Joins only if no other batch of this adapter is in line.
+    fn join_alone(in_line: &'a AtomicUsize) -> Option<Self> {
+        in_line
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| InLine(in_line))
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The tasks serving one drop's queue.
 struct Flushers {
     drop: Uuid,
     pool: Database,
     queue: Arc<Queue>,
     running: AtomicUsize,
+    /// This adapter's batches of the drop that hold a turn or wait for one.
+    in_line: AtomicUsize,
     /// The turn the next batch waits for if every turn is taken (a free one is taken first).
     next_turn: AtomicUsize,
     queues: Arc<Mutex<HashMap<Uuid, Arc<Queue>>>>,
@@ -176,7 +219,9 @@ impl Flushers {
     fn run(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             while let Some(first) = self.next_request().await {
-                self.flush(first).await;
+                if self.flush(first).await == Flushed::GaveBack && self.retire_if_others() {
+                    return;
+                }
             }
         })
     }
@@ -249,8 +294,28 @@ impl Flushers {
         batch.retain(|request| !request.reply.is_closed());
     }
 
+    /// A flusher that is not the last retires (true); the last keeps serving.
+    fn retire_if_others(&self) -> bool {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
+                (running > 1).then(|| running - 1)
+            })
+            .is_ok()
+    }
+
+    /// Puts a batch back at the head of the queue, in its order, for the batch in line to take.
+    fn give_back(&self, batch: Vec<Request>) {
+        let mut waiting = self.queue.waiting.lock().expect("queue lock");
+        for request in batch.into_iter().rev() {
+            waiting.requests.push_front(request);
+        }
+        drop(waiting);
+        self.queue.arrived.notify_one();
+    }
+
     /// One batch: a turn, the buyers waiting once it is taken, the call, the commit; then the answers.
-    async fn flush(self: &Arc<Self>, first: Request) {
+    /// Or, when every turn is taken and this adapter has a batch in line, the buyers given back.
+    async fn flush(self: &Arc<Self>, first: Request) -> Flushed {
         let turn = self.next_turn.fetch_add(1, Ordering::Relaxed) % TURNS;
         let mut batch = vec![first];
         let mut gathered = false;
@@ -264,13 +329,17 @@ impl Flushers {
                 Err(error) => Err(error),
             };
             match outcome {
+                Ok(None) => {
+                    self.give_back(batch);
+                    return Flushed::GaveBack;
+                }
                 Err(DbError::Postgres(error))
                     if queries::worth_again(&error) && attempt < ATTEMPTS =>
                 {
                     tracing::warn!(%error, attempt, "sending a batch the database rolled back again");
                     attempt += 1;
                 }
-                outcome => break outcome,
+                outcome => break outcome.map(Option::unwrap_or_default),
             }
         };
         if !gathered {
@@ -279,35 +348,48 @@ impl Flushers {
             self.gather(&mut batch);
         }
         self.answer(batch, answers);
+        Flushed::Answered
     }
 
     /// On `client`: begins a transaction, takes a turn, gathers the batch (the first time: another
-    /// attempt sends the same buyers), makes the call and ends the transaction.
+    /// attempt sends the same buyers), makes the call and ends the transaction. None, with the
+    /// transaction ended, when every turn is taken and this adapter already has a batch in line.
     async fn call_in_turn(
         self: &Arc<Self>,
         client: &Connection,
         turn: usize,
         batch: &mut Vec<Request>,
         gathered: &mut bool,
-    ) -> Result<Vec<BatchAnswer>, DbError> {
-        queries::take_batch_turn(client, self.drop, turn, TURNS).await?;
+    ) -> Result<Option<Vec<BatchAnswer>>, DbError> {
+        let _in_line = if queries::begin_batch(client, self.drop, turn, TURNS).await? {
+            InLine::join(&self.in_line)
+        } else {
+            // Every turn is taken. Waiting beside a batch of ours already in line would only split
+            // the buyers it is about to take.
+            let Some(in_line) = InLine::join_alone(&self.in_line) else {
+                queries::end_transaction(client, false).await?;
+                return Ok(None);
+            };
+            queries::wait_for_batch_turn(client, self.drop, turn, TURNS).await?;
+            in_line
+        };
         if !*gathered {
             self.gather(batch);
             *gathered = true;
         }
         if batch.is_empty() {
             queries::end_transaction(client, true).await?;
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let asked: Vec<Asked> = batch.iter().map(|request| request.asked.clone()).collect();
         let answers = queries::reserve_batch(client, self.drop, &asked).await;
         if let Err(DbError::Timeout(_)) = answers {
             // The answer is still owed: a ROLLBACK would wait behind it. The connection is closed
             // instead of pooled (`pool::Connection`), which ends the transaction.
-            return answers;
+            return answers.map(Some);
         }
         queries::end_transaction(client, answers.is_ok()).await?;
-        answers
+        answers.map(Some)
     }
 
     fn answer(&self, batch: Vec<Request>, answers: Result<Vec<BatchAnswer>, DbError>) {

@@ -152,7 +152,7 @@ impl Database {
 /// a call that did not finish, because its deadline passed or because the request was dropped
 /// mid-call, leaves the connection with an answer still owed, so it is closed instead of going back to
 /// the pool, where the next request would wait behind that answer. So is one left inside a transaction
-/// (a batch's, `queries::take_batch_turn`) that was not ended: the next request would run in it.
+/// (a batch's, `queries::begin_batch`) that was not ended: the next request would run in it.
 pub struct Connection {
     object: Option<Object>,
     call_deadline: Duration,

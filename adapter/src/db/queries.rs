@@ -2,7 +2,7 @@
 //! the extension; these only pass arguments and read rows.
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::Row;
+use tokio_postgres::{Row, SimpleQueryMessage};
 use uuid::Uuid;
 
 use postgres_types::{ToSql, Type};
@@ -23,7 +23,7 @@ use crate::db::DbError;
 ///   are new ones);
 /// - up to `TRANSIENT_ATTEMPTS` times in all when PostgreSQL rolled it back (`retry_again`).
 ///
-/// Inside a transaction (a batch's, `take_batch_turn`) neither: the error has ended the transaction, and
+/// Inside a transaction (a batch's, `begin_batch`) neither: the error has ended the transaction, and
 /// the batch is sent again whole, turn and all (`batching`).
 ///
 /// A macro rather than a function taking a closure: the call's future borrows the client and the
@@ -550,22 +550,39 @@ pub async fn reserve_batch(
         .map_err(DbError::from)
 }
 
-/// Begins a transaction and takes one of the drop's `turns` batch turns in it (`turn` if every one is
-/// taken), waiting for it if need be; `end_transaction` ends it. One round trip: both statements in one
-/// simple query, which a pooler in transaction mode passes as it is.
-pub async fn take_batch_turn(
+/// Begins a transaction and takes one of the drop's `turns` batch turns in it if one is free, without
+/// waiting: false, with the transaction open, when every turn is taken (then `wait_for_batch_turn`, or
+/// `end_transaction`). One round trip: both statements in one simple query, which a pooler in
+/// transaction mode passes as it is.
+pub async fn begin_batch(
+    client: &Connection,
+    drop_id: Uuid,
+    turn: usize,
+    turns: usize,
+) -> Result<bool, DbError> {
+    // Marked first: if this call fails or never finishes, the connection is not pooled again.
+    client.set_in_transaction(true);
+    let sql =
+        format!("BEGIN; SELECT dropstock.take_batch_turn('{drop_id}', {turn}, {turns}, false)");
+    let messages = client.call(client.simple_query(&sql)).await?;
+    Ok(messages.iter().any(|message| match message {
+        SimpleQueryMessage::Row(row) => row.get(0).is_some(),
+        _ => false,
+    }))
+}
+
+/// In the transaction `begin_batch` began: takes a turn that has freed since, or waits for `turn`.
+pub async fn wait_for_batch_turn(
     client: &Connection,
     drop_id: Uuid,
     turn: usize,
     turns: usize,
 ) -> Result<(), DbError> {
-    // Marked first: if this call fails or never finishes, the connection is not pooled again.
-    client.set_in_transaction(true);
-    let sql = format!("BEGIN; SELECT dropstock.take_batch_turn('{drop_id}', {turn}, {turns})");
+    let sql = format!("SELECT dropstock.take_batch_turn('{drop_id}', {turn}, {turns})");
     client.call(client.batch_execute(&sql)).await
 }
 
-/// Commits (or, when `commit` is false, rolls back) the transaction `take_batch_turn` began. COMMIT of
+/// Commits (or, when `commit` is false, rolls back) the transaction `begin_batch` began. COMMIT of
 /// a transaction an error ended rolls it back, as ROLLBACK would.
 pub async fn end_transaction(client: &Connection, commit: bool) -> Result<(), DbError> {
     client
