@@ -70,11 +70,12 @@ struct Request {
 
 /// One drop's requests waiting for a flusher. A plain list under a lock, not a channel: a flusher that
 /// holds a turn takes what is waiting without ever waiting behind a flusher that waits for requests.
-#[derive(Default)]
 struct Queue {
     waiting: Mutex<Waiting>,
     /// Wakes a flusher waiting for a request.
     arrived: Notify,
+    /// Requests in every drop's queue, for `/metrics`.
+    queued: Gauge,
 }
 
 #[derive(Default)]
@@ -85,6 +86,14 @@ struct Waiting {
 }
 
 impl Queue {
+    fn new(queued: Gauge) -> Self {
+        Queue {
+            waiting: Mutex::default(),
+            arrived: Notify::new(),
+            queued,
+        }
+    }
+
     /// Queues a request; gives it back if the queue has closed.
     fn push(&self, request: Request) -> Result<(), Request> {
         let mut waiting = self.waiting.lock().expect("queue lock");
@@ -92,9 +101,28 @@ impl Queue {
             return Err(request);
         }
         waiting.requests.push_back(request);
+        self.queued.inc();
         drop(waiting);
         self.arrived.notify_one();
         Ok(())
+    }
+
+    /// Puts a batch back at the head of the queue, in its order.
+    fn push_front(&self, batch: Vec<Request>) {
+        let mut waiting = self.waiting.lock().expect("queue lock");
+        self.queued.inc_by(batch.len() as i64);
+        for request in batch.into_iter().rev() {
+            waiting.requests.push_front(request);
+        }
+        drop(waiting);
+        self.arrived.notify_one();
+    }
+
+    /// Takes up to `most` requests from the head.
+    fn take(waiting: &mut Waiting, most: usize, queued: &Gauge) -> Vec<Request> {
+        let take = waiting.requests.len().min(most);
+        queued.dec_by(take as i64);
+        waiting.requests.drain(..take).collect()
     }
 
     fn is_closed(&self) -> bool {
@@ -107,14 +135,17 @@ pub struct Batcher {
     queues: Arc<Mutex<HashMap<Uuid, Arc<Queue>>>>,
     /// How many queues are open, for `/metrics`.
     open: Gauge,
+    /// How many requests wait in them, for `/metrics`.
+    queued: Gauge,
 }
 
 impl Batcher {
-    pub fn new(pool: Database, open: Gauge) -> Self {
+    pub fn new(pool: Database, open: Gauge, queued: Gauge) -> Self {
         Batcher {
             pool,
             queues: Arc::new(Mutex::new(HashMap::new())),
             open,
+            queued,
         }
     }
 
@@ -148,7 +179,7 @@ impl Batcher {
                 "too many drops are being reserved at once; try again shortly",
             ));
         }
-        let queue = Arc::new(Queue::default());
+        let queue = Arc::new(Queue::new(self.queued.clone()));
         queues.insert(drop, queue.clone());
         self.open.set(queues.len() as i64);
         let flushers = Arc::new(Flushers {
@@ -233,7 +264,7 @@ impl Flushers {
         loop {
             {
                 let mut waiting = self.queue.waiting.lock().expect("queue lock");
-                if let Some(request) = waiting.requests.pop_front() {
+                if let Some(request) = Queue::take(&mut waiting, 1, &self.queue.queued).pop() {
                     return Some(request);
                 }
                 if waiting.closed {
@@ -272,11 +303,11 @@ impl Flushers {
     /// flusher starts, to take a turn for the rest.
     fn gather(self: &Arc<Self>, batch: &mut Vec<Request>) {
         let mut waiting = self.queue.waiting.lock().expect("queue lock");
-        let take = waiting
-            .requests
-            .len()
-            .min(MAX_BATCH.saturating_sub(batch.len()));
-        batch.extend(waiting.requests.drain(..take));
+        batch.extend(Queue::take(
+            &mut waiting,
+            MAX_BATCH.saturating_sub(batch.len()),
+            &self.queue.queued,
+        ));
         let more = !waiting.requests.is_empty();
         drop(waiting);
         if more
@@ -303,16 +334,6 @@ impl Flushers {
             .is_ok()
     }
 
-    /// Puts a batch back at the head of the queue, in its order, for the batch in line to take.
-    fn give_back(&self, batch: Vec<Request>) {
-        let mut waiting = self.queue.waiting.lock().expect("queue lock");
-        for request in batch.into_iter().rev() {
-            waiting.requests.push_front(request);
-        }
-        drop(waiting);
-        self.queue.arrived.notify_one();
-    }
-
     /// One batch: a turn, the buyers waiting once it is taken, the call, the commit; then the answers.
     /// Or, when every turn is taken and this adapter has a batch in line, the buyers given back.
     async fn flush(self: &Arc<Self>, first: Request) -> Flushed {
@@ -330,7 +351,8 @@ impl Flushers {
             };
             match outcome {
                 Ok(None) => {
-                    self.give_back(batch);
+                    // For the batch in line to take.
+                    self.queue.push_front(batch);
                     return Flushed::GaveBack;
                 }
                 Err(DbError::Postgres(error))

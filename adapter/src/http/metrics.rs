@@ -39,6 +39,7 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub health_checks: Counter,
     pub reservation_queues: Gauge,
+    pub reservations_queued: Gauge,
     pub sold_out_shortcut: Counter,
 }
 
@@ -130,6 +131,12 @@ impl Metrics {
             "Drops with a reservation batching queue open now (at most 1,024)",
             reservation_queues.clone(),
         );
+        let reservations_queued = Gauge::default();
+        registry.register(
+            "reservations_queued",
+            "Reservations waiting in a batching queue now, for a batch to take them",
+            reservations_queued.clone(),
+        );
         let sold_out_shortcut = Counter::default();
         registry.register(
             "sold_out_shortcut_answers",
@@ -150,6 +157,7 @@ impl Metrics {
             connections_refused,
             health_checks,
             reservation_queues,
+            reservations_queued,
             sold_out_shortcut,
         }
     }

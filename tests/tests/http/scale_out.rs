@@ -135,3 +135,75 @@ async fn a_reservation_waits_for_a_batch_turn_held_in_the_database() {
         .expect("answered once a turn freed");
     assert_eq!(status, 201, "{answer}");
 }
+
+/// An adapter keeps one batch of a drop waiting for a turn. With turns 1 to 3 held elsewhere, as
+/// other adapters would, and more buyers queued than one batch takes: the batch that gets turn 0 takes
+/// 128, and the flusher started for the rest finds every turn taken while its adapter has a batch in
+/// line. It gives its buyers back to that batch instead of waiting for a turn held elsewhere, so every
+/// buyer is answered while turns 1 to 3 stay taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_batch_gives_its_buyers_back_rather_than_wait_beside_the_first() {
+    const BUYERS: usize = 200;
+    let adapter = Adapter::start().await;
+    let drop = adapter.open_drop(BUYERS as i32).await;
+    let drop_id = uuid::Uuid::parse_str(&drop).unwrap();
+    let mut buyers = Vec::new();
+    for _ in 0..BUYERS {
+        buyers.push(adapter.new_buyer().await);
+    }
+    let (mut first_holder, mut other_holder) = (connect().await, connect().await);
+    let turn_zero = first_holder.transaction().await.unwrap();
+    let other_turns = other_holder.transaction().await.unwrap();
+    for (holder, turn) in [
+        (&turn_zero, 0),
+        (&other_turns, 1),
+        (&other_turns, 2),
+        (&other_turns, 3),
+    ] {
+        let taken: i32 = holder
+            .query_one(
+                "SELECT dropstock.take_batch_turn($1, $2, 4)",
+                &[&drop_id, &turn],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(taken, turn, "every turn of the drop is free before");
+    }
+
+    let answers =
+        futures_util::future::join_all(buyers.iter().map(|buyer| adapter.reserve(&drop, buyer)));
+    tokio::pin!(answers);
+    // One batch waits for turn 0 with its first buyer; the others wait in the adapter's queue.
+    let queued = format!("dropstock_http_reservations_queued {}\n", BUYERS - 1);
+    tokio::select! {
+        _ = &mut answers => panic!("answered while every turn was held elsewhere"),
+        all_queued = wait_until(Duration::from_secs(20), || async {
+            adapter.metrics().await.contains(&queued)
+        }) => assert!(all_queued, "the buyers never all queued:\n{}", adapter.metrics().await),
+    }
+
+    turn_zero.commit().await.unwrap();
+    let answers = tokio::time::timeout(Duration::from_secs(20), answers)
+        .await
+        .expect("every buyer answered while turns 1 to 3 stay taken");
+    for (status, answer) in &answers {
+        assert_eq!(*status, 201, "{answer}");
+    }
+    let db = connect().await;
+    let waiting: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'dropstock-http' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(waiting, 0, "no batch of the adapter waits for a turn");
+    assert!(adapter
+        .metrics()
+        .await
+        .contains("dropstock_http_reservations_queued 0\n"));
+    other_turns.commit().await.unwrap();
+}
