@@ -77,6 +77,19 @@ async fn two_adapters_share_one_database_without_doubling_and_both_feeds_stay_li
     assert_invariant(&db, drop_id).await;
 }
 
+/// Takes turn `turn` of the drop's 4 in `holder`'s transaction, as another adapter's batch would.
+async fn hold_turn(holder: &tokio_postgres::Transaction<'_>, drop_id: uuid::Uuid, turn: i32) {
+    let taken: i32 = holder
+        .query_one(
+            "SELECT dropstock.take_batch_turn($1, $2, 4)",
+            &[&drop_id, &turn],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(taken, turn, "every turn of the drop is free before");
+}
+
 /// A drop's batches take turns in the database (`take_batch_turn`), whichever adapter sends them: with
 /// every turn of the drop held by another transaction, a reservation through the adapter waits for one,
 /// having made no hold, and is answered once a turn frees.
@@ -89,15 +102,7 @@ async fn a_reservation_waits_for_a_batch_turn_held_in_the_database() {
     let mut holder = connect().await;
     let turns = holder.transaction().await.unwrap();
     for turn in 0..4 {
-        let taken: i32 = turns
-            .query_one(
-                "SELECT dropstock.take_batch_turn($1, $2, 4)",
-                &[&drop_id, &turn],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(taken, turn, "every turn of the drop is free before");
+        hold_turn(&turns, drop_id, turn).await;
     }
 
     let reserve = adapter.reserve(&drop, &buyer);
@@ -154,21 +159,9 @@ async fn a_second_batch_gives_its_buyers_back_rather_than_wait_beside_the_first(
     let (mut first_holder, mut other_holder) = (connect().await, connect().await);
     let turn_zero = first_holder.transaction().await.unwrap();
     let other_turns = other_holder.transaction().await.unwrap();
-    for (holder, turn) in [
-        (&turn_zero, 0),
-        (&other_turns, 1),
-        (&other_turns, 2),
-        (&other_turns, 3),
-    ] {
-        let taken: i32 = holder
-            .query_one(
-                "SELECT dropstock.take_batch_turn($1, $2, 4)",
-                &[&drop_id, &turn],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(taken, turn, "every turn of the drop is free before");
+    hold_turn(&turn_zero, drop_id, 0).await;
+    for turn in 1..4 {
+        hold_turn(&other_turns, drop_id, turn).await;
     }
 
     let answers =
