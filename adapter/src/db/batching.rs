@@ -119,11 +119,15 @@ impl Queue {
         self.arrived.notify_one();
     }
 
-    /// Takes up to `most` requests from the head.
-    fn take(waiting: &mut Waiting, most: usize, queued: &Gauge) -> Vec<Request> {
+    /// Takes up to `most` requests from the head of `waiting`, this queue's list (locked by the caller).
+    fn take<'a>(
+        &self,
+        waiting: &'a mut Waiting,
+        most: usize,
+    ) -> impl Iterator<Item = Request> + 'a {
         let take = waiting.requests.len().min(most);
-        queued.dec_by(take as i64);
-        waiting.requests.drain(..take).collect()
+        self.queued.dec_by(take as i64);
+        waiting.requests.drain(..take)
     }
 
     fn is_closed(&self) -> bool {
@@ -265,7 +269,7 @@ impl Flushers {
         loop {
             {
                 let mut waiting = self.queue.waiting.lock().expect("queue lock");
-                if let Some(request) = Queue::take(&mut waiting, 1, &self.queue.queued).pop() {
+                if let Some(request) = self.queue.take(&mut waiting, 1).next() {
                     return Some(request);
                 }
                 if waiting.closed {
@@ -280,13 +284,7 @@ impl Flushers {
             {
                 let mut waiting = self.queue.waiting.lock().expect("queue lock");
                 if waiting.requests.is_empty() {
-                    let others = self
-                        .running
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                            (running > 1).then(|| running - 1)
-                        })
-                        .is_ok();
-                    if !others {
+                    if !self.retire_if_others() {
                         // The last flusher: nobody else can start one now, since only a running
                         // flusher does.
                         waiting.closed = true;
@@ -304,11 +302,10 @@ impl Flushers {
     /// flusher starts, to take a turn for the rest.
     fn gather(self: &Arc<Self>, batch: &mut Vec<Request>) {
         let mut waiting = self.queue.waiting.lock().expect("queue lock");
-        batch.extend(Queue::take(
-            &mut waiting,
-            MAX_BATCH.saturating_sub(batch.len()),
-            &self.queue.queued,
-        ));
+        batch.extend(
+            self.queue
+                .take(&mut waiting, MAX_BATCH.saturating_sub(batch.len())),
+        );
         let more = !waiting.requests.is_empty();
         drop(waiting);
         if more

@@ -152,10 +152,8 @@ async fn a_second_batch_gives_its_buyers_back_rather_than_wait_beside_the_first(
     let adapter = Adapter::start().await;
     let drop = adapter.open_drop(BUYERS as i32).await;
     let drop_id = uuid::Uuid::parse_str(&drop).unwrap();
-    let mut buyers = Vec::new();
-    for _ in 0..BUYERS {
-        buyers.push(adapter.new_buyer().await);
-    }
+    let db = connect().await;
+    let buyers = new_buyer_ids(&db, BUYERS).await;
     let (mut first_holder, mut other_holder) = (connect().await, connect().await);
     let turn_zero = first_holder.transaction().await.unwrap();
     let other_turns = other_holder.transaction().await.unwrap();
@@ -183,7 +181,6 @@ async fn a_second_batch_gives_its_buyers_back_rather_than_wait_beside_the_first(
     for (status, answer) in &answers {
         assert_eq!(*status, 201, "{answer}");
     }
-    let db = connect().await;
     let waiting: i64 = db
         .query_one(
             "SELECT count(*) FROM pg_stat_activity
