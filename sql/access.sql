@@ -43,6 +43,7 @@ ALTER FUNCTION _reserve_item(uuid, uuid, text, integer) SET search_path = pg_cat
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
 ALTER FUNCTION take_batch_turn(uuid, integer, integer, boolean) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION share_batch_turns(uuid, uuid, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION reserve_items(uuid, uuid[], text[], integer[]) SECURITY DEFINER SET search_path = pg_catalog, pg_temp
       SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off
       SET plan_cache_mode = force_generic_plan;
@@ -102,6 +103,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA dropstock TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION dropstock.reserve_item(uuid, uuid, text, integer), '
                    'dropstock.reserve_items(uuid, uuid[], text[], integer[]), dropstock.take_batch_turn(uuid, integer, integer, boolean), '
+                   'dropstock.share_batch_turns(uuid, uuid, integer), '
                    'dropstock.purchase(uuid, uuid), '
                    'dropstock.cancel_reservation(uuid, uuid), dropstock.extend_hold(uuid, uuid), '
                    'dropstock.create_user(text, uuid), dropstock.active_drops(), dropstock.drop_status(uuid), '

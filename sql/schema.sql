@@ -145,6 +145,16 @@ CREATE INDEX purchases_by_buyer ON purchases (user_id, drop_id);
 -- Sales the feed has not announced yet: small, whatever the number of sales behind it.
 CREATE INDEX purchases_unpublished ON purchases (drop_id) WHERE feed_seq IS NULL;
 
+-- Who batches a drop's reservations now (share_batch_turns): each caller (an HTTP adapter, under an id
+-- it draws when it starts) and when it last said so. Unlogged: it is worth nothing after a crash, and
+-- keeping it costs no WAL flush. No foreign key, as for holds: share_batch_turns checks the drop.
+CREATE UNLOGGED TABLE batch_callers (
+    drop_id uuid NOT NULL,
+    caller  uuid NOT NULL,
+    seen_at timestamptz NOT NULL,
+    PRIMARY KEY (drop_id, caller)
+);
+
 -- What the stock feed last published per drop (see feed.sql). create_drop adds the row with `pending`
 -- set, so a new drop is published once; after that only drops with activity are looked at.
 CREATE TABLE feed_state (

@@ -830,4 +830,67 @@ mod tests {
             );
         }
     }
+
+    #[pg_test]
+    fn share_batch_turns_divides_a_drops_turns_among_its_callers() {
+        let drop = drop_with_stock(1);
+        let other_drop = drop_with_stock(1);
+        let callers: Vec<String> = (1..=5)
+            .map(|k| format!("00000000-0000-0000-0000-00000000000{k}"))
+            .collect();
+        let share = |drop: &str, caller: &str| {
+            Spi::get_one::<i32>(&format!(
+                "SELECT dropstock.share_batch_turns('{drop}', '{caller}', 4)"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        // Rounded up, so every caller keeps at least one turn; a caller that says so again is still
+        // one caller.
+        assert_eq!(share(&drop, &callers[0]), 4);
+        assert_eq!(share(&drop, &callers[1]), 2);
+        assert_eq!(share(&drop, &callers[0]), 2);
+        assert_eq!(share(&drop, &callers[2]), 2);
+        assert_eq!(share(&drop, &callers[3]), 1);
+        assert_eq!(share(&drop, &callers[4]), 1);
+        // Another drop's callers are its own.
+        assert_eq!(share(&other_drop, &callers[0]), 4);
+        // A caller silent for the window (3 s) no longer counts; one silent for a minute is cleared.
+        run(&format!(
+            "UPDATE dropstock.batch_callers SET seen_at = now() - interval '4 seconds'
+              WHERE drop_id = '{drop}' AND caller <> '{}'",
+            callers[4]
+        ));
+        run(&format!(
+            "UPDATE dropstock.batch_callers SET seen_at = now() - interval '2 minutes'
+              WHERE drop_id = '{drop}' AND caller = '{}'",
+            callers[0]
+        ));
+        assert_eq!(share(&drop, &callers[4]), 4);
+        assert_eq!(
+            Spi::get_one::<i64>(&format!(
+                "SELECT count(*) FROM dropstock.batch_callers WHERE drop_id = '{drop}'"
+            )),
+            Ok(Some(4))
+        );
+        assert_refused(
+            "SELECT dropstock.share_batch_turns(gen_random_uuid(), gen_random_uuid(), 4)",
+            "DS001",
+            "does not exist",
+        );
+        let caller = &callers[0];
+        for bad in [
+            format!("share_batch_turns(NULL, '{caller}', 4)"),
+            format!("share_batch_turns('{drop}', NULL, 4)"),
+            format!("share_batch_turns('{drop}', '{caller}', NULL)"),
+            format!("share_batch_turns('{drop}', '{caller}', 0)"),
+            format!("share_batch_turns('{drop}', '{caller}', 65)"),
+        ] {
+            assert_refused(
+                &format!("SELECT dropstock.{bad}"),
+                "22023",
+                "turns from 1 to 64",
+            );
+        }
+    }
 }
