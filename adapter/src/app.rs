@@ -88,11 +88,7 @@ impl App {
         Ok(Arc::new_cyclic(|app| App {
             database,
             listen_database,
-            holds: Batcher::new(
-                pool.clone(),
-                metrics.reservation_queues.clone(),
-                metrics.reservations_queued.clone(),
-            ),
+            holds: Batcher::new(pool.clone(), metrics.batching.clone()),
             sold_out: SoldOutShortcut::new(pool.clone()),
             pool,
             access: Access::new(config.admin_token(), config.jwt_rules())

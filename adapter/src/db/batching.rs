@@ -11,14 +11,22 @@
 //! growing. (Without them, four adapters with four calls in flight each split the same buyers into
 //! calls a quarter the size that waited on each other's slots: 0.6x the holds of one adapter.)
 //!
+//! Each adapter runs its share of a drop's turns: about once a second, before a batch, it tells the
+//! database that it batches the drop and learns how many adapters do (`dropstock.share_batch_turns`),
+//! and it starts flushers only up to `TURNS` divided among them, rounded up. Alone, it runs all four;
+//! beside three others, one. (Two adapters running four flushers each made 0.95x the holds of one
+//! adapter, four made 0.90x; running their share, 1.00x and 0.92x in the same runs. Beyond its share a
+//! flusher only splits its adapter's buyers into smaller batches.)
+//!
 //! Only a flusher whose adapter has no batch of the drop in line (holding a turn or waiting for one)
 //! waits for a turn. Any other that finds every turn taken gives its buyers back to the head of the
-//! queue, for the batch in line to take, and retires unless it is the last. Alone, an adapter never
-//! finds its drop's turns all taken (it runs at most `TURNS` flushers); beside others, it keeps about
-//! its share of batches in the database. (Four adapters each keeping up to four flushers in line, most
-//! of them waiting, made about 0.85x the holds of four adapters with one flusher each, and made the
-//! database spend 42 µs a hold instead of 34 to 37.) A
-//! request that arrives while the drop is quiet is sent on at once, so batching adds no delay; under
+//! queue, for the batch in line to take, and retires unless it is the last: shares rounded up (three
+//! adapters run two flushers each) and a share not yet learned still find every turn taken at times.
+//! (Four adapters each keeping up to four flushers in line, most of them waiting, made about 0.85x the
+//! holds of four adapters with one flusher each, and made the database spend 42 µs a hold instead of
+//! 34 to 37.)
+//!
+//! A request that arrives while the drop is quiet is sent on at once, so batching adds no delay; under
 //! load the next batch forms while the previous ones commit. Flushers run as their own tasks, so a
 //! client that hangs up does not strand the buyers batched with it; a drop's queue closes after `IDLE`
 //! without requests.
@@ -28,8 +36,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
@@ -42,9 +51,12 @@ use crate::http::errors::ApiError;
 
 /// Buyers one call serves at most: beyond this a call holds its slot locks longer than it saves.
 const MAX_BATCH: usize = 128;
-/// A drop's batch turns, for all adapters together, and so also the flushers one adapter runs per
-/// drop: while some batches commit, the next forms.
+/// A drop's batch turns, for all adapters together, and so also the flushers one adapter alone runs per
+/// drop: while some batches commit, the next forms. Beside other adapters, it runs its share of them.
 const TURNS: usize = 4;
+/// How often an adapter that batches a drop says so to the database, and so learns its share of the
+/// drop's turns (`dropstock.share_batch_turns`, which counts an adapter for three of these).
+const SHARE_EVERY: Duration = Duration::from_secs(1);
 /// A drop's queue closes after this long without a request, and opens again on the next one.
 const IDLE: Duration = Duration::from_secs(5);
 /// Drops with a queue at once. Each costs a task and a little memory; a client naming random drop ids
@@ -135,22 +147,34 @@ impl Queue {
     }
 }
 
+/// What the batching queues show on `/metrics`.
+#[derive(Clone, Default)]
+pub struct BatchMetrics {
+    /// Queues open (drops being reserved).
+    pub queues: Gauge,
+    /// Requests waiting in them.
+    pub queued: Gauge,
+    /// Flushers serving them.
+    pub flushers: Gauge,
+    /// Flushers started, ever: a queue's first, and each one more started for buyers a batch left.
+    pub flushers_started: Counter,
+}
+
 pub struct Batcher {
     pool: Database,
+    /// This adapter, to the database's count of the adapters that batch a drop.
+    caller: Uuid,
     queues: Arc<Mutex<HashMap<Uuid, Arc<Queue>>>>,
-    /// How many queues are open, for `/metrics`.
-    open: Gauge,
-    /// How many requests wait in them, for `/metrics`.
-    queued: Gauge,
+    metrics: BatchMetrics,
 }
 
 impl Batcher {
-    pub fn new(pool: Database, open: Gauge, queued: Gauge) -> Self {
+    pub fn new(pool: Database, metrics: BatchMetrics) -> Self {
         Batcher {
             pool,
+            caller: Uuid::new_v4(),
             queues: Arc::new(Mutex::new(HashMap::new())),
-            open,
-            queued,
+            metrics,
         }
     }
 
@@ -184,18 +208,21 @@ impl Batcher {
                 "too many drops are being reserved at once; try again shortly",
             ));
         }
-        let queue = Arc::new(Queue::new(self.queued.clone()));
+        let queue = Arc::new(Queue::new(self.metrics.queued.clone()));
         queues.insert(drop, queue.clone());
-        self.open.set(queues.len() as i64);
+        self.metrics.queues.set(queues.len() as i64);
         let flushers = Arc::new(Flushers {
             drop,
             pool: self.pool.clone(),
             queue: queue.clone(),
-            running: AtomicUsize::new(1),
+            running: Running::first(&self.metrics),
             in_line: AtomicUsize::new(0),
             next_turn: AtomicUsize::new(0),
+            caller: self.caller,
+            share: AtomicUsize::new(TURNS),
+            shared_at: Mutex::new(None),
             queues: self.queues.clone(),
-            open: self.open.clone(),
+            open: self.metrics.queues.clone(),
         });
         tokio::spawn(flushers.run());
         Ok(queue)
@@ -235,16 +262,73 @@ impl Drop for InLine<'_> {
     }
 }
 
+/// How many flushers serve a drop's queue, counted also in the adapter's metrics of all of them.
+struct Running {
+    count: AtomicUsize,
+    /// Flushers of every drop, for `/metrics`.
+    gauge: Gauge,
+    started: Counter,
+}
+
+impl Running {
+    /// The queue's first flusher.
+    fn first(metrics: &BatchMetrics) -> Self {
+        metrics.flushers.inc();
+        metrics.flushers_started.inc();
+        Running {
+            count: AtomicUsize::new(1),
+            gauge: metrics.flushers.clone(),
+            started: metrics.flushers_started.clone(),
+        }
+    }
+
+    /// Counts one more flusher (true, and the caller starts it) if fewer than `most` run.
+    fn start_below(&self, most: usize) -> bool {
+        let started = self.change(|running| (running < most).then(|| running + 1), 1);
+        if started {
+            self.started.inc();
+        }
+        started
+    }
+
+    /// Counts one fewer (true, and the caller retires) if more than `keep` run.
+    fn stop_beyond(&self, keep: usize) -> bool {
+        self.change(|running| (running > keep).then(|| running - 1), -1)
+    }
+
+    /// One fewer, whatever the count: the caller retires.
+    fn stop(&self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+
+    fn change(&self, to: impl FnMut(usize) -> Option<usize>, by: i64) -> bool {
+        let changed = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, to)
+            .is_ok();
+        if changed {
+            self.gauge.inc_by(by);
+        }
+        changed
+    }
+}
+
 /// The tasks serving one drop's queue.
 struct Flushers {
     drop: Uuid,
     pool: Database,
     queue: Arc<Queue>,
-    running: AtomicUsize,
+    running: Running,
     /// This adapter's batches of the drop that hold a turn or wait for one.
     in_line: AtomicUsize,
     /// The turn the next batch waits for if every turn is taken (a free one is taken first).
     next_turn: AtomicUsize,
+    caller: Uuid,
+    /// The flushers this adapter runs for the drop at most: its share of the drop's turns.
+    share: AtomicUsize,
+    /// When the share was last asked for.
+    shared_at: Mutex<Option<Instant>>,
     queues: Arc<Mutex<HashMap<Uuid, Arc<Queue>>>>,
     open: Gauge,
 }
@@ -255,7 +339,13 @@ impl Flushers {
     fn run(self: Arc<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             while let Some(first) = self.next_request().await {
-                if self.flush(first).await == Flushed::GaveBack && self.retire_if_others() {
+                // One that gave back leaves the buyers to the batch in line; beyond the share, a
+                // flusher only splits this adapter's buyers into smaller batches.
+                let keep = match self.flush(first).await {
+                    Flushed::GaveBack => 1,
+                    Flushed::Answered => self.share.load(Ordering::Relaxed),
+                };
+                if self.retire_beyond(keep) {
                     return;
                 }
             }
@@ -273,7 +363,7 @@ impl Flushers {
                     return Some(request);
                 }
                 if waiting.closed {
-                    self.running.fetch_sub(1, Ordering::AcqRel);
+                    self.running.stop();
                     return None;
                 }
             }
@@ -284,12 +374,12 @@ impl Flushers {
             {
                 let mut waiting = self.queue.waiting.lock().expect("queue lock");
                 if waiting.requests.is_empty() {
-                    if !self.retire_if_others() {
+                    if !self.retire_beyond(1) {
                         // The last flusher: nobody else can start one now, since only a running
                         // flusher does.
                         waiting.closed = true;
                         drop(waiting);
-                        self.running.fetch_sub(1, Ordering::AcqRel);
+                        self.running.stop();
                         self.forget_queue();
                     }
                     return None;
@@ -308,14 +398,7 @@ impl Flushers {
         );
         let more = !waiting.requests.is_empty();
         drop(waiting);
-        if more
-            && self
-                .running
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                    (running < TURNS).then(|| running + 1)
-                })
-                .is_ok()
-        {
+        if more && self.running.start_below(self.share.load(Ordering::Relaxed)) {
             tokio::spawn(self.clone().run());
         }
         // A client that hung up (or whose request timed out) while queued gets no hold made for it:
@@ -323,13 +406,24 @@ impl Flushers {
         batch.retain(|request| !request.reply.is_closed());
     }
 
-    /// A flusher that is not the last retires (true); the last keeps serving.
-    fn retire_if_others(&self) -> bool {
-        self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |running| {
-                (running > 1).then(|| running - 1)
-            })
-            .is_ok()
+    /// A flusher retires (true) if more than `keep` run (`keep` is at least 1: the last keeps serving).
+    fn retire_beyond(&self, keep: usize) -> bool {
+        self.running.stop_beyond(keep.max(1))
+    }
+
+    /// About once a second (`SHARE_EVERY`), on `client` before a batch begins: tells the database that
+    /// this adapter batches the drop, and takes the share of its turns the answer gives.
+    async fn renew_share(&self, client: &Connection) -> Result<(), DbError> {
+        {
+            let mut shared_at = self.shared_at.lock().expect("share lock");
+            if shared_at.is_some_and(|at| at.elapsed() < SHARE_EVERY) {
+                return Ok(());
+            }
+            *shared_at = Some(Instant::now());
+        }
+        let share = queries::share_batch_turns(client, self.drop, self.caller, TURNS).await?;
+        self.share.store(share.clamp(1, TURNS), Ordering::Relaxed);
+        Ok(())
     }
 
     /// One batch: a turn, the buyers waiting once it is taken, the call, the commit; then the answers.
@@ -381,6 +475,7 @@ impl Flushers {
         batch: &mut Vec<Request>,
         gathered: &mut bool,
     ) -> Result<Option<Vec<BatchAnswer>>, DbError> {
+        self.renew_share(client).await?;
         let _in_line = if queries::begin_batch(client, self.drop, turn, TURNS).await? {
             InLine::join(&self.in_line)
         } else {

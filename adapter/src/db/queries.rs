@@ -571,6 +571,28 @@ pub async fn begin_batch(
     }))
 }
 
+/// Says that this adapter (`caller`) batches the drop's reservations, and asks how many of its `turns`
+/// batch turns to keep in use: the adapters that batch it share them.
+pub async fn share_batch_turns(
+    client: &Connection,
+    drop_id: Uuid,
+    caller: Uuid,
+    turns: usize,
+) -> Result<usize, DbError> {
+    let turns = i32::try_from(turns).map_err(|_| DbError::Shape(format!("{turns} turns")))?;
+    let rows = call!(
+        client,
+        "SELECT dropstock.share_batch_turns($1, $2, $3)",
+        &[
+            (&drop_id, Type::UUID),
+            (&caller, Type::UUID),
+            (&turns, Type::INT4)
+        ]
+    )?;
+    let share: i32 = only(rows)?.try_get(0)?;
+    usize::try_from(share).map_err(|_| DbError::Shape(format!("a share of {share} turns")))
+}
+
 /// In the transaction `begin_batch` began: takes a turn that has freed since, or waits for `turn`.
 pub async fn wait_for_batch_turn(
     client: &Connection,

@@ -11,6 +11,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::db::batching::BatchMetrics;
+
 /// Routes are labelled by their pattern (`/api/drops/{id}`), never the raw path, so a client sending random
 /// paths cannot grow the label set.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,8 +40,7 @@ pub struct Metrics {
     pub listen_reconnects: Counter,
     pub connections_refused: Counter,
     pub health_checks: Counter,
-    pub reservation_queues: Gauge,
-    pub reservations_queued: Gauge,
+    pub batching: BatchMetrics,
     pub sold_out_shortcut: Counter,
 }
 
@@ -125,17 +126,28 @@ impl Metrics {
             "Database checks made for /healthz (at most about one a second, however often it is asked)",
             health_checks.clone(),
         );
-        let reservation_queues = Gauge::default();
+        let batching = BatchMetrics::default();
         registry.register(
             "reservation_queues",
             "Drops with a reservation batching queue open now (at most 1,024)",
-            reservation_queues.clone(),
+            batching.queues.clone(),
         );
-        let reservations_queued = Gauge::default();
         registry.register(
             "reservations_queued",
             "Reservations waiting in a batching queue now, for a batch to take them",
-            reservations_queued.clone(),
+            batching.queued.clone(),
+        );
+        registry.register(
+            "reservation_flushers",
+            "Reservation batches this adapter may have in flight now, over all drops: per drop, at \
+             most its share of the drop's batch turns",
+            batching.flushers.clone(),
+        );
+        registry.register(
+            "reservation_flushers_started",
+            "Reservation flushers started: one when a drop's queue opens, and one more each time a \
+             batch leaves buyers behind while the adapter's share of the drop's turns allows one",
+            batching.flushers_started.clone(),
         );
         let sold_out_shortcut = Counter::default();
         registry.register(
@@ -156,8 +168,7 @@ impl Metrics {
             listen_reconnects,
             connections_refused,
             health_checks,
-            reservation_queues,
-            reservations_queued,
+            batching,
             sold_out_shortcut,
         }
     }

@@ -197,3 +197,115 @@ async fn a_second_batch_gives_its_buyers_back_rather_than_wait_beside_the_first(
         .contains("dropstock_http_reservations_queued 0\n"));
     other_turns.commit().await.unwrap();
 }
+
+/// How many flushers the adapter starts for a drop with `others` other adapters batching it, when its
+/// first batch is stuck in the database with buyers left over. The test holds every turn until 200
+/// buyers are queued, and the first buyer's lock, so that the batch that takes turn 0 (128 buyers, the
+/// first among them) waits inside `reserve_items` while 72 remain: the adapter starts another flusher
+/// for them if its share of the turns allows one. The other adapters are rows of `batch_callers` seen
+/// an hour ahead, so they count however slow the machine is.
+async fn flushers_started_beside(others: i32) -> String {
+    const BUYERS: usize = 200;
+    let adapter = Adapter::start().await;
+    let drop = adapter.open_drop(BUYERS as i32).await;
+    let drop_id = uuid::Uuid::parse_str(&drop).unwrap();
+    let db = connect().await;
+    db.execute(
+        "INSERT INTO dropstock.batch_callers (drop_id, caller, seen_at)
+         SELECT $1, gen_random_uuid(), now() + interval '1 hour' FROM generate_series(1, $2)",
+        &[&drop_id, &others],
+    )
+    .await
+    .unwrap();
+    let buyers = new_buyer_ids(&db, BUYERS).await;
+    let (mut turn_holder, mut buyer_holder) = (connect().await, connect().await);
+    let turns = turn_holder.transaction().await.unwrap();
+    for turn in 0..4 {
+        hold_turn(&turns, drop_id, turn).await;
+    }
+    let first_buyer = buyer_holder.transaction().await.unwrap();
+    first_buyer
+        .execute(
+            "SELECT dropstock._lock_buyers($1, ARRAY[$2::uuid])",
+            &[&drop_id, &uuid::Uuid::parse_str(&buyers[0]).unwrap()],
+        )
+        .await
+        .unwrap();
+    // Whether an adapter backend waits for a lock in a statement that names `call`.
+    let waits_in = |call: &'static str| {
+        let db = &db;
+        move || async move {
+            db.query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE application_name = 'dropstock-http' AND wait_event_type = 'Lock'
+                    AND query LIKE $1",
+                &[&format!("%{call}%")],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                > 0
+        }
+    };
+
+    // The first buyer's batch waits for a turn, then everyone else queues behind it.
+    let first = adapter.reserve(&drop, &buyers[0]);
+    tokio::pin!(first);
+    tokio::select! {
+        _ = &mut first => panic!("answered while every turn was held"),
+        waits = wait_until(Duration::from_secs(20), waits_in("take_batch_turn")) => {
+            assert!(waits, "the first batch never waited for a turn")
+        }
+    }
+    let rest =
+        futures_util::future::join_all(buyers[1..].iter().map(|b| adapter.reserve(&drop, b)));
+    let answers = async { tokio::join!(first, rest) };
+    tokio::pin!(answers);
+    let queued = format!("dropstock_http_reservations_queued {}\n", BUYERS - 1);
+    tokio::select! {
+        _ = &mut answers => panic!("answered while every turn was held"),
+        queued = wait_until(Duration::from_secs(20), || async {
+            adapter.metrics().await.contains(&queued)
+        }) => assert!(queued, "the buyers never all queued:\n{}", adapter.metrics().await),
+    }
+
+    // Turn 0's batch gathers 128 buyers and waits for the first one's lock.
+    turns.commit().await.unwrap();
+    tokio::select! {
+        _ = &mut answers => panic!("answered while the first buyer was locked"),
+        stuck = wait_until(Duration::from_secs(20), waits_in("reserve_items")) => {
+            assert!(stuck, "the first batch never reached the database")
+        }
+    }
+    first_buyer.commit().await.unwrap();
+    let ((status, answer), rest) = tokio::time::timeout(Duration::from_secs(20), answers)
+        .await
+        .expect("every buyer answered once the lock freed");
+    assert_eq!(status, 201, "{answer}");
+    for (status, answer) in rest {
+        assert_eq!(status, 201, "{answer}");
+    }
+    adapter
+        .metrics()
+        .await
+        .lines()
+        .find(|line| line.starts_with("dropstock_http_reservation_flushers_started_total "))
+        .expect("the count of flushers started")
+        .to_string()
+}
+
+/// Adapters share a drop's batch turns (`share_batch_turns`): an adapter alone starts a second flusher
+/// for the buyers its first batch left, and one beside three others keeps to its one turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_runs_its_share_of_a_drops_batch_turns() {
+    assert_eq!(
+        flushers_started_beside(0).await,
+        "dropstock_http_reservation_flushers_started_total 2",
+        "alone, the adapter uses a second turn"
+    );
+    assert_eq!(
+        flushers_started_beside(3).await,
+        "dropstock_http_reservation_flushers_started_total 1",
+        "beside three others, one turn is its share"
+    );
+}
