@@ -63,12 +63,28 @@ async fn an_app_role_with_only_execute_works_through_the_api_and_nothing_else() 
         .unwrap()
         .get(0);
     assert_eq!(listed, 1);
+    // What the adapter's batches call: a turn, and its share of the drop's turns.
+    app.batch_execute(&format!(
+        "BEGIN; SELECT dropstock.take_batch_turn('{drop}', 0, 4); COMMIT"
+    ))
+    .await
+    .expect("take_batch_turn through the API");
+    let share: i32 = app
+        .query_one(
+            "SELECT dropstock.share_batch_turns($1, gen_random_uuid(), 4)",
+            &[&drop],
+        )
+        .await
+        .expect("share_batch_turns through the API")
+        .get(0);
+    assert_eq!(share, 4, "the only caller of the drop");
 
     let forbidden = [
         format!("UPDATE dropstock.stock_slots SET available = available + 100 WHERE drop_id = '{drop}'"),
         format!("INSERT INTO dropstock.purchases (reservation_id, drop_id, user_id, price) VALUES ('{hold}', '{drop}', '{buyer}', 0)"),
         format!("UPDATE dropstock.reservations SET status = 'reserved' WHERE id = '{hold}'"),
         "DELETE FROM dropstock.purchases".to_string(),
+        "DELETE FROM dropstock.batch_callers".to_string(),
         "SELECT * FROM dropstock.users".to_string(),
         format!("SELECT dropstock._adjust_stock('{drop}', 0::smallint, 100, 0)"),
         "SELECT dropstock.create_drop('free stock', 0, 1000000)".to_string(),
