@@ -261,3 +261,4 @@ crowd_rss=$(field rss_peak_mib "$OUT/feed-crowd.txt")
 row "$(int "$CROWD_WATCHERS") watchers on one adapter: commit to receipt, p50 / p99 ($FEED_RATE holds/s; $crowd_feed_missed missed)" "$(field p50_ms "$OUT/feed-crowd.txt") / $crowd_feed_p99 ms" "p99 <= 250 ms, none missed" "$(verdict "$(awk -v p="$crowd_feed_p99" -v m="$crowd_feed_missed" 'BEGIN { print (p <= 250 && m == 0) }')")"
 row "$(int "$CROWD_WATCHERS") watchers: adapter peak RSS (idle before: $(field rss_idle_mib "$OUT/feed-crowd.txt") MiB)" "$crowd_rss MiB" "<= 200 MB" "$(verdict "$(le "$(awk -v m="$crowd_rss" 'BEGIN { print m * 1048576 / 1e6 }')" 200)")"
 row "$(int "$SOCKETIO_CLIENTS") Socket.IO clients + 1,000 /ws watchers: adapter peak RSS (idle before: $(field rss_idle_mib "$OUT/socketio.txt") MiB)" "$(field rss_peak_mib "$OUT/socketio.txt") MiB" "" ""
+say "done: the measurements took $((SECONDS / 60)) min $((SECONDS % 60)) s (builds before them not counted)"
