@@ -421,8 +421,20 @@ impl Flushers {
             }
             *shared_at = Some(Instant::now());
         }
-        let share = queries::share_batch_turns(client, self.drop, self.caller, TURNS).await?;
-        self.share.store(share.clamp(1, TURNS), Ordering::Relaxed);
+        match queries::share_batch_turns(client, self.drop, self.caller, TURNS).await {
+            Ok(share) => self.share.store(share.clamp(1, TURNS), Ordering::Relaxed),
+            // The database refused the call itself, not the drop (an extension older than this
+            // adapter, a role not granted it): the share only tunes throughput, so batches go on
+            // with the last one. An unknown drop is the batch's answer, as `reserve_items` gives it.
+            Err(DbError::Postgres(error))
+                if error
+                    .as_db_error()
+                    .is_some_and(|db| db.code().code() != NO_SUCH_DROP) =>
+            {
+                tracing::warn!(%error, drop = %self.drop, "share of batch turns not renewed; keeping the last");
+            }
+            Err(error) => return Err(error),
+        }
         Ok(())
     }
 

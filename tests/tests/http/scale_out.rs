@@ -309,3 +309,45 @@ async fn an_adapter_runs_its_share_of_a_drops_batch_turns() {
         "beside three others, one turn is its share"
     );
 }
+
+/// The share only tunes throughput. An adapter whose role may not call `share_batch_turns` (as one
+/// would find an extension older than itself) still answers every reservation, with the share it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_that_cannot_learn_its_share_still_reserves() {
+    let db = connect().await;
+    let role = format!("dropstock_no_share_{}", uuid::Uuid::new_v4().simple());
+    db.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN;
+         SELECT dropstock.grant_access('{role}');
+         REVOKE EXECUTE ON FUNCTION dropstock.share_batch_turns(uuid, uuid, integer) FROM {role}"
+    ))
+    .await
+    .unwrap();
+    let adapter = Adapter::start_with(Options {
+        database_url: Some(database_url().replacen("postgres@", &format!("{role}@"), 1)),
+        ..Options::admin()
+    })
+    .await;
+    let drop_id = new_drop(&db, 20, 60).await;
+    let drop = drop_id.to_string();
+    let buyers = new_buyer_ids(&db, 20).await;
+    let answers =
+        futures_util::future::join_all(buyers.iter().map(|buyer| adapter.reserve(&drop, buyer)))
+            .await;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 201, "{answer}");
+    }
+    let told: i64 = db
+        .query_one(
+            "SELECT count(*) FROM dropstock.batch_callers WHERE drop_id = $1",
+            &[&drop_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(told, 0, "the adapter's share_batch_turns was refused");
+    std::mem::drop(adapter);
+    db.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
