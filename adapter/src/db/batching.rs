@@ -161,20 +161,27 @@ pub struct BatchMetrics {
 }
 
 pub struct Batcher {
+    shared: Arc<Shared>,
+}
+
+/// What the batcher and every drop's flushers share.
+struct Shared {
     pool: Database,
     /// This adapter, to the database's count of the adapters that batch a drop.
     caller: Uuid,
-    queues: Arc<Mutex<HashMap<Uuid, Arc<Queue>>>>,
+    queues: Mutex<HashMap<Uuid, Arc<Queue>>>,
     metrics: BatchMetrics,
 }
 
 impl Batcher {
     pub fn new(pool: Database, metrics: BatchMetrics) -> Self {
         Batcher {
-            pool,
-            caller: Uuid::new_v4(),
-            queues: Arc::new(Mutex::new(HashMap::new())),
-            metrics,
+            shared: Arc::new(Shared {
+                pool,
+                caller: Uuid::new_v4(),
+                queues: Mutex::new(HashMap::new()),
+                metrics,
+            }),
         }
     }
 
@@ -197,7 +204,8 @@ impl Batcher {
     }
 
     fn queue_for(&self, drop: Uuid) -> Result<Arc<Queue>, ApiError> {
-        let mut queues = self.queues.lock().expect("queue map lock");
+        let shared = &self.shared;
+        let mut queues = shared.queues.lock().expect("queue map lock");
         if let Some(queue) = queues.get(&drop) {
             if !queue.is_closed() {
                 return Ok(queue.clone());
@@ -208,21 +216,18 @@ impl Batcher {
                 "too many drops are being reserved at once; try again shortly",
             ));
         }
-        let queue = Arc::new(Queue::new(self.metrics.queued.clone()));
+        let queue = Arc::new(Queue::new(shared.metrics.queued.clone()));
         queues.insert(drop, queue.clone());
-        self.metrics.queues.set(queues.len() as i64);
+        shared.metrics.queues.set(queues.len() as i64);
         let flushers = Arc::new(Flushers {
             drop,
-            pool: self.pool.clone(),
+            shared: shared.clone(),
             queue: queue.clone(),
-            running: Running::first(&self.metrics),
+            running: Running::first(&shared.metrics),
             in_line: AtomicUsize::new(0),
             next_turn: AtomicUsize::new(0),
-            caller: self.caller,
             share: AtomicUsize::new(TURNS),
-            shared_at: Mutex::new(None),
-            queues: self.queues.clone(),
-            open: self.metrics.queues.clone(),
+            share_asked_at: Mutex::new(None),
         });
         tokio::spawn(flushers.run());
         Ok(queue)
@@ -317,20 +322,17 @@ impl Running {
 /// The tasks serving one drop's queue.
 struct Flushers {
     drop: Uuid,
-    pool: Database,
+    shared: Arc<Shared>,
     queue: Arc<Queue>,
     running: Running,
     /// This adapter's batches of the drop that hold a turn or wait for one.
     in_line: AtomicUsize,
     /// The turn the next batch waits for if every turn is taken (a free one is taken first).
     next_turn: AtomicUsize,
-    caller: Uuid,
     /// The flushers this adapter runs for the drop at most: its share of the drop's turns.
     share: AtomicUsize,
     /// When the share was last asked for.
-    shared_at: Mutex<Option<Instant>>,
-    queues: Arc<Mutex<HashMap<Uuid, Arc<Queue>>>>,
-    open: Gauge,
+    share_asked_at: Mutex<Option<Instant>>,
 }
 
 impl Flushers {
@@ -415,13 +417,13 @@ impl Flushers {
     /// this adapter batches the drop, and takes the share of its turns the answer gives.
     async fn renew_share(&self, client: &Connection) -> Result<(), DbError> {
         {
-            let mut shared_at = self.shared_at.lock().expect("share lock");
-            if shared_at.is_some_and(|at| at.elapsed() < SHARE_EVERY) {
+            let mut share_asked_at = self.share_asked_at.lock().expect("share lock");
+            if share_asked_at.is_some_and(|at| at.elapsed() < SHARE_EVERY) {
                 return Ok(());
             }
-            *shared_at = Some(Instant::now());
+            *share_asked_at = Some(Instant::now());
         }
-        match queries::share_batch_turns(client, self.drop, self.caller, TURNS).await {
+        match queries::share_batch_turns(client, self.drop, self.shared.caller, TURNS).await {
             Ok(share) => self.share.store(share.clamp(1, TURNS), Ordering::Relaxed),
             // The database refused the call itself, not the drop (an extension older than this
             // adapter, a role not granted it): the share only tunes throughput, so batches go on
@@ -446,7 +448,7 @@ impl Flushers {
         let mut gathered = false;
         let mut attempt = 1;
         let answers = loop {
-            let outcome = match self.pool.connection().await {
+            let outcome = match self.shared.pool.connection().await {
                 Ok(client) => {
                     self.call_in_turn(&client, turn, &mut batch, &mut gathered)
                         .await
@@ -561,14 +563,14 @@ impl Flushers {
     /// The queue is closed: it leaves the map (unless a new one for the drop has taken its place), so
     /// the next request opens a fresh one. What is already queued still drains.
     fn forget_queue(&self) {
-        let mut queues = self.queues.lock().expect("queue map lock");
+        let mut queues = self.shared.queues.lock().expect("queue map lock");
         if queues
             .get(&self.drop)
             .is_some_and(|queue| Arc::ptr_eq(queue, &self.queue))
         {
             queues.remove(&self.drop);
         }
-        self.open.set(queues.len() as i64);
+        self.shared.metrics.queues.set(queues.len() as i64);
     }
 
     fn outcome(&self, answer: &BatchAnswer) -> Result<Reserved, ApiError> {
